@@ -1,0 +1,50 @@
+# loyalcast: the two commands of the quick start, and a few helpers.
+#   make demo   create .venv, install, create and seed the embedded database, run a campaign
+#   make test   install test dependencies, make sure PostgreSQL and Redis are up, run the suite
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+LOYALCAST := $(BIN)/loyalcast
+DEMO_MEMBERS ?= 500
+
+.PHONY: demo test install services clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(LOYALCAST) db upgrade
+	$(LOYALCAST) demo seed --members $(DEMO_MEMBERS)
+	$(LOYALCAST) run balance_reminder
+	$(LOYALCAST) run points_expiring
+	@echo "Messages are in var/outbox/; ask why a member got (or did not get) one: $(LOYALCAST) why 2"
+
+# PostgreSQL and Redis on 127.0.0.1: started when down (CI and this project's machines
+# have both installed; on a laptop without them the tests that need them are skipped,
+# except under CI=true where they fail).
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || \
+	  (command -v pg_ctlcluster >/dev/null && pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start) || \
+	  echo "PostgreSQL is not running and could not be started here"
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+	  (command -v redis-server >/dev/null && redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+	     --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log) || \
+	  echo "Redis is not running and could not be started here"
+	@for i in 1 2 3 4 5 6 7 8 9 10; do \
+	  pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0; sleep 1; \
+	done; echo "waited 10 s for PostgreSQL and Redis"
+
+test: $(STAMP) services
+	$(BIN)/python -m pytest
+
+clean-demo:
+	rm -rf var/

@@ -1,0 +1,291 @@
+"""The ``loyalcast`` command line.
+
+Exit codes: 0 success; 1 a command failed (unknown campaign, unknown run, failed
+delivery run); 2 the settings are invalid (one line per problem on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any, Optional
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import inspect as sa_inspect
+
+from campaigns import runtime
+from campaigns.errors import ConfigError, LoyalcastError
+from campaigns.report import IN_FLIGHT, RunReport, latest_run_id, member_history, run_report
+
+app = typer.Typer(
+    name="loyalcast",
+    help="Balance and expiring-points reminders over email, SMS and Telegram, within frequency caps.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data for the embedded database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+
+# Piped output (CI logs, `| less`) is not squeezed into 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+_config_path: str | None = None
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        Optional[str],
+        typer.Option("--config", "-c", help="Settings file (default: $LOYALCAST_CONFIG, else ./settings.toml)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+) -> None:
+    global _config_path
+    _config_path = config
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _app() -> runtime.App:
+    return runtime.configure(_config_path)
+
+
+def _parse_now(value: str | None, program_zone: str) -> datetime:
+    if value is None:
+        return datetime.now(timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO-8601 time: {value!r} (e.g. 2026-12-01T10:00+03:00)", param_hint="--now")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo(program_zone))
+    return parsed.astimezone(timezone.utc)
+
+
+def _require_schema(application: runtime.App) -> None:
+    if not sa_inspect(application.engine).has_table("deliveries"):
+        raise LoyalcastError("the database has no loyalcast tables yet: run `loyalcast db upgrade` first")
+
+
+# --- db -------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate loyalcast's tables (and the program's, where absent)."""
+    from campaigns import schema
+
+    application = _app()
+    schema.upgrade(application.engine)
+    out.print(f"database at revision {schema.current_revision(application.engine)}")
+
+
+# --- demo -----------------------------------------------------------------------------
+
+
+@demo_app.command("seed")
+def demo_seed(
+    members: Annotated[int, typer.Option("--members", "-n", min=1, help="How many members to create.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same members.")] = 42,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing members.")] = False,
+) -> None:
+    """Fill the program's tables with deterministic demo members."""
+    from campaigns import demo
+
+    application = _app()
+    _require_schema(application)
+    result = demo.seed(application.engine, members, seed_value=seed, force=force)
+    if result.skipped:
+        out.print(f"the database already has {result.members} members; nothing seeded (use --force to replace)")
+        return
+    out.print(
+        f"seeded {result.members} members, {result.expirations} expiring point lots, "
+        f"{result.segment_rows} segment memberships, {result.suppressions} suppressed addresses"
+    )
+
+
+# --- run ------------------------------------------------------------------------------
+
+
+@app.command("run")
+def run(
+    campaign: Annotated[str, typer.Argument(help="Campaign name from settings.toml.")],
+    now: Annotated[Optional[str], typer.Option(help="Evaluate as of this ISO-8601 instant (backfills, trials).")] = None,
+    occasion: Annotated[Optional[str], typer.Option(help="Occasion key (default: program-local date).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="With Redis: follow progress until delivered.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Plan and deliver one occasion of a campaign."""
+    from campaigns.planner import claim_run
+
+    application = _app()
+    _require_schema(application)
+    as_of = _parse_now(now, application.settings.program.timezone)
+    claimed = claim_run(application.engine, application.settings, campaign, as_of=as_of, occasion=occasion, started_by="cli")
+    if not claimed.created:
+        err.print(f"occasion {claimed.occasion!r} of {campaign} was started before (run {claimed.id}): nothing new is decided")
+
+    import workers
+
+    broker = workers.use_broker(runtime.build_broker(application.settings))
+    workers.plan_campaign.send(claimed.id)
+    if application.in_memory:
+        runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
+    elif wait:
+        _follow(application, claimed.id)
+    else:
+        err.print(f"run {claimed.id} enqueued on {application.settings.broker_url.split('@')[-1]}; "
+                  f"follow it with `loyalcast report --run {claimed.id}`")
+    report = run_report(application.engine, claimed.id)
+    assert report is not None
+    _print_report(report, as_json)
+
+
+def _follow(application: runtime.App, run_id: int, poll_s: float = 0.5) -> None:
+    with Progress(TextColumn("[bold]run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
+        task = progress.add_task("planning", total=None, run=run_id)
+        while True:
+            report = run_report(application.engine, run_id)
+            assert report is not None
+            done = report.total - report.in_flight
+            if report.state == "planned":
+                progress.update(task, total=report.total, completed=done, description="delivering")
+                if report.in_flight == 0:
+                    break
+            else:
+                progress.update(task, completed=done, description="planning")
+            time.sleep(poll_s)
+
+
+def _print_report(report: RunReport, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(report.as_json(), ensure_ascii=False))
+        return
+    channels = sorted({channel for per in report.counts.values() for channel in per})
+    table = Table(title=f"{report.campaign} · occasion {report.occasion} · run {report.run_id} ({report.state})")
+    table.add_column("status")
+    for channel in channels:
+        table.add_column(channel, justify="right")
+    table.add_column("total", justify="right", style="bold")
+    for status in sorted(report.counts, key=_status_order):
+        per = report.counts[status]
+        table.add_row(status, *(str(per.get(c, "")) for c in channels), str(sum(per.values())))
+    table.add_row("all", *(str(sum(report.counts[s].get(c, 0) for s in report.counts)) for c in channels),
+                  str(report.total), style="bold")
+    out.print(table)
+
+
+def _status_order(status: str) -> int:
+    from campaigns.ledger import Status
+
+    order = [s.value for s in Status]
+    return order.index(status) if status in order else len(order)
+
+
+# --- report, why ----------------------------------------------------------------------
+
+
+@app.command("report")
+def report_command(
+    run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    campaign: Annotated[Optional[str], typer.Option(help="Latest run of this campaign.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: run_id, campaign, counts {status: {channel: n}}.")] = False,
+) -> None:
+    """Counts per status and channel of a campaign run."""
+    application = _app()
+    _require_schema(application)
+    if run_id is None:
+        run_id = latest_run_id(application.engine, campaign)
+        if run_id is None:
+            raise LoyalcastError("no campaign has run yet")
+    report = run_report(application.engine, run_id)
+    if report is None:
+        raise LoyalcastError(f"no run {run_id}")
+    _print_report(report, as_json)
+
+
+@app.command("why")
+def why(
+    member_id: Annotated[int, typer.Argument(help="Member id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every decision loyalcast made about one member, with its reason."""
+    application = _app()
+    _require_schema(application)
+    rows = member_history(application.engine, member_id)
+    if as_json:
+        out.print_json(json.dumps({"member_id": member_id, "deliveries": rows}, default=_json_default, ensure_ascii=False))
+        return
+    if not rows:
+        out.print(f"member {member_id}: no campaign has considered this member yet")
+        return
+    table = Table(title=f"member {member_id}")
+    for column in ("campaign", "occasion", "channel", "status", "reason", "send at", "sent at", "attempts"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["campaign"] or "(triggered)", row["occasion"] or "", row["channel"] or "-", row["status"],
+            row["reason"], _when(row["send_at"]), _when(row["sent_at"]), str(row["attempts"]),
+        )
+    out.print(table)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# --- worker ---------------------------------------------------------------------------
+
+
+@app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1)] = 8,
+) -> None:
+    """Run Dramatiq worker processes for loyalcast's actors (extra options go to `dramatiq`)."""
+    from dramatiq.cli import main as dramatiq_main
+
+    application = _app()
+    if application.in_memory:
+        raise LoyalcastError("the memory:// broker has no separate workers: `loyalcast run` processes in-process")
+    sys.argv = ["dramatiq", "workers", "--processes", str(processes), "--threads", str(threads), *ctx.args]
+    raise SystemExit(dramatiq_main())
+
+
+def main() -> None:
+    """Console entry point: turns loyalcast's errors into messages and exit codes."""
+    try:
+        app()
+    except ConfigError as exc:
+        # Plain writes: one problem per line, never wrapped to the terminal's width.
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}" if exc.source else problem, file=sys.stderr)
+        raise SystemExit(2) from None
+    except LoyalcastError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

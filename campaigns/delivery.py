@@ -1,0 +1,345 @@
+"""Delivering one batch of ledger rows: claim, load, render, send, record.
+
+``deliver_batch(ids)`` is safe to run twice for the same ids (Dramatiq delivers at least
+once): the claim (``queued`` -> ``sending``) is a single conditional UPDATE, so only the
+first runner of a row sends it. A row left in ``sending`` by a worker that died is not
+sent again blindly: a missed reminder is cheaper than a duplicate.
+
+Per batch: one query loads members, balances and runs; one query loads the expiring
+points of all the batch's members; outcomes are written in bulk. One bad member (a
+template that fails for their data, an invalid address) ends as ``failed`` with the
+reason and never stops the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Engine, String, bindparam, func, select, update
+from sqlalchemy.engine import Connection
+
+from campaigns.db import upsert_insert
+from campaigns.errors import TemplateError
+from campaigns.ledger import Status
+from campaigns.models import balances, campaign_runs, deliveries, members, point_expirations, suppressions
+from campaigns.rendering import Renderer
+from campaigns.settings import Settings
+from channels import build_transport
+from channels.base import OutgoingMessage, SendResult, Transport
+from channels.errors import ChannelError, OutcomeUnknown, PermanentError, RateLimited, TransientError
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 100
+"""Outcomes are written at least this often, so a killed worker loses little."""
+
+
+@dataclass
+class Outcome:
+    id: int
+    status: Status
+    reason: str | None
+    """None keeps the planning reason (why this channel was chosen)."""
+    holds_slot: bool
+    sent_at: datetime | None = None
+    provider_message_id: str | None = None
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    retry_after: float | None = None
+    """Seconds until the transiently failed rows of this batch should be retried (None: none)."""
+
+
+class Transports:
+    """The batch's transports, built on first use and closed at the end of the batch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._open: dict[str, Transport] = {}
+
+    def __getitem__(self, channel: str) -> Transport:
+        transport = self._open.get(channel)
+        if transport is None:
+            section = self.settings.channel(channel)
+            transport = build_transport(
+                channel, section.transport, outbox_dir=self.settings.outbox_path, options=section.model_dump()
+            )
+            transport.open()
+            self._open[channel] = transport
+        return transport
+
+    def close(self) -> None:
+        for transport in self._open.values():
+            try:
+                transport.close()
+            except Exception:  # closing must never hide the batch's own outcome
+                log.exception("closing transport %s", transport.name)
+        self._open.clear()
+
+
+class Deliverer:
+    """Sends batches of ledger rows. One instance per process; thread-safe."""
+
+    def __init__(self, settings: Settings, engine: Engine, renderer: Renderer) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.renderer = renderer
+
+    def deliver(self, ids: list[int]) -> BatchReport:
+        report = BatchReport()
+        claimed = self._claim(ids)
+        report.claimed = len(claimed)
+        if not claimed:
+            return report
+        rows = self._load(claimed)
+        expiring = self._load_expiring(rows)
+        transports = Transports(self.settings)
+        pending: list[Outcome] = []
+        suppress: list[dict[str, Any]] = []
+        retry_delays: list[float] = []
+        try:
+            for row in rows:
+                outcome = self._deliver_one(row, expiring.get(row.member_id, []), transports, suppress, retry_delays)
+                report.counts[outcome.status] += 1
+                pending.append(outcome)
+                if len(pending) >= FLUSH_EVERY:
+                    self._record(pending, suppress)
+                    pending, suppress = [], []
+        finally:
+            transports.close()
+            self._record(pending, suppress)
+        if retry_delays:
+            report.retry_after = max(retry_delays)
+        return report
+
+    # -- steps ---------------------------------------------------------------------
+
+    def _claim(self, ids: list[int]) -> list[int]:
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(ids), deliveries.c.status == Status.QUEUED.value)
+                .values(status=Status.SENDING.value, attempts=deliveries.c.attempts + 1, updated_at=now)
+                .returning(deliveries.c.id)
+            )
+            return sorted(row[0] for row in result)
+
+    def _load(self, ids: list[int]) -> list[Any]:
+        query = (
+            select(
+                deliveries.c.id,
+                deliveries.c.member_id,
+                deliveries.c.channel,
+                deliveries.c.category,
+                deliveries.c.template,
+                deliveries.c.address,
+                deliveries.c.attempts,
+                campaign_runs.c.campaign,
+                campaign_runs.c.occasion,
+                campaign_runs.c.as_of,
+                members.c.first_name,
+                members.c.locale,
+                members.c.timezone,
+                members.c.tier,
+                func.coalesce(balances.c.points, 0).label("balance"),
+            )
+            .select_from(
+                deliveries.join(members, members.c.id == deliveries.c.member_id)
+                .outerjoin(balances, balances.c.member_id == deliveries.c.member_id)
+                .outerjoin(campaign_runs, campaign_runs.c.id == deliveries.c.run_id)
+            )
+            .where(deliveries.c.id.in_(ids))
+            .order_by(deliveries.c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        found = {row.id for row in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:  # the member row vanished from the program's table since planning
+            self._record(
+                [Outcome(i, Status.FAILED, "member no longer exists", holds_slot=False) for i in missing], []
+            )
+        return rows
+
+    def _load_expiring(self, rows: list[Any]) -> dict[int, list[tuple[datetime, float]]]:
+        """Point lots of the batch's members expiring within the widest horizon any row needs."""
+        if not rows:
+            return {}
+        as_of = min(self._as_of(row) for row in rows)
+        horizon = max(self._as_of(row) + timedelta(days=self.horizon_days(row.campaign)) for row in rows)
+        member_ids = sorted({row.member_id for row in rows})
+        query = (
+            select(point_expirations.c.member_id, point_expirations.c.expires_at, point_expirations.c.points)
+            .where(
+                point_expirations.c.member_id.in_(member_ids),
+                point_expirations.c.expires_at > as_of,
+                point_expirations.c.expires_at <= horizon,
+            )
+            .order_by(point_expirations.c.member_id, point_expirations.c.expires_at)
+        )
+        found: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
+        with self.engine.connect() as conn:
+            for member_id, expires_at, points in conn.execute(query):
+                found[member_id].append((expires_at, float(points)))
+        return found
+
+    @staticmethod
+    def _as_of(row: Any) -> datetime:
+        return row.as_of or datetime.now(timezone.utc)
+
+    def horizon_days(self, campaign: str | None) -> int:
+        """How far ahead a campaign's messages look at expiring points: the segment's
+        ``expiring_within_days``, else ``delivery.expiring_horizon_days``."""
+        spec = self.settings.campaigns.get(campaign or "")
+        segment = self.settings.segments.get(spec.segment) if spec else None
+        if segment is not None and segment.expiring_within_days:
+            return segment.expiring_within_days
+        return self.settings.delivery.expiring_horizon_days
+
+    def _deliver_one(self, row: Any, lots, transports: Transports, suppress: list, retry_delays: list) -> Outcome:  # type: ignore[no-untyped-def]
+        try:
+            context = self.context(row, lots)
+            rendered = self.renderer.render(row.template, row.channel, context)
+            message = OutgoingMessage(
+                channel=row.channel,
+                reference=row.id,
+                to=row.address,
+                text=rendered.text,
+                subject=rendered.subject,
+                html=rendered.html,
+                to_name=row.first_name,
+                marketing=row.category != "service",
+                unsubscribe_url=context["unsubscribe_url"],
+            )
+            result: SendResult = transports[row.channel].send(message)
+        except TemplateError as exc:
+            log.warning("delivery %s: %s", row.id, exc)
+            return Outcome(row.id, Status.FAILED, f"template error: {exc}", holds_slot=False)
+        except PermanentError as exc:
+            if exc.suppress:
+                suppress.append({"channel": row.channel, "address": row.address, "reason": exc.describe()})
+            return Outcome(row.id, Status.FAILED, exc.describe(), holds_slot=exc.reached_provider)
+        except OutcomeUnknown as exc:
+            return Outcome(row.id, Status.FAILED, f"outcome unknown, not resent: {exc.describe()}", holds_slot=True)
+        except TransientError as exc:
+            if row.attempts >= self.settings.delivery.max_attempts:
+                reason = f"gave up after {row.attempts} attempts: {exc.describe()}"
+                return Outcome(row.id, Status.FAILED, reason, holds_slot=True)
+            retry_delays.append(self.backoff(row.attempts, exc))
+            return Outcome(row.id, Status.QUEUED, f"attempt {row.attempts} failed: {exc.describe()}", holds_slot=True)
+        except ChannelError as exc:  # a ChannelError outside the two families is a transport bug
+            log.error("delivery %s: unclassified channel error %r", row.id, exc)
+            return Outcome(row.id, Status.FAILED, exc.describe(), holds_slot=True)
+        except Exception as exc:
+            # One member's bad data must not stop the batch; the traceback goes to the log.
+            log.exception("delivery %s failed unexpectedly", row.id)
+            return Outcome(row.id, Status.FAILED, f"internal error: {type(exc).__name__}: {exc}", holds_slot=False)
+        return Outcome(
+            row.id,
+            Status(result.status.value),
+            None,
+            holds_slot=True,
+            sent_at=datetime.now(timezone.utc),
+            provider_message_id=result.provider_message_id,
+        )
+
+    def backoff(self, attempt: int, error: TransientError) -> float:
+        """Seconds before the next attempt: the provider's wait, else exponential with jitter."""
+        if isinstance(error, RateLimited):
+            return max(error.retry_after, 0.0)
+        low = self.settings.delivery.min_backoff.total_seconds()
+        high = self.settings.delivery.max_backoff.total_seconds()
+        ceiling = min(high, low * 2 ** max(attempt - 1, 0))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def context(self, row: Any, lots: list[tuple[datetime, float]]) -> dict[str, Any]:
+        """What a template sees for one member (documented in docs/templates.md)."""
+        program = self.settings.program
+        locale = row.locale if row.locale in program.locales else program.default_locale
+        zone = _zone(row.timezone, program.timezone)
+        as_of = self._as_of(row)
+        horizon = as_of + timedelta(days=self.horizon_days(row.campaign))
+        per_date: dict[Any, float] = defaultdict(float)
+        for expires_at, points in lots:
+            if not as_of < expires_at <= horizon:
+                continue
+            per_date[expires_at.astimezone(ZoneInfo(zone)).date()] += points
+        dates = [{"date": day, "points": _tidy(points)} for day, points in sorted(per_date.items())]
+        return {
+            "member": {"id": row.member_id, "first_name": row.first_name, "tier": row.tier, "locale": locale},
+            "balance": _tidy(float(row.balance)),
+            "expiring": {
+                "total": _tidy(sum(item["points"] for item in dates)),
+                "nearest_date": dates[0]["date"] if dates else None,
+                "dates": dates,
+            },
+            "program": {"name": program.name, "site_url": program.site_url},
+            "unsubscribe_url": program.unsubscribe_url.format(member_id=row.member_id, channel=row.channel),
+            "campaign": {"name": row.campaign, "occasion": row.occasion},
+            "locale": locale,
+            "timezone": zone,
+        }
+
+    def _record(self, outcomes: list[Outcome], suppress: list[dict[str, Any]]) -> None:
+        if not outcomes and not suppress:
+            return
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as conn:
+            if outcomes:
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == bindparam("b_id"))
+                    .values(
+                        status=bindparam("b_status"),
+                        reason=func.coalesce(bindparam("b_reason", type_=String), deliveries.c.reason),
+                        holds_slot=bindparam("b_holds_slot"),
+                        sent_at=bindparam("b_sent_at"),
+                        provider_message_id=bindparam("b_provider_message_id"),
+                        updated_at=now,
+                    ),
+                    [
+                        {
+                            "b_id": o.id,
+                            "b_status": o.status.value,
+                            "b_reason": None if o.reason is None else o.reason[:500],
+                            "b_holds_slot": o.holds_slot,
+                            "b_sent_at": o.sent_at,
+                            "b_provider_message_id": o.provider_message_id,
+                        }
+                        for o in outcomes
+                    ],
+                )
+            if suppress:
+                add_suppressions(conn, suppress, now)
+
+
+def add_suppressions(conn: Connection, entries: list[dict[str, Any]], now: datetime) -> None:
+    """Insert ``(channel, address, reason)`` entries; existing ones keep their first reason."""
+    conn.execute(
+        upsert_insert(conn, suppressions).on_conflict_do_nothing(),
+        [{**entry, "reason": entry["reason"][:500], "created_at": now} for entry in entries],
+    )
+
+
+def _zone(member_zone: str | None, program_zone: str) -> str:
+    if member_zone:
+        try:
+            ZoneInfo(member_zone)
+            return member_zone
+        except (ZoneInfoNotFoundError, ValueError):
+            log.warning("unknown member time zone %r; using %s", member_zone, program_zone)
+    return program_zone
+
+
+def _tidy(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else round(value, 2)

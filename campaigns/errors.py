@@ -1,0 +1,65 @@
+"""Errors raised by loyalcast's campaign side.
+
+One flat module, one tree::
+
+    LoyalcastError
+     ├── ConfigError          settings.toml (or a file it names) is invalid; carries
+     │                        every problem as "key.path: what is wrong"
+     ├── TemplateError        a template is missing, does not parse, or fails to render;
+     │                        names the template file and line
+     ├── UnknownCampaign      a command named a campaign settings.toml does not define
+     └── RunError             a campaign run could not be started or followed
+
+Channel (provider) errors have their own tree in ``channels.errors``: they describe a
+delivery attempt, not a mistake in loyalcast's input.
+"""
+
+from __future__ import annotations
+
+
+class LoyalcastError(Exception):
+    """Base of every error loyalcast raises on purpose."""
+
+
+class ConfigError(LoyalcastError):
+    """The settings are invalid.
+
+    ``problems`` holds one line per problem, each starting with the key path
+    (``campaigns.balance_reminder.channels[1]: unknown channel 'sms2'``).
+    """
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(self.problems))
+
+
+class TemplateError(LoyalcastError):
+    """A template could not be found, parsed or rendered.
+
+    ``file`` is the template path relative to the templates folder and ``line``
+    the 1-based line number where Jinja2 located the problem, when it did.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+        where = file or "<template>"
+        if line:
+            where += f":{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class UnknownCampaign(LoyalcastError):
+    """No campaign of that name is defined in the settings."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listing = ", ".join(sorted(known)) or "none"
+        super().__init__(f"unknown campaign {name!r} (settings define: {listing})")
+
+
+class RunError(LoyalcastError):
+    """A campaign run could not be started or followed."""

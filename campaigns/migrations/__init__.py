@@ -1,0 +1,1 @@
+"""Alembic migrations of loyalcast's own tables (run with ``loyalcast db upgrade``)."""

@@ -1,0 +1,186 @@
+"""SQLAlchemy tables: the loyalty program's (read only) and loyalcast's own.
+
+The program owns ``members``, ``balances``, ``point_expirations`` and
+``segment_members``; loyalcast only reads them (an integrator whose schema differs
+creates views with these names and columns, see ``docs/data.md``).
+
+loyalcast owns ``campaign_runs``, ``deliveries`` (the ledger), ``suppressions`` and
+``cap_locks`` and changes them only through Alembic migrations
+(``campaigns/migrations``).
+
+Every timestamp is stored in UTC. :class:`UTCDateTime` makes that hold on SQLite too,
+which has no time zone type: values go in converted to UTC and come out UTC-aware.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, not BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Points = Numeric(14, 2, asdecimal=False)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC; naive input is rejected rather than guessed."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: loyalcast stores aware UTC timestamps only")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# --- the program's tables (read only) ---------------------------------------------
+
+members = Table(
+    "members",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=False),
+    Column("first_name", String(100), nullable=False, server_default=""),
+    Column("locale", String(16), nullable=True, comment="ru, en, ...; NULL: program default"),
+    Column("timezone", String(64), nullable=True, comment="IANA name; NULL: program time zone"),
+    Column("tier", String(32), nullable=False, server_default="basic"),
+    Column("email", String(320), nullable=True),
+    Column("phone", String(20), nullable=True, comment="E.164, e.g. +79161234567"),
+    Column("telegram_chat_id", BigInteger, nullable=True),
+    Column("email_consent", Boolean, nullable=False, server_default=text("false")),
+    Column("sms_consent", Boolean, nullable=False, server_default=text("false")),
+    Column("telegram_consent", Boolean, nullable=False, server_default=text("false")),
+    Column("last_purchase_at", UTCDateTime, nullable=True),
+)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("member_id", BigId, primary_key=True, autoincrement=False),
+    Column("points", Points, nullable=False),
+)
+
+point_expirations = Table(
+    "point_expirations",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("member_id", BigId, nullable=False, index=True),
+    Column("points", Points, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_point_expirations_expires_at_member_id", "expires_at", "member_id"),
+)
+
+segment_members = Table(
+    "segment_members",
+    metadata,
+    Column("segment", String(100), primary_key=True),
+    Column("member_id", BigId, primary_key=True, autoincrement=False),
+)
+
+SOURCE_TABLES = (members, balances, point_expirations, segment_members)
+
+# --- loyalcast's own tables -----------------------------------------------------------
+
+campaign_runs = Table(
+    "campaign_runs",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("campaign", String(100), nullable=False),
+    Column("occasion", String(100), nullable=False, comment="fire time or program-local date"),
+    Column("as_of", UTCDateTime, nullable=False, comment="the instant the plan was evaluated at"),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("started_by", String(100), nullable=False),
+    Column("dry_run", Boolean, nullable=False, server_default=text("false")),
+    Column("state", String(16), nullable=False, comment="planning, planned, skipped"),
+    Column("considered", Integer, nullable=False, server_default="0"),
+    Column("finished_planning_at", UTCDateTime, nullable=True),
+    UniqueConstraint("campaign", "occasion"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("run_id", BigId, ForeignKey("campaign_runs.id"), nullable=True),
+    Column("member_id", BigId, nullable=False),
+    Column("channel", String(16), nullable=True, comment="NULL when no channel was reachable"),
+    Column("category", String(50), nullable=False),
+    Column("template", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("address", String(320), nullable=True, comment="email, E.164 phone or chat id used"),
+    Column("holds_slot", Boolean, nullable=False, server_default=text("false"),
+           comment="counts against frequency caps"),
+    Column("send_at", UTCDateTime, nullable=False, comment="when the message is due"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("provider_message_id", String(200), nullable=True),
+    UniqueConstraint("run_id", "member_id"),
+    Index("ix_deliveries_run_id_status", "run_id", "status"),
+    Index("ix_deliveries_member_id", "member_id"),
+    Index(
+        "ix_deliveries_cap_window",
+        "member_id",
+        "channel",
+        "category",
+        "send_at",
+        postgresql_where=text("holds_slot"),
+        sqlite_where=text("holds_slot"),
+    ),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("reason", String(500), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+cap_locks = Table(
+    "cap_locks",
+    metadata,
+    Column("member_id", BigId, primary_key=True, autoincrement=False),
+    comment="one row per member ever planned; planners lock these rows in member_id order",
+)
+
+OWNED_TABLES = (campaign_runs, deliveries, suppressions, cap_locks)

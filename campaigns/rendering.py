@@ -1,0 +1,183 @@
+"""Rendering member messages from ``templates/`` with Jinja2.
+
+Layout: ``templates/<name>/<part>`` with parts ``email.subject``, ``email.txt``,
+``email.html``, ``sms.txt`` and ``telegram.html``. A locale variant lives in
+``templates/<name>/<locale>/<part>``; lookup tries the member's locale, then the
+program's default locale, then the unlocalized file.
+
+The environment is sandboxed (a template cannot reach Python internals) and uses
+``StrictUndefined`` (a misspelt variable is an error, never an empty string). ``.html``
+parts are autoescaped, so member data cannot inject markup into email or Telegram.
+
+Filters (the member's locale and time zone come from the render context):
+
+- ``points``: ``1250|points`` -> ``1 250 баллов`` / ``1,250 points`` (CLDR plurals);
+- ``number``: locale grouping and decimal sign;
+- ``date``: a UTC timestamp or date shown in the member's zone, ``d MMMM`` by default.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from babel import Locale
+from babel.dates import format_date
+from babel.numbers import format_decimal
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError as JinjaTemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    TemplatesNotFound,
+    pass_context,
+    select_autoescape,
+)
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment
+
+from campaigns.errors import TemplateError
+from campaigns.settings import ProgramSettings
+
+CHANNEL_PARTS: dict[str, tuple[str, ...]] = {
+    "email": ("email.subject", "email.txt", "email.html"),
+    "sms": ("sms.txt",),
+    "telegram": ("telegram.html",),
+}
+REQUIRED_PARTS = {"email.subject", "sms.txt", "telegram.html"}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One member's message on one channel, ready for a transport."""
+
+    channel: str
+    subject: str | None
+    text: str | None
+    html: str | None
+    files: tuple[str, ...]
+    """Template files used, relative to the templates folder (for previews and errors)."""
+
+
+class Renderer:
+    """Renders templates for members. Thread-safe; compiled templates are cached."""
+
+    def __init__(self, templates_dir: Path, program: ProgramSettings) -> None:
+        self.templates_dir = templates_dir
+        self.program = program
+        self.env = SandboxedEnvironment(
+            loader=FileSystemLoader(str(templates_dir)),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            auto_reload=False,
+        )
+        self.env.filters.update(points=_points_filter(program), number=_number_filter, date=_date_filter)
+
+    def template_exists(self, name: str) -> bool:
+        return (self.templates_dir / name).is_dir()
+
+    def candidates(self, name: str, part: str, locale: str) -> list[str]:
+        names = [f"{name}/{locale}/{part}", f"{name}/{self.program.default_locale}/{part}", f"{name}/{part}"]
+        return list(dict.fromkeys(names))
+
+    def render(self, name: str, channel: str, context: dict[str, Any]) -> Rendered:
+        """Render every part of ``channel`` for one member.
+
+        ``context`` must hold ``locale`` and ``timezone`` (used by the filters) besides
+        whatever the templates use. Raises TemplateError naming file and line.
+        """
+        locale = context["locale"]
+        parts: dict[str, str | None] = {}
+        files = []
+        for part in CHANNEL_PARTS[channel]:
+            template_name = self._find(name, part, locale)
+            if template_name is None:
+                if part in REQUIRED_PARTS:
+                    raise TemplateError(f"no {part} for locale {locale!r}", file=f"{name}/{part}")
+                parts[part] = None
+                continue
+            parts[part] = self._render_file(template_name, context)
+            files.append(template_name)
+        if channel == "email":
+            if parts["email.txt"] is None and parts["email.html"] is None:
+                raise TemplateError("needs email.txt or email.html", file=f"{name}/email.txt")
+            subject = " ".join((parts["email.subject"] or "").split())
+            return Rendered(channel, subject, parts["email.txt"], parts["email.html"], tuple(files))
+        body = parts[CHANNEL_PARTS[channel][0]]
+        return Rendered(channel, None, (body or "").strip(), None, tuple(files))
+
+    def _find(self, name: str, part: str, locale: str) -> str | None:
+        try:
+            return self.env.select_template(self.candidates(name, part, locale)).name
+        except (TemplatesNotFound, TemplateNotFound):
+            return None
+        except TemplateSyntaxError as exc:
+            raise TemplateError(f"syntax error: {exc.message}", file=exc.name or exc.filename, line=exc.lineno) from None
+
+    def _render_file(self, template_name: str, context: dict[str, Any]) -> str:
+        template = self.env.get_template(template_name)
+        try:
+            return template.render(context)
+        except JinjaTemplateError as exc:
+            raise TemplateError(_describe(exc), file=template_name, line=_template_line(exc, template.filename)) from None
+        except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
+            raise TemplateError(
+                f"{type(exc).__name__}: {exc}", file=template_name, line=_template_line(exc, template.filename)
+            ) from None
+
+
+def _describe(exc: JinjaTemplateError) -> str:
+    name = type(exc).__name__
+    if name == "UndefinedError":
+        return f"undefined variable: {exc.message}"
+    return f"{name}: {exc.message}"
+
+
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    """The line of ``filename`` where rendering failed, from the (Jinja-rewritten) traceback."""
+    if filename is None:
+        return None
+    wanted = os.path.abspath(filename)
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if os.path.abspath(frame.f_code.co_filename) == wanted:
+            line = lineno
+    return line
+
+
+def _number(value: Any) -> float | int:
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def _points_filter(program: ProgramSettings):  # type: ignore[no-untyped-def]
+    @pass_context
+    def points(context: Context, value: Any) -> str:
+        locale = context["locale"]
+        amount = _number(value)
+        words = program.points_word.get(locale) or program.points_word[program.default_locale]
+        category = Locale.parse(locale).plural_form(amount)
+        return f"{format_decimal(amount, locale=locale)} {words.form(category)}"
+
+    return points
+
+
+@pass_context
+def _number_filter(context: Context, value: Any) -> str:
+    return format_decimal(_number(value), locale=context["locale"])
+
+
+@pass_context
+def _date_filter(context: Context, value: date | datetime, pattern: str = "d MMMM") -> str:
+    if isinstance(value, datetime):
+        value = value.astimezone(ZoneInfo(context["timezone"])).date()
+    return format_date(value, format=pattern, locale=context["locale"])

@@ -1,0 +1,93 @@
+"""What happened: counts per run and the story of one member, read from the ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from campaigns.ledger import Status
+from campaigns.models import campaign_runs, deliveries
+
+IN_FLIGHT = (Status.QUEUED.value, Status.SENDING.value)
+NO_CHANNEL = "-"
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    campaign: str
+    occasion: str
+    as_of: datetime
+    state: str
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """``{status: {channel: n}}``; members no channel could reach are under ``"-"``."""
+
+    @property
+    def total(self) -> int:
+        return sum(n for per_channel in self.counts.values() for n in per_channel.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(sum(self.counts.get(status, {}).values()) for status in IN_FLIGHT)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "campaign": self.campaign,
+            "occasion": self.occasion,
+            "as_of": self.as_of.isoformat(),
+            "state": self.state,
+            "total": self.total,
+            "counts": self.counts,
+        }
+
+
+def latest_run_id(engine: Engine, campaign: str | None = None) -> int | None:
+    query = select(campaign_runs.c.id).order_by(campaign_runs.c.started_at.desc(), campaign_runs.c.id.desc()).limit(1)
+    if campaign:
+        query = query.where(campaign_runs.c.campaign == campaign)
+    with engine.connect() as conn:
+        return conn.execute(query).scalar()
+
+
+def run_report(engine: Engine, run_id: int) -> RunReport | None:
+    with engine.connect() as conn:
+        run = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
+        if run is None:
+            return None
+        rows = conn.execute(
+            select(deliveries.c.status, deliveries.c.channel, func.count())
+            .where(deliveries.c.run_id == run_id)
+            .group_by(deliveries.c.status, deliveries.c.channel)
+        ).all()
+    report = RunReport(run.id, run.campaign, run.occasion, run.as_of, run.state)
+    for status, channel, count in rows:
+        report.counts.setdefault(status, {})[channel or NO_CHANNEL] = count
+    return report
+
+
+def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
+    """Every ledger row of the member, oldest first, with its campaign and occasion."""
+    query = (
+        select(
+            deliveries.c.id,
+            campaign_runs.c.campaign,
+            campaign_runs.c.occasion,
+            deliveries.c.channel,
+            deliveries.c.category,
+            deliveries.c.status,
+            deliveries.c.reason,
+            deliveries.c.send_at,
+            deliveries.c.sent_at,
+            deliveries.c.attempts,
+            deliveries.c.created_at,
+        )
+        .select_from(deliveries.outerjoin(campaign_runs, campaign_runs.c.id == deliveries.c.run_id))
+        .where(deliveries.c.member_id == member_id)
+        .order_by(deliveries.c.created_at, deliveries.c.id)
+    )
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

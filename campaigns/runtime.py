@@ -1,0 +1,108 @@
+"""The process-wide application: settings, database engine, renderer, broker.
+
+Dramatiq binds actors to the broker that is global when they are declared, so the broker
+must exist before ``workers`` is imported. ``configure(path)`` (the CLI calls it with
+``--config``) records which settings file to use and exports it as ``$LOYALCAST_CONFIG``
+for ``dramatiq`` worker processes; ``install_broker()`` builds and installs the broker
+the settings name; ``app()`` builds everything else lazily, after any fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import Engine
+
+from campaigns.db import make_engine
+from campaigns.delivery import Deliverer
+from campaigns.rendering import Renderer
+from campaigns.settings import CONFIG_ENV, Settings, config_path, load_settings
+
+_lock = threading.Lock()
+_app: "App | None" = None
+
+
+@dataclass
+class App:
+    settings: Settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer(self.settings.templates_path, self.settings.program)
+
+    @cached_property
+    def deliverer(self) -> Deliverer:
+        return Deliverer(self.settings, self.engine, self.renderer)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.settings.broker_url == "memory://"
+
+
+def configure(path: str | os.PathLike[str] | None = None, settings: Settings | None = None) -> App:
+    """Select the settings for this process (and the worker processes it starts)."""
+    global _app
+    with _lock:
+        if settings is None:
+            settings = load_settings(path)
+            os.environ[CONFIG_ENV] = str(Path(config_path(path)).resolve())
+        if _app is not None and "engine" in _app.__dict__:
+            _app.engine.dispose()
+        _app = App(settings)
+        return _app
+
+
+def app() -> App:
+    """The configured application; loads ``$LOYALCAST_CONFIG`` (or ./settings.toml) on first use."""
+    global _app
+    with _lock:
+        if _app is None:
+            _app = App(load_settings(None))
+        return _app
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    url = settings.broker_url
+    if url == "memory://":
+        return StubBroker()
+    return RedisBroker(url=url)
+
+
+def install_broker() -> dramatiq.Broker:
+    """Build the broker the settings name and make it Dramatiq's global broker."""
+    broker = build_broker(app().settings)
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def drain_in_process(broker: dramatiq.Broker, *, threads: int, timeout_s: float | None = None) -> None:
+    """Process every message on ``broker`` (a StubBroker) with an in-process worker.
+
+    Returns when all queues, delayed messages included, are empty; re-raises the error
+    of a message that ran out of retries.
+    """
+    assert isinstance(broker, StubBroker), "in-process draining is for the memory:// broker"
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=50)
+    worker.start()
+    timeout_ms = int(timeout_s * 1000) if timeout_s else None
+    try:
+        # Joining one queue can fill another (plans -> batches): repeat until a full
+        # pass finds every queue idle.
+        while True:
+            for queue_name in sorted(broker.get_declared_queues()):
+                broker.join(queue_name, timeout=timeout_ms, fail_fast=True)
+            if all(broker.queues[name].unfinished_tasks == 0 for name in broker.queues):
+                break
+    finally:
+        worker.stop()

@@ -1,0 +1,111 @@
+"""The channel contract: what every transport receives, returns and raises.
+
+A :class:`Transport` delivers one kind of message (``email``, ``sms`` or ``telegram``)
+to one kind of provider. The base class fixes the order of steps in :meth:`Transport.send`;
+a provider module fills in the steps:
+
+1. ``check(message)``   reject what the provider would reject anyway (length, address form);
+2. ``prepare(message)`` turn the message into the provider's payload;
+3. ``transmit(payload)``  make the provider call; map provider failures to ``channels.errors``;
+4. ``result(response)`` normalize the provider's answer into a :class:`SendResult`.
+
+Transports know nothing of campaigns, members or the ledger: they get a :class:`OutgoingMessage`
+and either return a result or raise an error from ``channels.errors``. They may hold a
+connection between sends (``open``/``close``; one batch is sent between them).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from channels.errors import MessageRejected
+
+
+class SendStatus(StrEnum):
+    """The closed set of successful outcomes a transport reports."""
+
+    SENT = "sent"            # the provider accepted the message
+    DELIVERED = "delivered"  # the provider confirmed delivery to the recipient
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A rendered message for one recipient.
+
+    ``reference`` is the ledger id: transports pass it to the provider as the client
+    reference where the API has one, and use it to name outbox files.
+    """
+
+    channel: str
+    reference: int
+    to: str
+    text: str | None = None
+    subject: str | None = None
+    html: str | None = None
+    to_name: str | None = None
+    marketing: bool = True
+    unsubscribe_url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: SendStatus
+    provider_message_id: str | None = None
+    segments: int | None = None
+    """Billing units where the provider counts them (SMS segments)."""
+
+
+class Transport(ABC):
+    """Base of every transport. Subclasses set ``name`` and ``channel`` and fill the steps."""
+
+    name: ClassVar[str]
+    channels: ClassVar[tuple[str, ...]]
+    max_length: ClassVar[int | None] = None
+    """Longest text body the provider accepts, in characters (None: no limit)."""
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "Transport":
+        """Build from the channel's settings section; raise ChannelConfigError naming the key."""
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        """Deliver ``message``; return a SendResult or raise a ``channels.errors`` error."""
+        self.check(message)
+        payload = self.prepare(message)
+        response = self.transmit(payload)
+        return self.result(response)
+
+    def check(self, message: OutgoingMessage) -> None:
+        if message.channel not in self.channels:
+            raise MessageRejected(f"transport {self.name} does not carry {message.channel}", provider=self.name)
+        if self.max_length is not None and message.text is not None and len(message.text) > self.max_length:
+            raise MessageRejected(
+                f"text is {len(message.text)} characters, the limit is {self.max_length}", provider=self.name
+            )
+
+    @abstractmethod
+    def prepare(self, message: OutgoingMessage) -> Any: ...
+
+    @abstractmethod
+    def transmit(self, payload: Any) -> Any: ...
+
+    @abstractmethod
+    def result(self, response: Any) -> SendResult: ...
+
+    def open(self) -> None:
+        """Acquire what a batch of sends shares (a connection). Optional."""
+
+    def close(self) -> None:
+        """Release what ``open`` acquired. Must be safe to call twice."""
+
+    def __enter__(self) -> "Transport":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,99 @@
+"""Errors a channel raises when a send does not succeed.
+
+Every error carries the provider's context: ``provider`` (transport name), ``status``
+(the provider's code: SMTP reply code, HTTP status, Bot API error code; None when the
+request never got an answer) and ``detail`` (the provider's text)::
+
+    ChannelError
+     ├── TransientError          worth retrying later, with backoff
+     │    ├── ProviderUnavailable    connection refused or reset, 5xx, timeout before sending
+     │    └── RateLimited            the provider said "slow down"; retry_after in seconds
+     ├── PermanentError          retrying will not help
+     │    ├── InvalidRecipient       the address can never work (bad number, no such mailbox)
+     │    ├── RecipientBlocked       the member blocked us (Telegram bot blocked, unsubscribed)
+     │    └── MessageRejected        the provider refused this message (content, length)
+     └── OutcomeUnknown          the request left but no answer came back: the message may
+                                 have been sent; it keeps its cap slot and is not resent blindly
+
+    ChannelConfigError           outside the tree: the transport is misconfigured; raised at
+                                 start-up, names the settings key
+
+``PermanentError.suppress`` says whether the address should go on the suppression list;
+``reached_provider`` says whether the provider saw the message at all (a cap slot is
+given back only when it did not).
+"""
+
+from __future__ import annotations
+
+
+class ChannelError(Exception):
+    """A send failed. ``provider``, ``status`` and ``detail`` say what the provider said."""
+
+    def __init__(self, detail: str, *, provider: str = "", status: int | str | None = None) -> None:
+        self.detail = detail
+        self.provider = provider
+        self.status = status
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        code = f" {self.status}" if self.status is not None else ""
+        who = f"{self.provider}{code}: " if self.provider or code else ""
+        return f"{who}{self.detail}"
+
+
+class TransientError(ChannelError):
+    """Try again later."""
+
+
+class ProviderUnavailable(TransientError):
+    """The provider could not take the message now (network, 5xx, 4xx SMTP)."""
+
+
+class RateLimited(TransientError):
+    """The provider asked us to slow down for ``retry_after`` seconds."""
+
+    def __init__(self, detail: str, *, retry_after: float, provider: str = "", status: int | str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail, provider=provider, status=status)
+
+
+class PermanentError(ChannelError):
+    """Do not retry."""
+
+    suppress = False
+    reached_provider = True
+
+
+class InvalidRecipient(PermanentError):
+    """The address can never receive messages (invalid number, no such mailbox)."""
+
+    suppress = True
+
+    def __init__(
+        self, detail: str, *, provider: str = "", status: int | str | None = None, reached_provider: bool = True
+    ) -> None:
+        self.reached_provider = reached_provider
+        super().__init__(detail, provider=provider, status=status)
+
+
+class RecipientBlocked(PermanentError):
+    """The member blocked or unsubscribed from this sender."""
+
+    suppress = True
+
+
+class MessageRejected(PermanentError):
+    """The provider refused this particular message."""
+
+
+class OutcomeUnknown(ChannelError):
+    """The request was sent but no answer arrived: it may or may not have been delivered."""
+
+
+class ChannelConfigError(Exception):
+    """A transport is misconfigured. ``key`` is the settings key path at fault."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")

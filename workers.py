@@ -1,0 +1,69 @@
+"""Dramatiq actors of loyalcast. Thin on purpose: broker setup, then actors that call
+into ``campaigns`` (planning, delivery) and, through it, ``channels``.
+
+Run workers with ``dramatiq workers`` (or ``loyalcast worker``); the settings file comes
+from ``$LOYALCAST_CONFIG`` (default ``./settings.toml``).
+
+Queues:
+
+- ``plans``: one message per campaign occasion (``plan_campaign``);
+- ``batches``: campaign deliveries, a batch of ledger ids per message (``deliver_batch``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from campaigns import runtime
+from campaigns.planner import plan_run, queued_batches
+
+log = logging.getLogger("loyalcast.workers")
+
+broker = runtime.install_broker()
+
+PLANS_QUEUE = "plans"
+BATCHES_QUEUE = "batches"
+
+
+@dramatiq.actor(queue_name=PLANS_QUEUE, max_retries=5, time_limit=3_600_000)
+def plan_campaign(run_id: int) -> None:
+    """Decide every member of a claimed run, then enqueue its queued deliveries in batches."""
+    app = runtime.app()
+    plan_run(app.engine, app.settings, run_id)
+    enqueue_batches(run_id)
+
+
+def enqueue_batches(run_id: int) -> int:
+    """Send one ``deliver_batch`` message per batch of the run's queued deliveries."""
+    app = runtime.app()
+    sent = 0
+    for ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size):
+        deliver_batch.send(ids)
+        sent += 1
+    log.info("run %s: %d batches enqueued", run_id, sent)
+    return sent
+
+
+@dramatiq.actor(queue_name=BATCHES_QUEUE, max_retries=50, time_limit=1_800_000)
+def deliver_batch(delivery_ids: list[int]) -> None:
+    """Send the still-queued deliveries among ``delivery_ids``; retry the transient failures."""
+    report = runtime.app().deliverer.deliver(delivery_ids)
+    if report.retry_after is not None:
+        # Only rows put back to ``queued`` are claimed again by the retried message.
+        raise dramatiq.Retry(delay=int(report.retry_after * 1000))
+
+
+ACTORS = (plan_campaign, deliver_batch)
+
+
+def use_broker(new_broker: dramatiq.Broker) -> dramatiq.Broker:
+    """Rebind the actors to ``new_broker`` (the CLI and tests switch settings in one process)."""
+    global broker
+    dramatiq.set_broker(new_broker)
+    for actor in ACTORS:
+        actor.broker = new_broker
+        new_broker.declare_actor(actor)
+    broker = new_broker
+    return new_broker
