@@ -269,7 +269,7 @@ def worker(
     application = _app()
     if application.in_memory:
         raise LoyalcastError("the memory:// broker has no separate workers: `loyalcast run` processes in-process")
-    sys.argv = ["dramatiq", "workers", "--processes", str(processes), "--threads", str(threads), *ctx.args]
+    sys.argv = ["dramatiq", "--processes", str(processes), "--threads", str(threads), *ctx.args, "workers"]
     raise SystemExit(dramatiq_main())
 
 

@@ -13,7 +13,8 @@ Filters (the member's locale and time zone come from the render context):
 
 - ``points``: ``1250|points`` -> ``1 250 баллов`` / ``1,250 points`` (CLDR plurals);
 - ``number``: locale grouping and decimal sign;
-- ``date``: a UTC timestamp or date shown in the member's zone, ``d MMMM`` by default.
+- ``date``: a UTC timestamp or date shown in the member's zone as the locale writes a
+  day and month ("30 ноября", "November 30"), or in a Babel ``pattern``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel import Locale
-from babel.dates import format_date
+from babel.dates import format_date, format_skeleton
 from babel.numbers import format_decimal
 from jinja2 import (
     FileSystemLoader,
@@ -177,7 +178,10 @@ def _number_filter(context: Context, value: Any) -> str:
 
 
 @pass_context
-def _date_filter(context: Context, value: date | datetime, pattern: str = "d MMMM") -> str:
+def _date_filter(context: Context, value: date | datetime, pattern: str | None = None) -> str:
+    """Day and month as the locale writes them ("30 ноября", "November 30"), or ``pattern``."""
     if isinstance(value, datetime):
         value = value.astimezone(ZoneInfo(context["timezone"])).date()
+    if pattern is None:
+        return format_skeleton("MMMMd", value, locale=context["locale"])
     return format_date(value, format=pattern, locale=context["locale"])

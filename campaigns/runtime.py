@@ -106,3 +106,18 @@ def drain_in_process(broker: dramatiq.Broker, *, threads: int, timeout_s: float 
                 break
     finally:
         worker.stop()
+
+
+def reset() -> None:
+    """Forget the configured application (tests switch settings within one process)."""
+    global _app
+    with _lock:
+        if _app is not None and "engine" in _app.__dict__:
+            _app.engine.dispose()
+        _app = None
+        os.environ.pop(CONFIG_ENV, None)
+
+
+def config_file() -> str | None:
+    """The settings file the configured process (and its workers) use."""
+    return os.environ.get(CONFIG_ENV)

@@ -33,6 +33,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from sqlalchemy.engine import make_url
@@ -219,6 +221,31 @@ class CampaignSettings(_Section):
     schedule: str | None = None
     description: str = ""
 
+    # References to other keys are checked here, with the raw file as context, so that
+    # they are reported together with every other problem of the file.
+    @field_validator("segment")
+    @classmethod
+    def _segment_exists(cls, value: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("segments")
+        if known is not None and value not in known:
+            raise ValueError(f"unknown segment {value!r} (known: {', '.join(sorted(known)) or 'none defined'})")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_exists(cls, value: str, info: ValidationInfo) -> str:
+        templates = (info.context or {}).get("templates")
+        if templates is not None and templates.is_dir() and not (templates / value).is_dir():
+            raise ValueError(f"template {value!r} does not exist (no folder {str(templates / value)!r})")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"invalid cron expression {value!r} (minute hour day-of-month month day-of-week)")
+        return value
+
 
 class Settings(_Section):
     program: ProgramSettings
@@ -381,18 +408,10 @@ def _semantic_problems(settings: Settings) -> list[str]:
         problems.append(f"templates_dir: folder {str(templates)!r} does not exist")
     for name, campaign in settings.campaigns.items():
         prefix = f"campaigns.{name}"
-        if campaign.segment not in settings.segments:
-            known = ", ".join(sorted(settings.segments)) or "none defined"
-            problems.append(f"{prefix}.segment: unknown segment {campaign.segment!r} (known: {known})")
-        if campaign.schedule is not None and not croniter.is_valid(campaign.schedule):
-            problems.append(f"{prefix}.schedule: invalid cron expression {campaign.schedule!r}")
         for index, channel in enumerate(campaign.channels):
             if channel in campaign.channels[:index]:
                 problems.append(f"{prefix}.channels[{index}]: {channel!r} is listed twice")
         template_dir = templates / campaign.template
-        if templates.is_dir() and not template_dir.is_dir():
-            problems.append(f"{prefix}.template: template {campaign.template!r} does not exist (no folder {str(template_dir)!r})")
-            continue
         for index, channel in enumerate(campaign.channels):
             for group in TEMPLATE_PARTS[channel]:
                 if not _template_part_exists(template_dir, group, program.default_locale):
@@ -434,8 +453,13 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<settings>") -> Settings:
     """Validate an already parsed settings mapping (what tests and ``load_settings`` use)."""
+    templates_dir = raw.get("templates_dir", "templates")
+    context = {
+        "segments": set(raw.get("segments") or {}) if isinstance(raw.get("segments", {}), dict) else None,
+        "templates": (base_dir / templates_dir) if isinstance(templates_dir, str) else None,
+    }
     try:
-        settings = Settings.model_validate(raw)
+        settings = Settings.model_validate(raw, context=context)
     except ValidationError as exc:
         raise ConfigError(_pydantic_problems(exc), source) from None
     settings._base_dir = base_dir

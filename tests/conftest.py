@@ -1,0 +1,144 @@
+"""Shared fixtures: settings files in a temporary folder, an embedded SQLite database,
+and real PostgreSQL and Redis servers on 127.0.0.1.
+
+Tests that need PostgreSQL or Redis use the real servers. Outside CI a missing server
+skips them; under ``CI=true`` it fails them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from sqlalchemy import create_engine, text
+
+from campaigns import runtime, schema
+from campaigns.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_SETTINGS = REPO / "settings.toml"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_URL = os.environ.get("LOYALCAST_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("LOYALCAST_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: tests that need it must run)")
+    pytest.skip(message)
+
+
+def shipped_settings() -> dict[str, Any]:
+    return tomllib.loads(SHIPPED_SETTINGS.read_text(encoding="utf-8"))
+
+
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def write_settings(tmp_path: Path) -> Callable[..., Path]:
+    """Write a settings file derived from the shipped one; returns its path.
+
+    ``changes`` are merged into the shipped settings (tables merge, other values
+    replace); ``drop`` removes top-level keys. Templates point at the repository's.
+    """
+
+    def write(changes: dict[str, Any] | None = None, *, drop: tuple[str, ...] = (), name: str = "settings.toml") -> Path:
+        data = shipped_settings()
+        data["templates_dir"] = str(REPO / "templates")
+        data["database"] = {"url": f"sqlite:///{tmp_path / 'loyalcast.db'}"}
+        data["broker"] = {"url": "memory://"}
+        data["outbox"] = {"dir": str(tmp_path / "outbox")}
+        data = deep_merge(data, changes or {})
+        for key in drop:
+            data.pop(key, None)
+        path = tmp_path / name
+        path.write_text(tomli_w.dumps(data), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test (dropped afterwards)."""
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    name = f"loyalcast_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        runtime.reset()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """Redis database 15, flushed before and after the test."""
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    try:
+        yield REDIS_URL
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that uses it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'loyalcast.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def configured(write_settings: Callable[..., Path], database_url: str) -> Callable[..., runtime.App]:
+    """Configure the process for a settings file on ``database_url`` and create its schema."""
+
+    def configure(changes: dict[str, Any] | None = None) -> runtime.App:
+        path = write_settings(deep_merge({"database": {"url": database_url}}, changes or {}))
+        application = runtime.configure(path)
+        schema.upgrade(application.engine)
+        return application
+
+    yield configure
+    runtime.reset()
+
+
+def load(path: Path) -> Settings:
+    return load_settings(path)

@@ -1,0 +1,62 @@
+"""Small builders for test data in the program's tables (plain SQL inserts)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, insert, select
+from typer.testing import CliRunner
+
+from campaigns.cli import app as cli_app
+from campaigns.models import balances, deliveries, members, point_expirations
+
+UTC = timezone.utc
+
+
+def add_member(engine: Engine, member_id: int, *, points: float = 500, **fields: Any) -> None:
+    row = {
+        "id": member_id,
+        "first_name": fields.pop("first_name", f"Member{member_id}"),
+        "locale": "ru",
+        "timezone": "Europe/Moscow",
+        "tier": "basic",
+        "email": None,
+        "phone": None,
+        "telegram_chat_id": None,
+        "email_consent": False,
+        "sms_consent": False,
+        "telegram_consent": False,
+        "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    row.update(fields)
+    with engine.begin() as conn:
+        conn.execute(insert(members), [row])
+        conn.execute(insert(balances), [{"member_id": member_id, "points": points}])
+
+
+def add_expiration(engine: Engine, member_id: int, points: float, expires_at: datetime) -> None:
+    with engine.begin() as conn:
+        conn.execute(insert(point_expirations), [{"member_id": member_id, "points": points, "expires_at": expires_at}])
+
+
+def ledger(engine: Engine, run_id: int | None = None) -> dict[int, tuple[str | None, str, str]]:
+    """``{member_id: (channel, status, reason)}`` of one run (or of every row)."""
+    query = select(deliveries.c.member_id, deliveries.c.channel, deliveries.c.status, deliveries.c.reason)
+    if run_id is not None:
+        query = query.where(deliveries.c.run_id == run_id)
+    with engine.connect() as conn:
+        return {row.member_id: (row.channel, row.status, row.reason) for row in conn.execute(query)}
+
+
+def cli(config: Any, *args: str) -> Any:
+    """Invoke the loyalcast CLI in this process; fail the test on a non-zero exit."""
+    result = CliRunner().invoke(cli_app, ["--config", str(config), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def run_json(config: Any, campaign: str, *extra: str) -> dict[str, Any]:
+    output = cli(config, "run", campaign, "--json", *extra).stdout
+    return json.loads(output[output.index("{"):])

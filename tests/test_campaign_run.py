@@ -1,0 +1,140 @@
+"""A real campaign through the memory broker to the outbox, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import json
+from datetime import datetime, timedelta, timezone
+from email import policy
+
+from sqlalchemy import func, select
+
+from campaigns import demo, runtime
+from campaigns.models import deliveries, suppressions
+from campaigns.segments import segment_query
+
+from helpers import add_member, cli, ledger, run_json
+
+START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone(timedelta(hours=3)))
+
+
+def at(days: int) -> str:
+    return (START + timedelta(days=days)).isoformat()
+
+
+def test_rolling_caps_over_time(configured) -> None:
+    # Given one member reachable only by email, one only by SMS, one only by Telegram,
+    # and one by email and SMS (email comes first in the campaign's priority)
+    application = configured()
+    config = runtime.config_file()
+    engine = application.engine
+    add_member(engine, 1, email="one@example.com", email_consent=True)
+    add_member(engine, 2, phone="+79160000002", sms_consent=True)
+    add_member(engine, 3, telegram_chat_id=3003, telegram_consent=True)
+    add_member(engine, 4, email="four@example.com", email_consent=True, phone="+79160000004", sms_consent=True)
+
+    def statuses(days: int) -> dict[int, tuple[str | None, str]]:
+        report = run_json(config, "balance_reminder", "--now", at(days))
+        return {member: (channel, status) for member, (channel, status, _) in ledger(engine, report["run_id"]).items()}
+
+    # When the balance reminder runs at +0 days, everybody gets it on their first channel
+    assert statuses(0) == {1: ("email", "sent"), 2: ("sms", "sent"), 3: ("telegram", "sent"), 4: ("email", "sent")}
+    # At +10 days: email (1 per 14 days) and SMS (1 per 30 days) are capped; Telegram has
+    # no cap; member 4's capped email does not fall through to SMS
+    assert statuses(10) == {1: ("email", "capped"), 2: ("sms", "capped"), 3: ("telegram", "sent"), 4: ("email", "capped")}
+    # At +15 days email flows again, SMS does not
+    assert statuses(15) == {1: ("email", "sent"), 2: ("sms", "capped"), 3: ("telegram", "sent"), 4: ("email", "sent")}
+    # At +31 days SMS flows again; the +15 email was 16 days ago, so email flows too
+    assert statuses(31) == {1: ("email", "sent"), 2: ("sms", "sent"), 3: ("telegram", "sent"), 4: ("email", "sent")}
+
+    # And a capped decision names the rule
+    history = ledger(engine)
+    with engine.connect() as conn:
+        reasons = conn.execute(select(deliveries.c.reason).where(deliveries.c.status == "capped")).scalars().all()
+    assert reasons and all(r.startswith(("cap email/marketing: 1 per 14d", "cap sms/marketing: 1 per 30d")) for r in reasons)
+    assert history  # every run left rows
+
+
+def test_a_backfill_respects_caps_in_both_directions(configured) -> None:
+    # Given an SMS sent at +20 days
+    application = configured()
+    config = runtime.config_file()
+    add_member(application.engine, 2, phone="+79160000002", sms_consent=True)
+    first = run_json(config, "balance_reminder", "--now", at(20))
+    assert first["counts"] == {"sent": {"sms": 1}}
+    # When an earlier occasion (+0) is backfilled, the later SMS is inside its window
+    backfill = run_json(config, "balance_reminder", "--now", at(0))
+    # Then the backfill is capped rather than giving the member two SMS within 30 days
+    assert backfill["counts"] == {"capped": {"sms": 1}}
+
+
+def test_demo_campaign_end_to_end(configured) -> None:
+    # Given the demo members on the embedded default
+    application = configured()
+    config = runtime.config_file()
+    engine, settings = application.engine, application.settings
+    demo.seed(engine, 400)
+
+    # When the balance reminder runs
+    report = run_json(config, "balance_reminder")
+
+    # Then every member of the segment has exactly one decision with a reason
+    with engine.connect() as conn:
+        segment = segment_query(settings.segments["has_balance"], as_of=datetime.now(timezone.utc), default_locale="ru")
+        expected = conn.execute(select(func.count()).select_from(segment.subquery())).scalar_one()
+        rows = conn.execute(select(deliveries).where(deliveries.c.run_id == report["run_id"])).all()
+    assert len(rows) == expected == report["total"]
+    assert all(row.reason for row in rows)
+    assert {row.status for row in rows} <= {"sent", "no_consent", "no_contact", "suppressed"}
+    assert {"no_consent", "no_contact", "suppressed"} <= set(report["counts"])
+    # And messages went out on at least two channels, one outbox file per sent message
+    sent = report["counts"]["sent"]
+    assert len(sent) >= 2
+    outbox = settings.outbox_path
+    files = sorted(p for p in outbox.rglob("*") if p.is_file())
+    assert len(files) == sum(sent.values())
+    assert {p.parent.name: 0 for p in files}.keys() == sent.keys()
+
+    # And an email is a real MIME message addressed to the member, with list headers
+    one = email.message_from_bytes(next((outbox / "email").iterdir()).read_bytes(), policy=policy.default)
+    assert one["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert one.get_body(("plain",)).get_content().startswith(("Здравствуйте", "Hello"))
+    sms = json.loads(next((outbox / "sms").iterdir()).read_text())
+    assert sms["to"].startswith("+") and ("балл" in sms["text"] or "point" in sms["text"])
+
+    # When the same occasion runs again, nothing new is decided or sent
+    again = run_json(config, "balance_reminder")
+    assert again["run_id"] == report["run_id"] and again["counts"] == report["counts"]
+    assert len([p for p in outbox.rglob("*") if p.is_file()]) == len(files)
+
+
+def test_one_bad_address_does_not_stop_the_batch(configured) -> None:
+    # Given three email members, the middle one with an address that cannot work
+    application = configured()
+    config = runtime.config_file()
+    for member_id, address in ((1, "a@example.com"), (2, "broken-address"), (3, "c@example.com")):
+        add_member(application.engine, member_id, email=address, email_consent=True)
+    # When the campaign runs
+    report = run_json(config, "balance_reminder")
+    # Then the others are sent, the bad one failed with the reason and is suppressed
+    rows = ledger(application.engine, report["run_id"])
+    assert rows[1][1] == rows[3][1] == "sent"
+    assert rows[2][1] == "failed" and "not an email address" in rows[2][2]
+    with application.engine.connect() as conn:
+        assert conn.execute(select(suppressions.c.address)).scalars().all() == ["broken-address"]
+
+
+def test_report_and_why(configured) -> None:
+    application = configured()
+    config = runtime.config_file()
+    add_member(application.engine, 1, email="one@example.com", email_consent=True)
+    add_member(application.engine, 2)  # no contact at all
+    run_json(config, "balance_reminder", "--now", at(0))
+    report = json.loads(cli(config, "report", "--json").stdout)
+    assert report["campaign"] == "balance_reminder"
+    assert report["counts"] == {"sent": {"email": 1}, "no_contact": {"-": 1}}
+    why = json.loads(cli(config, "why", "2", "--json").stdout)
+    assert [(d["campaign"], d["status"], d["reason"]) for d in why["deliveries"]] == [
+        ("balance_reminder", "no_contact", "telegram: no contact; email: no contact; sms: no contact")
+    ]
+    assert "no contact" in cli(config, "why", "2").stdout

@@ -1,0 +1,116 @@
+"""Rendering: plural forms, dates in the member's zone, strict variables, escaping."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from campaigns.errors import TemplateError
+from campaigns.rendering import Renderer
+from campaigns.settings import load_settings
+
+from conftest import REPO, SHIPPED_SETTINGS
+
+
+@pytest.fixture
+def program():
+    return load_settings(SHIPPED_SETTINGS).program
+
+
+def context(locale: str = "ru", zone: str = "Europe/Moscow", **extra):
+    base = {
+        "member": {"id": 1, "first_name": "Анна", "tier": "basic", "locale": locale},
+        "balance": 1250,
+        "expiring": {"total": 0, "nearest_date": None, "dates": []},
+        "program": {"name": "Ромашка Бонус", "site_url": "https://bonus.example.com"},
+        "unsubscribe_url": "https://bonus.example.com/u?m=1",
+        "campaign": {"name": "t", "occasion": "x"},
+        "locale": locale,
+        "timezone": zone,
+    }
+    base.update(extra)
+    return base
+
+
+def make_template(root: Path, name: str, files: dict[str, str]) -> None:
+    for relative, text in files.items():
+        path = root / name / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("locale", "amount", "expected"),
+    [
+        ("ru", 1, "1 балл"), ("ru", 2, "2 балла"), ("ru", 5, "5 баллов"), ("ru", 11, "11 баллов"),
+        ("ru", 21, "21 балл"), ("ru", 1.5, "1,5 балла"), ("ru", 1250, "1\xa0250 баллов"),
+        ("en", 1, "1 point"), ("en", 2, "2 points"), ("en", 1250, "1,250 points"),
+    ],
+)
+def test_points_read_right(tmp_path, program, locale, amount, expected) -> None:
+    make_template(tmp_path, "t", {"sms.txt": "{{ balance|points }}"})
+    rendered = Renderer(tmp_path, program).render("t", "sms", context(locale, balance=amount))
+    assert rendered.text == expected
+
+
+def test_dates_are_shown_in_the_members_zone(tmp_path, program) -> None:
+    # Given points that expire at 22:30 UTC on 29 November: already 30 November in Vladivostok
+    make_template(tmp_path, "t", {"sms.txt": "{{ when|date }}"})
+    when = datetime(2026, 11, 29, 22, 30, tzinfo=timezone.utc)
+    renderer = Renderer(tmp_path, program)
+    assert renderer.render("t", "sms", context("ru", "Europe/Kaliningrad", when=when)).text == "30 ноября"
+    assert renderer.render("t", "sms", context("ru", "Europe/London", when=when)).text == "29 ноября"
+    assert renderer.render("t", "sms", context("en", "Asia/Vladivostok", when=when)).text == "November 30"
+    assert renderer.render("t", "sms", context("en", when=date(2026, 12, 1))).text == "December 1"
+
+
+def test_locale_variant_then_default_locale_then_plain_file(tmp_path, program) -> None:
+    make_template(tmp_path, "t", {"ru/sms.txt": "по-русски", "telegram.html": "plain"})
+    renderer = Renderer(tmp_path, program)
+    assert renderer.render("t", "sms", context("en")).text == "по-русски"  # en missing -> default ru
+    assert renderer.render("t", "telegram", context("en")).text == "plain"
+
+
+def test_unknown_variable_names_file_and_line(tmp_path, program) -> None:
+    make_template(tmp_path, "t", {"ru/telegram.html": "Привет\n{{ member.first_name }}\n{{ member.surname }}\n"})
+    with pytest.raises(TemplateError) as caught:
+        Renderer(tmp_path, program).render("t", "telegram", context())
+    assert (caught.value.file, caught.value.line) == ("t/ru/telegram.html", 3)
+    assert "surname" in str(caught.value)
+
+
+def test_syntax_error_names_file_and_line(tmp_path, program) -> None:
+    make_template(tmp_path, "t", {"sms.txt": "ok\n{% if balance %}\nno end\n"})
+    with pytest.raises(TemplateError) as caught:
+        Renderer(tmp_path, program).render("t", "sms", context())
+    assert caught.value.file == "t/sms.txt" and caught.value.line is not None
+    assert "syntax error" in str(caught.value)
+
+
+def test_html_parts_escape_member_data(tmp_path, program) -> None:
+    make_template(tmp_path, "t", {"telegram.html": "<b>{{ member.first_name }}</b>", "sms.txt": "{{ member.first_name }}"})
+    hostile = context(member={"id": 1, "first_name": "<a href='x'>Ann</a>", "tier": "basic", "locale": "ru"})
+    renderer = Renderer(tmp_path, program)
+    assert renderer.render("t", "telegram", hostile).text == "<b>&lt;a href=&#39;x&#39;&gt;Ann&lt;/a&gt;</b>"
+    assert renderer.render("t", "sms", hostile).text == "<a href='x'>Ann</a>"
+
+
+def test_the_sandbox_blocks_python_internals(tmp_path, program) -> None:
+    make_template(tmp_path, "t", {"sms.txt": "{{ balance.__class__.__mro__ }}"})
+    with pytest.raises(TemplateError):
+        Renderer(tmp_path, program).render("t", "sms", context())
+
+
+@pytest.mark.parametrize("name", ["balance_reminder", "points_expiring", "win_back"])
+@pytest.mark.parametrize("locale", ["ru", "en"])
+def test_shipped_templates_render(program, name, locale) -> None:
+    when = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    expiring = {"total": 300, "nearest_date": when.date(), "dates": [{"date": when.date(), "points": 300}]}
+    renderer = Renderer(REPO / "templates", program)
+    channels = ["email", "telegram"] + (["sms"] if name != "win_back" else [])
+    for channel in channels:
+        rendered = renderer.render(name, channel, context(locale, expiring=expiring))
+        assert rendered.text or rendered.html
+        assert "{{" not in (rendered.text or "") + (rendered.html or "")
