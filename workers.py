@@ -13,11 +13,12 @@ Queues:
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import dramatiq
 
 from campaigns import runtime
-from campaigns.planner import plan_run, queued_batches
+from campaigns.planner import load_run, plan_run, queued_batches
 
 log = logging.getLogger("loyalcast.workers")
 
@@ -28,19 +29,30 @@ BATCHES_QUEUE = "batches"
 
 
 @dramatiq.actor(queue_name=PLANS_QUEUE, max_retries=5, time_limit=3_600_000)
-def plan_campaign(run_id: int) -> None:
-    """Decide every member of a claimed run, then enqueue its queued deliveries in batches."""
+def plan_campaign(run_id: int, now: str | None = None) -> None:
+    """Decide every member of a claimed run, then enqueue its queued deliveries in batches.
+
+    ``now`` (ISO-8601) is the instant the run was started for (``--now``; default: the
+    run's ``as_of``): batches are delayed until their deliveries are due relative to it,
+    so a trial keeps the spacing quiet hours and caps gave it.
+    """
     app = runtime.app()
     plan_run(app.engine, app.settings, run_id)
-    enqueue_batches(run_id)
+    reference = datetime.fromisoformat(now) if now else load_run(app.engine, run_id).as_of
+    # The in-memory broker lives only as long as `loyalcast run`: it gets what is due
+    # now; the rest waits in the ledger for the occasion to be run again.
+    enqueue_batches(run_id, reference, due_only=app.in_memory)
 
 
-def enqueue_batches(run_id: int) -> int:
-    """Send one ``deliver_batch`` message per batch of the run's queued deliveries."""
+def enqueue_batches(run_id: int, now: datetime, *, due_only: bool = False) -> int:
+    """Send one ``deliver_batch`` message per batch of the run's queued deliveries,
+    delayed until the batch is due (relative to ``now``)."""
     app = runtime.app()
     sent = 0
-    for ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size):
-        deliver_batch.send(ids)
+    due_by = now if due_only else None
+    for send_at, ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size, due_by=due_by):
+        delay_ms = max(int((send_at - now).total_seconds() * 1000), 0)
+        deliver_batch.send_with_options(args=(ids,), delay=delay_ms or None)
         sent += 1
     log.info("run %s: %d batches enqueued", run_id, sent)
     return sent

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Optional
 from zoneinfo import ZoneInfo
 
@@ -22,7 +22,7 @@ from sqlalchemy import inspect as sa_inspect
 
 from campaigns import runtime
 from campaigns.errors import ConfigError, LoyalcastError
-from campaigns.report import IN_FLIGHT, RunReport, latest_run_id, member_history, run_report
+from campaigns.report import RunReport, due_in_flight, latest_run_id, member_history, run_report
 
 app = typer.Typer(
     name="loyalcast",
@@ -38,7 +38,7 @@ app.add_typer(demo_app, name="demo")
 
 # Piped output (CI logs, `| less`) is not squeezed into 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
 _config_path: str | None = None
 
 
@@ -129,7 +129,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Plan and deliver one occasion of a campaign."""
-    from campaigns.planner import claim_run
+    from campaigns.planner import claim_run, waiting
 
     application = _app()
     _require_schema(application)
@@ -141,11 +141,16 @@ def run(
     import workers
 
     broker = workers.use_broker(runtime.build_broker(application.settings))
-    workers.plan_campaign.send(claimed.id)
+    workers.plan_campaign.send(claimed.id, as_of.isoformat())
     if application.in_memory:
         runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
+        later, first = waiting(application.engine, claimed.id, as_of)
+        if later:
+            err.print(f"{later} deliveries are due later (quiet hours, send_at_local or deferred by a cap), "
+                      f"the first at {_when(first)}; they wait in the ledger: run this occasion again after that, "
+                      f"or use a Redis broker with `loyalcast worker`")
     elif wait:
-        _follow(application, claimed.id)
+        _follow(application, claimed.id, as_of)
     else:
         err.print(f"run {claimed.id} enqueued on {application.settings.broker_url.split('@')[-1]}; "
                   f"follow it with `loyalcast report --run {claimed.id}`")
@@ -154,7 +159,14 @@ def run(
     _print_report(report, as_json)
 
 
-def _follow(application: runtime.App, run_id: int, poll_s: float = 0.5) -> None:
+def _follow(application: runtime.App, run_id: int, as_of: datetime, poll_s: float = 0.5) -> None:
+    """Show progress until every delivery due so far is finished.
+
+    "So far" runs on the run's clock: ``as_of`` plus the time spent following, so a
+    trial with ``--now`` waits for what its workers were asked to send now, not for
+    deliveries that quiet hours or caps put hours or days later.
+    """
+    started = time.monotonic()
     with Progress(TextColumn("[bold]run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
         task = progress.add_task("planning", total=None, run=run_id)
@@ -164,7 +176,8 @@ def _follow(application: runtime.App, run_id: int, poll_s: float = 0.5) -> None:
             done = report.total - report.in_flight
             if report.state == "planned":
                 progress.update(task, total=report.total, completed=done, description="delivering")
-                if report.in_flight == 0:
+                due_by = as_of + timedelta(seconds=time.monotonic() - started)
+                if due_in_flight(application.engine, run_id, due_by) == 0:
                     break
             else:
                 progress.update(task, completed=done, description="planning")

@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event
+import hashlib
+
+from sqlalchemy import Engine, Integer, Table, create_engine, event
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import NullPool
@@ -41,11 +45,46 @@ def make_engine(url: str, *, pool: bool = True) -> Engine:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.create_function("lc_bucket", 2, bucket, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+BUCKETS = 10_000
+
+
+def bucket(salt: str, member_id: int) -> int:
+    """A member's stable pseudo-random bucket in ``[0, BUCKETS)`` for ``salt``.
+
+    The first 28 bits of ``md5("salt:member_id")``; PostgreSQL computes the same value
+    in SQL (see ``holdout_bucket``), so both databases draw the same control group.
+    """
+    return int(hashlib.md5(f"{salt}:{member_id}".encode()).hexdigest()[:7], 16) % BUCKETS
+
+
+class holdout_bucket(FunctionElement[int]):
+    """SQL expression for ``bucket(salt, member_id)``."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "holdout_bucket"
+
+
+@compiles(holdout_bucket, "postgresql")
+def _bucket_postgresql(element: holdout_bucket, compiler: Any, **kw: Any) -> str:
+    salt, member_id = list(element.clauses)
+    return (
+        f"(('x' || substr(md5(CAST({compiler.process(salt, **kw)} AS text) || ':' || "
+        f"CAST({compiler.process(member_id, **kw)} AS text)), 1, 7))::bit(28)::int % {BUCKETS})"
+    )
+
+
+@compiles(holdout_bucket, "sqlite")
+def _bucket_sqlite(element: holdout_bucket, compiler: Any, **kw: Any) -> str:
+    return f"lc_bucket({compiler.process(element.clauses, **kw)})"
 
 
 def upsert_insert(conn: Connection, table: Table):  # type: ignore[no-untyped-def]

@@ -148,6 +148,8 @@ deliveries = Table(
     Column("holds_slot", Boolean, nullable=False, server_default=text("false"),
            comment="counts against frequency caps"),
     Column("send_at", UTCDateTime, nullable=False, comment="when the message is due"),
+    Column("deferred_from", UTCDateTime, nullable=True,
+           comment="when it would have been due had a cap not deferred it"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime, nullable=True),

@@ -23,32 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    ColumnElement,
-    Engine,
-    Integer,
-    String,
-    and_,
-    case,
-    cast,
-    exists,
-    func,
-    literal,
-    not_,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import Connection
 
 from campaigns.db import upsert_insert
+from campaigns.decisions import RunContext, decide_chunk, run_context
 from campaigns.errors import UnknownCampaign
 from campaigns.ledger import Status
-from campaigns.models import UTCDateTime, campaign_runs, cap_locks, deliveries, members, suppressions
-from campaigns.segments import segment_query
+from campaigns.models import campaign_runs, cap_locks, deliveries, members
 from campaigns.settings import CampaignSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -126,11 +109,12 @@ def plan_run(engine: Engine, settings: Settings, run_id: int) -> int:
     decisions that are missing.
     """
     run = load_run(engine, run_id)
-    campaign = campaign_settings(settings, run.campaign)
-    chunk_size = settings.delivery.plan_chunk_size
+    campaign_settings(settings, run.campaign)
+    with engine.connect() as conn:
+        ctx = run_context(conn, settings, run.id, run.campaign, run.as_of)
     decided = 0
-    for member_range in member_chunks(engine, chunk_size):
-        decided += _plan_chunk(engine, settings, run, campaign, member_range)
+    for member_range in member_chunks(engine, settings.delivery.plan_chunk_size):
+        decided += _plan_chunk(engine, settings, ctx, member_range)
     with engine.begin() as conn:
         considered = conn.execute(
             select(func.count()).select_from(deliveries).where(deliveries.c.run_id == run.id)
@@ -169,19 +153,16 @@ def member_chunks(engine: Engine, chunk_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _plan_chunk(
-    engine: Engine, settings: Settings, run: Run, campaign: CampaignSettings, member_range: tuple[int, int]
-) -> int:
+def _plan_chunk(engine: Engine, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             with engine.begin() as conn:
                 lock_members(conn, member_range)
-                result = conn.execute(decision_insert(conn, settings, run, campaign, member_range))
-                return max(result.rowcount or 0, 0)
+                return decide_chunk(conn, settings, ctx, member_range)
         except OperationalError as exc:
             if attempt == DEADLOCK_RETRIES or not _is_retryable(exc):
                 raise
-            log.warning("planning chunk %s of run %s: %s; retrying", member_range, run.id, exc.orig)
+            log.warning("planning chunk %s of run %s: %s; retrying", member_range, ctx.run_id, exc.orig)
     raise AssertionError("unreachable")
 
 
@@ -215,169 +196,44 @@ def lock_members(conn: Connection, member_range: tuple[int, int]) -> None:
         conn.execute(select(func.count()).select_from(locked))
 
 
-STATE_OK = "ok"
-STATE_NO_CONTACT = "no contact"
-STATE_NO_CONSENT = "no consent"
-STATE_SUPPRESSED = "suppressed"
+def queued_batches(
+    engine: Engine, run_id: int, batch_size: int, *, due_by: datetime | None = None
+) -> Iterator[tuple[datetime, list[int]]]:
+    """``(send_at, ids)`` of the run's ``queued`` deliveries, streamed from the database.
 
-
-def _contact(segment, channel: str) -> ColumnElement[str]:  # type: ignore[no-untyped-def]
-    if channel == "email":
-        return segment.c.email
-    if channel == "sms":
-        return segment.c.phone
-    if channel == "telegram":
-        return cast(segment.c.telegram_chat_id, String)
-    raise ValueError(f"unknown channel {channel!r}")
-
-
-def decision_insert(
-    conn: Connection, settings: Settings, run: Run, campaign: CampaignSettings, member_range: tuple[int, int]
-):  # type: ignore[no-untyped-def]
-    """The ``INSERT ... SELECT`` that decides (and reserves) one chunk of a run."""
-    segment = segment_query(
-        settings.segments[campaign.segment],
-        as_of=run.as_of,
-        default_locale=settings.program.default_locale,
-        member_range=member_range,
-    ).subquery("segment")
-    send_at = run.as_of
-
-    columns: list[ColumnElement] = [segment.c.id.label("member_id")]  # type: ignore[type-arg]
-    source = segment
-    cap_rules = {}
-    for channel in campaign.channels:
-        contact = _contact(segment, channel)
-        has_contact = and_(contact.is_not(None), contact != "")
-        consent = segment.c[f"{channel}_consent"]
-        suppressed = exists().where(suppressions.c.channel == channel, suppressions.c.address == contact)
-        state = case(
-            (not_(has_contact), STATE_NO_CONTACT),
-            (not_(consent), STATE_NO_CONSENT),
-            (suppressed, STATE_SUPPRESSED),
-            else_=STATE_OK,
-        )
-        columns += [state.label(f"state_{channel}"), contact.label(f"address_{channel}")]
-        rules = settings.caps_for(channel, campaign.category)
-        if rules:
-            rule = rules[0]
-            cap_rules[channel] = rule
-            used = (
-                select(deliveries.c.member_id, func.count().label("used"))
-                .where(
-                    deliveries.c.holds_slot,
-                    deliveries.c.channel == channel,
-                    deliveries.c.category == campaign.category,
-                    # A rolling window of length W around send_at: any earlier or later
-                    # reservation closer than W takes one of the rule's slots.
-                    deliveries.c.send_at > send_at - rule.per,
-                    deliveries.c.send_at < send_at + rule.per,
-                    deliveries.c.member_id.between(*member_range),
-                )
-                .group_by(deliveries.c.member_id)
-                .subquery(f"used_{channel}")
-            )
-            source = source.outerjoin(used, used.c.member_id == segment.c.id)
-            columns.append(func.coalesce(used.c.used, 0).label(f"used_{channel}"))
-    decided = select(*columns).select_from(source).subquery("decided")
-
-    channel_expr, status_expr, reason_expr, address_expr = _decision_columns(decided, campaign, cap_rules)
-    now = datetime.now(timezone.utc)
-    body = select(
-        literal(run.id, BigInteger),
-        decided.c.member_id,
-        channel_expr,
-        literal(campaign.category, String),
-        literal(campaign.template, String),
-        status_expr,
-        reason_expr,
-        address_expr,
-        status_expr == Status.QUEUED.value,
-        literal(send_at, UTCDateTime()),
-        literal(now, UTCDateTime()),
-        literal(now, UTCDateTime()),
-        literal(0, Integer),
-    ).where(literal(True, Boolean))  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
-    return (
-        upsert_insert(conn, deliveries)
-        .from_select(
-            [
-                "run_id", "member_id", "channel", "category", "template", "status", "reason",
-                "address", "holds_slot", "send_at", "created_at", "updated_at", "attempts",
-            ],
-            body,
-        )
-        .on_conflict_do_nothing(index_elements=["run_id", "member_id"])
-    )
-
-
-def _decision_columns(decided, campaign: CampaignSettings, cap_rules):  # type: ignore[no-untyped-def]
-    """CASE expressions for channel, status, reason and address of each member.
-
-    The first channel whose state is ``ok`` is chosen. A capped first choice does not
-    fall through to a costlier channel (the cap protects the member, not the budget).
+    A batch never mixes send times: all its deliveries are due at ``send_at``.
+    ``due_by`` leaves out deliveries due later.
     """
-    channels = campaign.channels
-    state = {c: decided.c[f"state_{c}"] for c in channels}
-    channel_whens, status_whens, reason_whens, address_whens = [], [], [], []
-    for index, channel in enumerate(channels):
-        is_ok = state[channel] == STATE_OK
-        skipped = _skipped_text(state, channels[:index])
-        channel_whens.append((is_ok, literal(channel, String)))
-        address_whens.append((is_ok, decided.c[f"address_{channel}"]))
-        rule = cap_rules.get(channel)
-        if rule is None:
-            status_whens.append((is_ok, literal(Status.QUEUED.value, String)))
-            reason_whens.append((is_ok, literal(f"eligible on {channel}", String) + skipped))
-        else:
-            over_cap = decided.c[f"used_{channel}"] >= rule.max
-            status_whens.append(
-                (is_ok, case((over_cap, Status.CAPPED.value), else_=Status.QUEUED.value))
-            )
-            reason_whens.append(
-                (
-                    is_ok,
-                    case(
-                        (over_cap, literal(f"cap {rule.name}", String)),
-                        else_=literal(f"eligible on {channel}", String),
-                    )
-                    + skipped,
-                )
-            )
-    any_state = lambda value: or_(*(state[c] == value for c in channels))  # noqa: E731
-    status = case(
-        *status_whens,
-        (any_state(STATE_SUPPRESSED), Status.SUPPRESSED.value),
-        (any_state(STATE_NO_CONSENT), Status.NO_CONSENT.value),
-        else_=Status.NO_CONTACT.value,
+    query = select(deliveries.c.id, deliveries.c.send_at).where(
+        deliveries.c.run_id == run_id, deliveries.c.status == Status.QUEUED.value
     )
-    everything = _joined(state, channels, "; ")
-    reason = case(*reason_whens, else_=everything)
-    return case(*channel_whens, else_=None), status, reason, case(*address_whens, else_=None)
-
-
-def _joined(state, channels, separator: str):  # type: ignore[no-untyped-def]
-    expr = None
-    for channel in channels:
-        part = literal(f"{channel}: ", String) + state[channel]
-        expr = part if expr is None else expr + literal(separator, String) + part
-    return expr
-
-
-def _skipped_text(state, earlier: list[str]):  # type: ignore[no-untyped-def]
-    if not earlier:
-        return literal("", String)
-    return literal(" (", String) + _joined(state, earlier, ", ") + literal(")", String)
-
-
-def queued_batches(engine: Engine, run_id: int, batch_size: int) -> Iterator[list[int]]:
-    """Ids of the run's ``queued`` deliveries in batches, streamed from the database."""
+    if due_by is not None:
+        query = query.where(deliveries.c.send_at <= due_by)
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=batch_size).execute(
-            select(deliveries.c.id)
-            .where(deliveries.c.run_id == run_id, deliveries.c.status == Status.QUEUED.value)
-            .order_by(deliveries.c.id)
+            query.order_by(deliveries.c.send_at, deliveries.c.id)
         )
-        for partition in result.partitions(batch_size):
-            yield [row[0] for row in partition]
+        batch: list[int] = []
+        batch_due: datetime | None = None
+        for delivery_id, send_at in result:
+            if batch and (send_at != batch_due or len(batch) >= batch_size):
+                yield batch_due, batch  # type: ignore[misc]
+                batch = []
+            batch_due = send_at
+            batch.append(delivery_id)
+        if batch:
+            yield batch_due, batch  # type: ignore[misc]
+
+
+def waiting(engine: Engine, run_id: int, after: datetime) -> tuple[int, datetime | None]:
+    """How many of the run's queued deliveries are due after ``after``, and the first such time."""
+    with engine.connect() as conn:
+        count, first = conn.execute(
+            select(func.count(), func.min(deliveries.c.send_at)).where(
+                deliveries.c.run_id == run_id,
+                deliveries.c.status == Status.QUEUED.value,
+                deliveries.c.send_at > after,
+            )
+        ).one()
+    return count, first
 

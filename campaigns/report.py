@@ -91,3 +91,15 @@ def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
     )
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def due_in_flight(engine: Engine, run_id: int, due_by: datetime) -> int:
+    """Deliveries of the run that are due by ``due_by`` and not finished yet."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(func.count()).where(
+                deliveries.c.run_id == run_id,
+                deliveries.c.status.in_(IN_FLIGHT),
+                deliveries.c.send_at <= due_by,
+            )
+        ).scalar_one()

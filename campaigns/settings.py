@@ -179,24 +179,137 @@ class DeliverySettings(_Section):
     """How far ahead templates see expiring points when the segment sets no horizon."""
 
 
-class CapRule(_Section):
-    """At most ``max`` messages of ``category`` on ``channel`` per ``per`` (rolling window)."""
+ANY_CHANNEL = "*"
 
-    channel: ChannelName
+
+def _cap_channel(value: str) -> str:
+    return value if value == ANY_CHANNEL else _known_channel(value)
+
+
+class CapRule(_Section):
+    """A frequency cap: how often a member may get messages of ``category`` on ``channel``.
+
+    Window kinds (every count is of messages holding a cap slot):
+
+    - ``rolling``: at most ``max`` in any window of length ``per``;
+    - ``calendar``: at most ``max`` per calendar ``period`` (``week`` starting Monday, or
+      ``month``) in the member's time zone;
+    - ``min_gap``: at least ``gap`` between two messages.
+
+    ``channel = "*"`` counts every channel together (a cross-channel rule). ``tiers``
+    makes the rule an override: for members of those tiers it replaces the rules of the
+    same channel and category that name no tiers. ``action`` says what happens over the
+    cap: ``skip`` (ledger status ``capped``) or ``defer`` (sent when the window opens).
+    """
+
+    channel: Annotated[str, AfterValidator(_cap_channel)]
     category: str = "marketing"
-    window: Literal["rolling"] = "rolling"
-    max: int = Field(default=1, ge=1)
-    per: Duration
+    window: Literal["rolling", "calendar", "min_gap"] = "rolling"
+    max: int | None = Field(default=None, ge=1)
+    per: Duration | None = None
+    period: Literal["week", "month"] | None = None
+    gap: Duration | None = None
+    action: Literal["skip", "defer"] = "skip"
+    tiers: list[str] | None = Field(default=None, min_length=1)
+
+    @property
+    def limit(self) -> int:
+        """Messages allowed per window."""
+        return 1 if self.window == "min_gap" else (self.max or 1)
+
+    @property
+    def span(self) -> timedelta:
+        """Half-width of the window around a send time (rolling and min_gap)."""
+        return (self.gap if self.window == "min_gap" else self.per) or timedelta(0)
 
     @property
     def name(self) -> str:
-        return f"{self.channel}/{self.category}: {self.max} per {_format_duration(self.per)}"
+        if self.window == "rolling":
+            what = f"{self.limit} per {_format_duration(self.span)}"
+        elif self.window == "calendar":
+            what = f"{self.limit} per calendar {self.period}"
+        else:
+            what = f"at least {_format_duration(self.span)} apart"
+        scope = f"{'any channel' if self.channel == ANY_CHANNEL else self.channel}/{self.category}"
+        tiers = f" for {', '.join(self.tiers)}" if self.tiers else ""
+        return f"{scope}{tiers}: {what}"
+
+    def window_problems(self) -> list[tuple[str, str]]:
+        """``(key, problem)`` pairs for keys that are missing or meaningless for the window kind."""
+        needed = {"rolling": {"max", "per"}, "calendar": {"max", "period"}, "min_gap": {"gap"}}[self.window]
+        problems = []
+        for key in ("max", "per", "period", "gap"):
+            given = getattr(self, key) is not None
+            if key in needed and not given and key != "max":  # max defaults to 1
+                problems.append((key, f"required for a {self.window} window"))
+            elif key not in needed and given:
+                problems.append((key, f"means nothing for a {self.window} window (it uses {', '.join(sorted(needed))})"))
+        return problems
 
 
 DEFAULT_CAPS = (
     {"channel": "sms", "category": "marketing", "max": 1, "per": "30d"},
     {"channel": "email", "category": "marketing", "max": 1, "per": "14d"},
 )
+
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_clock(value: str) -> tuple[int, int]:
+    match = _CLOCK.match(value.strip())
+    if not match:
+        raise ValueError(f"invalid time of day {value!r} (use HH:MM, e.g. '09:00')")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _quiet_window(value: str) -> str:
+    if value.strip().lower() == "off":
+        return "off"
+    parts = value.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"invalid quiet hours {value!r} (use 'HH:MM-HH:MM', e.g. '21:00-09:00', or 'off')")
+    for part in parts:
+        parse_clock(part)
+    return value.strip()
+
+
+QuietWindow = Annotated[str, AfterValidator(_quiet_window)]
+Clock = tuple[int, int]
+
+
+class QuietHoursSettings(_Section):
+    """Local times when members are not messaged; a message due inside waits for the end.
+
+    Each value is ``"HH:MM-HH:MM"`` (may wrap midnight) or ``"off"``. A channel without
+    its own value uses ``default``.
+    """
+
+    default: QuietWindow = "off"
+    email: QuietWindow | None = None
+    sms: QuietWindow | None = None
+    telegram: QuietWindow | None = None
+    ignore_for_categories: list[str] = Field(default_factory=lambda: ["service"])
+
+    def windows(self) -> dict[str, tuple[Clock, Clock] | None]:
+        """``{"default"|channel: ((start_h, start_m), (end_h, end_m)) or None}``."""
+        out: dict[str, tuple[Clock, Clock] | None] = {}
+        for key in ("default", *CHANNELS):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if value == "off":
+                out[key] = None
+            else:
+                start, end = value.split("-")
+                out[key] = (parse_clock(start), parse_clock(end))
+        return out
+
+    def window_for(self, channel: str, category: str) -> tuple[Clock, Clock] | None:
+        if category in self.ignore_for_categories:
+            return None
+        windows = self.windows()
+        return windows[channel] if channel in windows else windows.get("default")
 
 
 class SegmentSettings(_Section):
@@ -220,6 +333,19 @@ class CampaignSettings(_Section):
     category: str = "marketing"
     schedule: str | None = None
     description: str = ""
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of eligible members kept as a control group (recorded ``held_out``)."""
+    holdout_salt: str | None = None
+    """Changing the salt draws a new control group (default: the campaign name)."""
+    send_at_local: str | None = None
+    """``"HH:MM"``: deliver at the next such time in each member's own time zone."""
+
+    @field_validator("send_at_local")
+    @classmethod
+    def _clock(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_clock(value)
+        return value
 
     # References to other keys are checked here, with the raw file as context, so that
     # they are reported together with every other problem of the file.
@@ -255,6 +381,7 @@ class Settings(_Section):
     templates_dir: str = "templates"
     channels: dict[ChannelName, ChannelSettings] = Field(default_factory=dict)
     delivery: DeliverySettings = DeliverySettings()
+    quiet_hours: QuietHoursSettings = QuietHoursSettings()
     caps: list[CapRule] = Field(default_factory=lambda: [CapRule(**rule) for rule in DEFAULT_CAPS])
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
@@ -294,8 +421,23 @@ class Settings(_Section):
     def channel(self, name: str) -> ChannelSettings:
         return self.channels.get(name) or ChannelSettings()
 
-    def caps_for(self, channel: str, category: str) -> list[CapRule]:
-        return [rule for rule in self.caps if rule.channel == channel and rule.category == category]
+    def caps_for(self, channel: str, category: str, tier: str | None = None) -> list[CapRule]:
+        """Rules that limit ``category`` on ``channel`` for a member of ``tier``.
+
+        Per scope (the channel itself, and ``*``): the rules naming the tier if there
+        are any, else the rules naming no tiers.
+        """
+        chosen: list[CapRule] = []
+        for scope in (channel, ANY_CHANNEL):
+            rules = [r for r in self.caps if r.channel == scope and r.category == category]
+            for_tier = [r for r in rules if r.tiers and tier in r.tiers]
+            chosen += for_tier or [r for r in rules if not r.tiers]
+        return chosen
+
+    def override_tiers(self, channel: str, category: str) -> list[str]:
+        """Tiers named by override rules that can apply to ``category`` on ``channel``."""
+        return sorted({t for r in self.caps if r.tiers and r.category == category
+                       and r.channel in (channel, ANY_CHANNEL) for t in r.tiers})
 
     @staticmethod
     def _secret(value: str | None, env_name: str | None) -> str | None:
@@ -384,12 +526,22 @@ def _semantic_problems(settings: Settings) -> list[str]:
     except (KeyError, IndexError, ValueError) as exc:
         problems.append(f"program.unsubscribe_url: unknown placeholder {exc} (use {{member_id}} and {{channel}})")
 
-    seen_rules: set[tuple[str, str]] = set()
+    seen_rules: dict[tuple[str, str, str, str], int] = {}
     for index, rule in enumerate(settings.caps):
-        key = (rule.channel, rule.category)
-        if key in seen_rules:
-            problems.append(f"caps[{index}]: a second rule for {rule.channel}/{rule.category} (one rule per channel and category)")
-        seen_rules.add(key)
+        for key, problem in rule.window_problems():
+            problems.append(f"caps[{index}].{key}: {problem}")
+        for tier in rule.tiers or [""]:
+            scope = (rule.channel, rule.category, rule.window, tier)
+            if scope in seen_rules:
+                who = f" for tier {tier!r}" if tier else ""
+                problems.append(
+                    f"caps[{index}]: contradicts caps[{seen_rules[scope]}] (two {rule.window} rules for "
+                    f"{rule.channel}/{rule.category}{who})"
+                )
+            seen_rules.setdefault(scope, index)
+    for name, windows in (settings.quiet_hours.windows().items()):
+        if windows is not None and windows[0] == windows[1]:
+            problems.append(f"quiet_hours.{name}: start and end are equal (use \"off\" for no quiet hours)")
 
     for name, segment in settings.segments.items():
         if segment.min_balance is not None and segment.max_balance is not None and segment.min_balance > segment.max_balance:

@@ -75,12 +75,18 @@ def test_demo_campaign_end_to_end(configured) -> None:
     engine, settings = application.engine, application.settings
     demo.seed(engine, 400)
 
-    # When the balance reminder runs
-    report = run_json(config, "balance_reminder")
+    # When the balance reminder runs at noon in Moscow
+    noon = "2026-11-23T12:00+03:00"
+    report = run_json(config, "balance_reminder", "--now", noon)
+    # Then members whose local time is inside quiet hours wait in the ledger
+    waiting = report["counts"].get("queued", {})
+    assert waiting and set(waiting) <= {"sms", "telegram"}
+    # And the same occasion run again the next morning sends them
+    report = run_json(config, "balance_reminder", "--now", "2026-11-24T12:00+03:00", "--occasion", report["occasion"])
 
     # Then every member of the segment has exactly one decision with a reason
     with engine.connect() as conn:
-        segment = segment_query(settings.segments["has_balance"], as_of=datetime.now(timezone.utc), default_locale="ru")
+        segment = segment_query(settings.segments["has_balance"], as_of=datetime.fromisoformat(noon), default_locale="ru")
         expected = conn.execute(select(func.count()).select_from(segment.subquery())).scalar_one()
         rows = conn.execute(select(deliveries).where(deliveries.c.run_id == report["run_id"])).all()
     assert len(rows) == expected == report["total"]
@@ -103,7 +109,7 @@ def test_demo_campaign_end_to_end(configured) -> None:
     assert sms["to"].startswith("+") and ("балл" in sms["text"] or "point" in sms["text"])
 
     # When the same occasion runs again, nothing new is decided or sent
-    again = run_json(config, "balance_reminder")
+    again = run_json(config, "balance_reminder", "--now", noon)
     assert again["run_id"] == report["run_id"] and again["counts"] == report["counts"]
     assert len([p for p in outbox.rglob("*") if p.is_file()]) == len(files)
 

@@ -32,7 +32,12 @@ def _env(config: Path) -> dict[str, str]:
 
 @pytest.fixture
 def production_settings(write_settings, pg_url: str, redis_url: str) -> Path:
-    return write_settings({"database": {"url": pg_url}, "broker": {"url": redis_url}, "delivery": {"batch_size": 50}})
+    return write_settings({
+        "database": {"url": pg_url},
+        "broker": {"url": redis_url},
+        "delivery": {"batch_size": 50},
+        "quiet_hours": {"default": "off", "telegram": "off"},  # this test is about the worker path
+    })
 
 
 @pytest.fixture

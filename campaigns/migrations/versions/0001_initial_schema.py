@@ -73,6 +73,8 @@ def upgrade() -> None:
         sa.Column("address", sa.String(320), nullable=True, comment="email, E.164 phone or chat id used"),
         sa.Column("holds_slot", sa.Boolean(), server_default=FALSE, nullable=False, comment="counts against frequency caps"),
         sa.Column("send_at", Timestamp, nullable=False, comment="when the message is due"),
+        sa.Column("deferred_from", Timestamp, nullable=True,
+                  comment="when it would have been due had a cap not deferred it"),
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
         sa.Column("sent_at", Timestamp, nullable=True),

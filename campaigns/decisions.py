@@ -1,0 +1,362 @@
+"""The SQL that decides one chunk of a campaign run, and the deferral step after it.
+
+``decide_chunk`` runs inside the planner's chunk transaction, after the chunk's members
+are locked. One ``INSERT ... SELECT`` writes a ledger row per segment member, built in
+four layers:
+
+1. ``reach``: per channel, the member's state (``ok``, ``no contact``, ``no consent``,
+   ``suppressed``) and address; whether the member falls in the holdout group;
+2. ``chosen``: the first ``ok`` channel of the campaign's priority list;
+3. ``capped``: when the message would be due on that channel (quiet hours,
+   ``send_at_local``: one constant per time zone) and the first cap rule that is full
+   at that time (a count of slot-holding ledger rows inside the rule's window);
+4. the row: status, reason, whether it holds a cap slot.
+
+Time-zone arithmetic never happens in SQL: for every zone the members have, Python
+computes the send time and each rule's window once, and the SQL picks them with a
+``CASE`` on the member's zone. That keeps SQLite and PostgreSQL in agreement.
+
+Members whose first full rule says ``defer`` are inserted ``queued`` with
+``deferred_from`` set; ``defer_chunk`` then moves each to the moment its windows open
+(one query for the rows, one for their slot holders, one bulk update).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from campaigns.caps import leave_quiet_hours, next_local_time, next_opening, window_bounds
+from campaigns.db import BUCKETS, holdout_bucket, upsert_insert
+from campaigns.ledger import Status
+from campaigns.models import UTCDateTime, deliveries, members, suppressions
+from campaigns.segments import segment_query
+from campaigns.settings import ANY_CHANNEL, CampaignSettings, CapRule, Settings, parse_clock
+
+STATE_OK = "ok"
+STATE_NO_CONTACT = "no contact"
+STATE_NO_CONSENT = "no consent"
+STATE_SUPPRESSED = "suppressed"
+
+INSERTED_COLUMNS = [
+    "run_id", "member_id", "channel", "category", "template", "status", "reason", "address",
+    "holds_slot", "send_at", "deferred_from", "created_at", "updated_at", "attempts",
+]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every chunk of one run shares: the run, its campaign, and per-zone times."""
+
+    run_id: int
+    campaign_name: str
+    campaign: CampaignSettings
+    as_of: datetime
+    program_zone: str
+    zones: tuple[str, ...]
+    send_at: dict[str, dict[str, datetime]]
+    """``{channel: {zone: when a message planned at as_of is due}}``."""
+
+
+def member_zones(conn: Connection) -> list[str]:
+    """Valid IANA zones the members have (unknown names fall back to the program zone)."""
+    names = conn.execute(select(members.c.timezone).where(members.c.timezone.is_not(None)).distinct()).scalars()
+    valid = []
+    for name in names:
+        try:
+            ZoneInfo(name)
+            valid.append(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return sorted(valid)
+
+
+def run_context(conn: Connection, settings: Settings, run_id: int, campaign_name: str, as_of: datetime) -> RunContext:
+    campaign = settings.campaigns[campaign_name]
+    program_zone = settings.program.timezone
+    zones = tuple(sorted(set(member_zones(conn)) | {program_zone}))
+    send_at: dict[str, dict[str, datetime]] = {}
+    for channel in campaign.channels:
+        quiet = settings.quiet_hours.window_for(channel, campaign.category)
+        per_zone = {}
+        for zone_name in zones:
+            zone = ZoneInfo(zone_name)
+            due = as_of
+            if campaign.send_at_local:
+                due = next_local_time(as_of, zone, parse_clock(campaign.send_at_local))
+            per_zone[zone_name] = leave_quiet_hours(due, zone, quiet)
+        send_at[channel] = per_zone
+    return RunContext(run_id, campaign_name, campaign, as_of, program_zone, zones, send_at)
+
+
+def _per_zone(zone: ColumnElement[str], values: dict[str, Any], program_zone: str, type_: Any) -> ColumnElement[Any]:
+    """A constant per member zone: ``CASE zone WHEN 'Europe/Moscow' THEN ... END``."""
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        return literal(next(iter(distinct)), type_)
+    default = values[program_zone]
+    whens = [(zone == name, literal(value, type_)) for name, value in values.items() if value != default]
+    return case(*whens, else_=literal(default, type_))
+
+
+def _contact(segment: Any, channel: str) -> ColumnElement[str]:
+    if channel == "email":
+        return segment.c.email
+    if channel == "sms":
+        return segment.c.phone
+    return cast(segment.c.telegram_chat_id, String)
+
+
+def _joined(parts: list[ColumnElement[str]], separator: str) -> ColumnElement[str]:
+    expr = parts[0]
+    for part in parts[1:]:
+        expr = expr + literal(separator, String) + part
+    return expr
+
+
+def decide_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
+    """Insert the chunk's decisions (skipping members already decided); return rows inserted."""
+    result = conn.execute(decision_insert(conn, settings, ctx, member_range))
+    inserted = max(result.rowcount or 0, 0)
+    if any(rule.action == "defer" for rule in settings.caps):
+        defer_chunk(conn, settings, ctx, member_range)
+    return inserted
+
+
+def decision_insert(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> Any:
+    campaign = ctx.campaign
+    channels = campaign.channels
+    segment = segment_query(
+        settings.segments[campaign.segment],
+        as_of=ctx.as_of,
+        default_locale=settings.program.default_locale,
+        member_range=member_range,
+    ).subquery("segment")
+
+    # 1. reach: per-channel state and address, holdout draw
+    zone = func.coalesce(segment.c.timezone, ctx.program_zone)
+    reach_columns: list[Any] = [segment.c.id.label("member_id"), segment.c.tier.label("tier"), zone.label("zone")]
+    for channel in channels:
+        contact = _contact(segment, channel)
+        state = case(
+            (or_(contact.is_(None), contact == ""), STATE_NO_CONTACT),
+            (not_(segment.c[f"{channel}_consent"]), STATE_NO_CONSENT),
+            (exists().where(suppressions.c.channel == channel, suppressions.c.address == contact), STATE_SUPPRESSED),
+            else_=STATE_OK,
+        )
+        reach_columns += [state.label(f"state_{channel}"), contact.label(f"address_{channel}")]
+    if campaign.holdout > 0:
+        salt = campaign.holdout_salt or ctx.campaign_name
+        held = holdout_bucket(literal(salt, String), segment.c.id) < int(round(campaign.holdout * BUCKETS))
+    else:
+        held = false()
+    reach_columns.append(held.label("held"))
+    reach = select(*reach_columns).subquery("reach")
+
+    # 2. chosen: first reachable channel, and what the earlier ones were
+    state = {c: reach.c[f"state_{c}"] for c in channels}
+    ok = {c: state[c] == STATE_OK for c in channels}
+    skipped_whens = []
+    for index, channel in enumerate(channels):
+        earlier = channels[:index]
+        text = (
+            literal(" (", String) + _joined([literal(f"{c}: ", String) + state[c] for c in earlier], ", ") + literal(")", String)
+            if earlier else literal("", String)
+        )
+        skipped_whens.append((ok[channel], text))
+    chosen = select(
+        reach.c.member_id,
+        reach.c.tier,
+        reach.c.zone,
+        reach.c.held,
+        case(*((ok[c], literal(c, String)) for c in channels), else_=None).label("channel"),
+        case(*((ok[c], reach.c[f"address_{c}"]) for c in channels), else_=None).label("address"),
+        case(*skipped_whens, else_=literal("", String)).label("skipped"),
+        _joined([literal(f"{c}: ", String) + state[c] for c in channels], "; ").label("states"),
+        case(
+            (or_(*(state[c] == STATE_SUPPRESSED for c in channels)), Status.SUPPRESSED.value),
+            (or_(*(state[c] == STATE_NO_CONSENT for c in channels)), Status.NO_CONSENT.value),
+            else_=Status.NO_CONTACT.value,
+        ).label("unreachable"),
+    ).subquery("chosen")
+
+    # 3. capped: due time on the chosen channel, first full cap rule there
+    due = {c: _per_zone(chosen.c.zone, ctx.send_at[c], ctx.program_zone, UTCDateTime()) for c in channels}
+    send_at = case(*((chosen.c.channel == c, due[c]) for c in channels), else_=literal(ctx.as_of, UTCDateTime()))
+    hit_whens = []
+    for channel in channels:
+        hit = _first_full_rule(settings, ctx, channel, chosen)
+        if hit is not None:
+            hit_whens.append((chosen.c.channel == channel, hit))
+    cap_hit = (
+        case((or_(chosen.c.held, chosen.c.channel.is_(None)), literal(None, Integer)), *hit_whens, else_=literal(None, Integer))
+        if hit_whens else literal(None, Integer)
+    )
+    capped = select(*chosen.c, send_at.label("send_at"), cap_hit.label("cap_hit")).subquery("capped")
+
+    # 4. the ledger row
+    deferring = [i for i, rule in enumerate(settings.caps) if rule.action == "defer"]
+    is_deferred = capped.c.cap_hit.in_(deferring) if deferring else false()
+    status = case(
+        (capped.c.channel.is_(None), capped.c.unreachable),
+        (capped.c.held, literal(Status.HELD_OUT.value, String)),
+        (capped.c.cap_hit.is_(None), literal(Status.QUEUED.value, String)),
+        (is_deferred, literal(Status.QUEUED.value, String)),
+        else_=literal(Status.CAPPED.value, String),
+    )
+    rule_names = [
+        (capped.c.cap_hit == i, literal(("deferred by cap " if rule.action == "defer" else "cap ") + rule.name, String))
+        for i, rule in enumerate(settings.caps)
+    ]
+    reason = case(
+        (capped.c.channel.is_(None), capped.c.states),
+        (capped.c.held, literal(f"control group ({campaign.holdout:.0%} holdout) on ", String) + capped.c.channel),
+        (capped.c.cap_hit.is_(None), literal("eligible on ", String) + capped.c.channel + capped.c.skipped),
+        *((when, text + capped.c.skipped) for when, text in rule_names),
+        else_=literal("", String),
+    )
+    now = datetime.now(ctx.as_of.tzinfo)
+    body = select(
+        literal(ctx.run_id, BigInteger),
+        capped.c.member_id,
+        capped.c.channel,
+        literal(campaign.category, String),
+        literal(campaign.template, String),
+        status,
+        reason,
+        capped.c.address,
+        status == Status.QUEUED.value,
+        capped.c.send_at,
+        case((is_deferred, capped.c.send_at), else_=literal(None, UTCDateTime())),
+        literal(now, UTCDateTime()),
+        literal(now, UTCDateTime()),
+        literal(0, Integer),
+    ).where(literal(True, Boolean))  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+    return (
+        upsert_insert(conn, deliveries)
+        .from_select(INSERTED_COLUMNS, body)
+        .on_conflict_do_nothing(index_elements=["run_id", "member_id"])
+    )
+
+
+def _first_full_rule(settings: Settings, ctx: RunContext, channel: str, chosen: Any) -> ColumnElement[Any] | None:
+    """Index (in ``settings.caps``) of the first rule full for the member on ``channel``, else NULL."""
+    category = ctx.campaign.category
+    groups: list[tuple[str | None, list[CapRule]]] = [
+        (tier, settings.caps_for(channel, category, tier)) for tier in settings.override_tiers(channel, category)
+    ]
+    default_rules = settings.caps_for(channel, category, None)
+    if not default_rules and not any(rules for _, rules in groups):
+        return None
+
+    def first_full(rules: list[CapRule]) -> ColumnElement[Any]:
+        whens = [(_is_full(settings, ctx, channel, rule, chosen), literal(settings.caps.index(rule), Integer)) for rule in rules]
+        return case(*whens, else_=literal(None, Integer)) if whens else literal(None, Integer)
+
+    tier_whens = [(chosen.c.tier == tier, first_full(rules)) for tier, rules in groups]
+    if not tier_whens:
+        return first_full(default_rules)
+    return case(*tier_whens, else_=first_full(default_rules))
+
+
+def _is_full(settings: Settings, ctx: RunContext, channel: str, rule: CapRule, chosen: Any) -> ColumnElement[bool]:
+    lows, highs = {}, {}
+    inclusive = False
+    for zone_name, due in ctx.send_at[channel].items():
+        lows[zone_name], highs[zone_name], inclusive = window_bounds(rule, due, ZoneInfo(zone_name))
+    low = _per_zone(chosen.c.zone, lows, ctx.program_zone, UTCDateTime())
+    high = _per_zone(chosen.c.zone, highs, ctx.program_zone, UTCDateTime())
+    conditions = [
+        deliveries.c.member_id == chosen.c.member_id,
+        deliveries.c.holds_slot,
+        deliveries.c.category == rule.category,
+        deliveries.c.send_at >= low if inclusive else deliveries.c.send_at > low,
+        deliveries.c.send_at < high,
+    ]
+    if rule.channel != ANY_CHANNEL:
+        conditions.append(deliveries.c.channel == channel)
+    used = select(func.count()).select_from(deliveries).where(and_(*conditions)).scalar_subquery()
+    return used >= rule.limit
+
+
+def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
+    """Move the chunk's freshly deferred rows to when their cap windows open."""
+    pending = conn.execute(
+        select(deliveries.c.id, deliveries.c.member_id, deliveries.c.channel, deliveries.c.send_at,
+               deliveries.c.reason, members.c.tier, members.c.timezone)
+        .select_from(deliveries.join(members, members.c.id == deliveries.c.member_id))
+        .where(
+            deliveries.c.run_id == ctx.run_id,
+            deliveries.c.member_id.between(*member_range),
+            deliveries.c.status == Status.QUEUED.value,
+            deliveries.c.deferred_from.is_not(None),
+            deliveries.c.send_at == deliveries.c.deferred_from,
+        )
+    ).all()
+    if not pending:
+        return 0
+    category = ctx.campaign.category
+    holders: dict[int, list[tuple[str, str, datetime]]] = defaultdict(list)
+    for member_id, channel, row_category, sent in conn.execute(
+        select(deliveries.c.member_id, deliveries.c.channel, deliveries.c.category, deliveries.c.send_at).where(
+            deliveries.c.member_id.in_([row.member_id for row in pending]),
+            deliveries.c.holds_slot,
+            deliveries.c.id.not_in([row.id for row in pending]),
+        )
+    ):
+        holders[member_id].append((channel, row_category, sent))
+
+    updates = []
+    for row in pending:
+        zone_name = row.timezone if row.timezone in ctx.zones else ctx.program_zone
+        zone = ZoneInfo(zone_name)
+        rules = settings.caps_for(row.channel, category, row.tier)
+        quiet = settings.quiet_hours.window_for(row.channel, category)
+
+        def counted(rule: CapRule, member_id: int = row.member_id, channel: str = row.channel) -> list[datetime]:
+            return [
+                when for held_channel, held_category, when in holders[member_id]
+                if held_category == rule.category and (rule.channel == ANY_CHANNEL or held_channel == channel)
+            ]
+
+        opening = next_opening(rules, row.send_at, zone, counted, adjust=lambda t, z=zone, q=quiet: leave_quiet_hours(t, z, q))
+        if opening is None:
+            reason = row.reason.replace("deferred by cap ", "cap ", 1) + "; no window opens within 400 days"
+            updates.append({"b_id": row.id, "b_status": Status.CAPPED.value, "b_holds": False,
+                            "b_send_at": row.send_at, "b_reason": reason[:500]})
+        else:
+            reason = f"{row.reason}; due {opening.isoformat(timespec='minutes')}"
+            updates.append({"b_id": row.id, "b_status": Status.QUEUED.value, "b_holds": True,
+                            "b_send_at": opening, "b_reason": reason[:500]})
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("b_id"))
+        .values(status=bindparam("b_status"), holds_slot=bindparam("b_holds"),
+                send_at=bindparam("b_send_at"), reason=bindparam("b_reason")),
+        updates,
+    )
+    return len(updates)
