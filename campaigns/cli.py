@@ -159,6 +159,49 @@ def run(
     _print_report(report, as_json)
 
 
+@app.command("plan")
+def plan(
+    campaign: Annotated[str, typer.Argument(help="Campaign name from settings.toml.")],
+    now: Annotated[Optional[str], typer.Option(help="Evaluate as of this ISO-8601 instant.")] = None,
+    occasion: Annotated[Optional[str], typer.Option(help="Occasion key (default: program-local date).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what `run` would decide now, per decision and channel, without reserving anything."""
+    from campaigns.planner import dry_run
+
+    application = _app()
+    _require_schema(application)
+    as_of = _parse_now(now, application.settings.program.timezone)
+    result = dry_run(application.engine, application.settings, campaign, as_of=as_of, occasion=occasion)
+    if as_json:
+        document = {
+            "campaign": result.campaign, "occasion": result.occasion, "as_of": as_of.isoformat(),
+            "already_run": result.already_run, "counts": result.counts,
+            "lines": [{"status": line.status, "channel": line.channel, "detail": line.detail, "members": line.members,
+                       "first_due": _iso(line.first_due), "last_due": _iso(line.last_due)} for line in result.lines],
+        }
+        out.print_json(json.dumps(document, ensure_ascii=False))
+        return
+    if result.already_run is not None:
+        out.print(f"occasion {result.occasion!r} of {campaign} was decided by run {result.already_run}: "
+                  f"a run would decide nothing new (see `loyalcast report --run {result.already_run}`)")
+        return
+    table = Table(title=f"plan: {campaign} · occasion {result.occasion} · as of {_when(as_of)} (nothing reserved)")
+    for column in ("decision", "channel", "members", "detail", "due"):
+        table.add_column(column, justify="right" if column == "members" else "left")
+    for line in result.lines:
+        due = ""
+        if line.status == "queued" and line.first_due and line.first_due > as_of:
+            due = _when(line.first_due) + ("" if line.first_due == line.last_due else f" … {_when(line.last_due)}")
+        table.add_row(line.status, line.channel, str(line.members), line.detail, due)
+    table.add_row("all", "", str(sum(line.members for line in result.lines)), "", "", style="bold")
+    out.print(table)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
 def _follow(application: runtime.App, run_id: int, as_of: datetime, poll_s: float = 0.5) -> None:
     """Show progress until every delivery due so far is finished.
 

@@ -77,8 +77,8 @@ class holdout_bucket(FunctionElement[int]):
 def _bucket_postgresql(element: holdout_bucket, compiler: Any, **kw: Any) -> str:
     salt, member_id = list(element.clauses)
     return (
-        f"(('x' || substr(md5(CAST({compiler.process(salt, **kw)} AS text) || ':' || "
-        f"CAST({compiler.process(member_id, **kw)} AS text)), 1, 7))::bit(28)::int % {BUCKETS})"
+        f"mod(('x' || substr(md5(CAST({compiler.process(salt, **kw)} AS text) || ':' || "
+        f"CAST({compiler.process(member_id, **kw)} AS text)), 1, 7))::bit(28)::int, {BUCKETS})"
     )
 
 

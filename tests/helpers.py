@@ -60,3 +60,21 @@ def cli(config: Any, *args: str) -> Any:
 def run_json(config: Any, campaign: str, *extra: str) -> dict[str, Any]:
     output = cli(config, "run", campaign, "--json", *extra).stdout
     return json.loads(output[output.index("{"):])
+
+
+def add_members(engine: Engine, rows: list[dict[str, Any]], *, points: float = 500) -> None:
+    """Bulk insert of members (each dict as for ``add_member``) with the same balance."""
+    defaults = {
+        "first_name": "Member", "locale": "ru", "timezone": "Europe/Moscow", "tier": "basic",
+        "email": None, "phone": None, "telegram_chat_id": None, "email_consent": False,
+        "sms_consent": False, "telegram_consent": False, "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(members), [{**defaults, **row} for row in rows])
+        conn.execute(insert(balances), [{"member_id": row["id"], "points": points} for row in rows])
+
+
+def decided(engine: Engine, run_id: int) -> dict[int, Any]:
+    """``{member_id: row}`` of a run's ledger rows, with every column."""
+    with engine.connect() as conn:
+        return {row.member_id: row for row in conn.execute(select(deliveries).where(deliveries.c.run_id == run_id))}
