@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Optional
 from zoneinfo import ZoneInfo
@@ -173,10 +174,18 @@ def plan(
     _require_schema(application)
     as_of = _parse_now(now, application.settings.program.timezone)
     result = dry_run(application.engine, application.settings, campaign, as_of=as_of, occasion=occasion)
+    sms = None
+    recipients = sum(n for status, per in result.counts.items() if status == "queued" for ch, n in per.items() if ch == "sms")
+    if recipients:
+        from campaigns.preview import estimate_sms
+
+        sms = estimate_sms(application.deliverer, application.settings, campaign, result.sms_sample, recipients, as_of)
     if as_json:
         document = {
             "campaign": result.campaign, "occasion": result.occasion, "as_of": as_of.isoformat(),
             "already_run": result.already_run, "counts": result.counts,
+            "sms": None if sms is None else {"recipients": sms.recipients, "sampled": sms.sampled,
+                                            "segments": sms.segments, "cost": sms.cost, "currency": sms.currency},
             "lines": [{"status": line.status, "channel": line.channel, "detail": line.detail, "members": line.members,
                        "first_due": _iso(line.first_due), "last_due": _iso(line.last_due)} for line in result.lines],
         }
@@ -196,6 +205,62 @@ def plan(
         table.add_row(line.status, line.channel, str(line.members), line.detail, due)
     table.add_row("all", "", str(sum(line.members for line in result.lines)), "", "", style="bold")
     out.print(table)
+    if sms is not None:
+        how = "rendered for every recipient" if sms.sampled == sms.recipients else f"estimated from {sms.sampled} rendered"
+        out.print(f"SMS: {sms.recipients} messages, {sms.segments} segments, about {sms.cost:,.2f} {sms.currency} ({how})")
+
+
+@app.command("preview")
+def preview(
+    campaign: Annotated[str, typer.Argument(help="Campaign name from settings.toml.")],
+    member: Annotated[int, typer.Option("--member", "-m", help="Member id.")],
+    channel: Annotated[Optional[str], typer.Option(help="Only this channel.")] = None,
+    now: Annotated[Optional[str], typer.Option(help="Render as of this ISO-8601 instant.")] = None,
+    html_file: Annotated[Optional[str], typer.Option("--html", help="Write a page with every channel side by side.")] = None,
+) -> None:
+    """Show exactly what a member would receive now, on every channel the campaign could use."""
+    from campaigns.planner import campaign_settings
+    from campaigns.preview import preview_member, preview_page
+
+    application = _app()
+    _require_schema(application)
+    spec = campaign_settings(application.settings, campaign)
+    if channel is not None and channel not in spec.channels:
+        raise LoyalcastError(f"campaign {campaign} does not use channel {channel!r} (it uses {', '.join(spec.channels)})")
+    as_of = _parse_now(now, application.settings.program.timezone)
+    previews = preview_member(application.deliverer, application.settings, campaign, member, as_of,
+                              [channel] if channel else None)
+    for item in previews:
+        out.rule(f"{item.channel} · reachable: {item.reachable}")
+        if item.error:
+            out.print(f"[red]{item.error}[/red]", highlight=False)
+            continue
+        assert item.rendered is not None
+        if item.rendered.subject is not None:
+            out.print(f"Subject: {item.rendered.subject}", markup=False, highlight=False)
+        out.print(item.rendered.text or item.rendered.html or "", markup=False, highlight=False)
+        if item.sms:
+            out.print(f"({item.sms.segments} segment(s), {item.sms.encoding}, {item.sms.characters} characters)")
+        if item.over_budget:
+            out.print(f"[red]{item.over_budget}[/red]", highlight=False)
+    if html_file:
+        Path(html_file).write_text(preview_page(member, campaign, previews), encoding="utf-8")
+        err.print(f"wrote {html_file}")
+
+
+@app.command("check")
+def check() -> None:
+    """Render every template for every locale and channel; exit 1 on any problem."""
+    from campaigns.check import check_templates
+
+    application = _app()
+    _require_schema(application)
+    findings = check_templates(application.deliverer, application.settings, datetime.now(timezone.utc))
+    for finding in findings:
+        print(f"{finding.kind}: {finding}")
+    if findings:
+        raise typer.Exit(1)
+    out.print("templates: every locale and channel renders, every SMS fits its budget")
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -32,6 +32,7 @@ from campaigns.rendering import Renderer
 from campaigns.settings import Settings
 from channels import build_transport
 from channels.base import OutgoingMessage, SendResult, Transport
+from channels.smstext import measure
 from channels.errors import ChannelError, OutcomeUnknown, PermanentError, RateLimited, TransientError
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,9 @@ class Deliverer:
         try:
             context = self.context(row, lots)
             rendered = self.renderer.render(row.template, row.channel, context)
+            over_budget = self.sms_over_budget(row.campaign, row.channel, rendered.text)
+            if over_budget:
+                return Outcome(row.id, Status.FAILED, over_budget, holds_slot=False)
             message = OutgoingMessage(
                 channel=row.channel,
                 reference=row.id,
@@ -242,8 +246,9 @@ class Deliverer:
             return Outcome(row.id, Status.FAILED, exc.describe(), holds_slot=True)
         except Exception as exc:
             # One member's bad data must not stop the batch; the traceback goes to the log.
+            # The slot is kept: nothing says the provider did not get the message.
             log.exception("delivery %s failed unexpectedly", row.id)
-            return Outcome(row.id, Status.FAILED, f"internal error: {type(exc).__name__}: {exc}", holds_slot=False)
+            return Outcome(row.id, Status.FAILED, f"internal error: {type(exc).__name__}: {exc}", holds_slot=True)
         return Outcome(
             row.id,
             Status(result.status.value),
@@ -252,6 +257,18 @@ class Deliverer:
             sent_at=datetime.now(timezone.utc),
             provider_message_id=result.provider_message_id,
         )
+
+    def sms_over_budget(self, campaign: str | None, channel: str, text: str | None) -> str | None:
+        """Why an SMS may not go out (longer than the campaign's ``max_segments``), else None."""
+        if channel != "sms" or text is None:
+            return None
+        spec = self.settings.campaigns.get(campaign or "")
+        limit = spec.max_segments if spec else 2
+        length = measure(text)
+        if length.segments <= limit:
+            return None
+        return (f"SMS is {length.segments} segments ({length.encoding}, {length.characters} characters); "
+                f"the campaign allows {limit}")
 
     def backoff(self, attempt: int, error: TransientError) -> float:
         """Seconds before the next attempt: the provider's wait, else exponential with jitter."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -261,6 +261,8 @@ class DryRun:
     already_run: int | None
     """Id of the run that already decided this occasion (a run would decide nothing new)."""
     lines: list[PlanLine]
+    sms_sample: list[int] = field(default_factory=list)
+    """Members who would get an SMS (up to SMS_SAMPLE), to estimate segments and cost."""
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
@@ -289,6 +291,7 @@ def dry_run(
             return DryRun(campaign, occasion, as_of, existing, [])
         ctx = run_context(conn, settings, 0, campaign, as_of)
     totals: dict[tuple[str, str, str], list[Any]] = {}
+    sms_sample: list[int] = []
     for member_range in member_chunks(engine, settings.delivery.plan_chunk_size):
         with engine.connect() as conn:
             transaction = conn.begin()
@@ -301,6 +304,14 @@ def dry_run(
                 ).scalar_one()
                 lock_members(conn, member_range)
                 decide_chunk(conn, settings, replace(ctx, run_id=run_id), member_range)
+                if len(sms_sample) < SMS_SAMPLE:
+                    sms_sample += conn.execute(
+                        select(deliveries.c.member_id)
+                        .where(deliveries.c.run_id == run_id, deliveries.c.channel == "sms",
+                               deliveries.c.status == Status.QUEUED.value)
+                        .order_by(deliveries.c.member_id)
+                        .limit(SMS_SAMPLE - len(sms_sample))
+                    ).scalars().all()
                 deferred = deliveries.c.deferred_from.is_not(None)
                 later = deliveries.c.send_at > as_of
                 rows = conn.execute(
@@ -320,8 +331,10 @@ def dry_run(
             entry[2] = max(entry[2], last)
     lines = [PlanLine(status, channel, detail, n, first, last) for (status, channel, detail), (n, first, last) in totals.items()]
     lines.sort(key=lambda line: (_STATUS_ORDER.get(line.status, 99), line.channel, line.detail))
-    return DryRun(campaign, occasion, as_of, None, lines)
+    return DryRun(campaign, occasion, as_of, None, lines, sms_sample)
 
+
+SMS_SAMPLE = 200
 
 _STATUS_ORDER = {status.value: index for index, status in enumerate(Status)}
 

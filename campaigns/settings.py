@@ -136,6 +136,8 @@ class ProgramSettings(_Section):
     timezone: TimeZoneName = "Europe/Moscow"
     default_locale: LocaleName = "ru"
     locales: list[LocaleName] = Field(default_factory=lambda: ["ru", "en"], min_length=1)
+    currency: str = "RUB"
+    """ISO 4217 code for the ``money`` filter and SMS cost estimates."""
     site_url: str = "https://example.com"
     unsubscribe_url: str = "https://example.com/unsubscribe?member={member_id}"
     points_word: dict[str, PluralWords] = Field(default_factory=dict)
@@ -162,6 +164,8 @@ class ChannelSettings(_Section):
     enabled: bool = True
     from_address: str | None = None
     sender: str | None = None
+    price_per_segment: float = Field(default=0.0, ge=0)
+    """SMS: what the operator charges per segment, in ``program.currency``."""
 
 
 class DeliverySettings(_Section):
@@ -333,6 +337,8 @@ class CampaignSettings(_Section):
     category: str = "marketing"
     schedule: str | None = None
     description: str = ""
+    max_segments: int = Field(default=2, ge=1, le=10)
+    """Longest SMS the campaign may send, in segments; a longer one fails before sending."""
     holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Share of eligible members kept as a control group (recorded ``held_out``)."""
     holdout_salt: str | None = None
