@@ -145,6 +145,7 @@ class Deliverer:
                 deliveries.c.template,
                 deliveries.c.address,
                 deliveries.c.attempts,
+                deliveries.c.send_at,
                 campaign_runs.c.campaign,
                 campaign_runs.c.occasion,
                 campaign_runs.c.as_of,
@@ -196,7 +197,9 @@ class Deliverer:
 
     @staticmethod
     def _as_of(row: Any) -> datetime:
-        return row.as_of or datetime.now(timezone.utc)
+        """The instant a message speaks for: when it is due (on the run's clock)."""
+        due = getattr(row, "send_at", None)
+        return due or row.as_of or datetime.now(timezone.utc)
 
     def horizon_days(self, campaign: str | None) -> int:
         """How far ahead a campaign's messages look at expiring points: the segment's
@@ -210,6 +213,9 @@ class Deliverer:
     def _deliver_one(self, row: Any, lots, transports: Transports, suppress: list, retry_delays: list) -> Outcome:  # type: ignore[no-untyped-def]
         try:
             context = self.context(row, lots)
+            stale = self.stale_reason(row, context)
+            if stale:
+                return Outcome(row.id, Status.STALE, stale, holds_slot=False)
             rendered = self.renderer.render(row.template, row.channel, context)
             over_budget = self.sms_over_budget(row.campaign, row.channel, rendered.text)
             if over_budget:
@@ -258,6 +264,25 @@ class Deliverer:
             provider_message_id=result.provider_message_id,
         )
 
+    def stale_reason(self, row: Any, context: dict[str, Any]) -> str | None:
+        """Why the reminder is no longer true (balance and expiring points were just
+        reloaded), judged by the campaign's segment; None when it still holds."""
+        spec = self.settings.campaigns.get(row.campaign or "")
+        segment = self.settings.segments.get(spec.segment) if spec else None
+        if segment is None:
+            return None
+        balance, expiring = context["balance"], context["expiring"]["total"]
+        if segment.min_balance is not None and balance < segment.min_balance:
+            return f"balance is now {balance}, below the segment's minimum {segment.min_balance:g}"
+        if segment.max_balance is not None and balance > segment.max_balance:
+            return f"balance is now {balance}, above the segment's maximum {segment.max_balance:g}"
+        if segment.expiring_within_days is not None:
+            needed = segment.min_expiring_points or 0.01
+            if expiring < needed:
+                return (f"{expiring} points now expire within {segment.expiring_within_days} days "
+                        f"(the segment needs {needed:g})")
+        return None
+
     def sms_over_budget(self, campaign: str | None, channel: str, text: str | None) -> str | None:
         """Why an SMS may not go out (longer than the campaign's ``max_segments``), else None."""
         if channel != "sms" or text is None:
@@ -303,6 +328,7 @@ class Deliverer:
             "program": {"name": program.name, "site_url": program.site_url},
             "unsubscribe_url": program.unsubscribe_url.format(member_id=row.member_id, channel=row.channel),
             "campaign": {"name": row.campaign, "occasion": row.occasion},
+            "now": as_of,
             "locale": locale,
             "timezone": zone,
         }

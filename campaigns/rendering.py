@@ -13,8 +13,10 @@ Filters (the member's locale and time zone come from the render context):
 
 - ``points``: ``1250|points`` -> ``1 250 баллов`` / ``1,250 points`` (CLDR plurals);
 - ``number``: locale grouping and decimal sign;
+- ``money``: an amount in the program's currency (``1 500,00 ₽``, ``RUB1,500.00``, as CLDR writes them);
 - ``date``: a UTC timestamp or date shown in the member's zone as the locale writes a
-  day and month ("30 ноября", "November 30"), or in a Babel ``pattern``.
+  day and month ("30 ноября", "November 30"), or in a Babel ``pattern``;
+- ``relative_date``: the day relative to the member's today ("завтра", "через 3 дня").
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import os
 import traceback
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel import Locale
-from babel.dates import format_date, format_skeleton
+from babel.dates import format_date, format_skeleton, format_timedelta
+from babel.numbers import format_currency
 from babel.numbers import format_decimal
 from jinja2 import (
     FileSystemLoader,
@@ -81,7 +84,13 @@ class Renderer:
             keep_trailing_newline=False,
             auto_reload=False,
         )
-        self.env.filters.update(points=_points_filter(program), number=_number_filter, date=_date_filter)
+        self.env.filters.update(
+            points=_points_filter(program),
+            number=_number_filter,
+            money=_money_filter(program),
+            date=_date_filter,
+            relative_date=_relative_date_filter,
+        )
 
     def template_exists(self, name: str) -> bool:
         return (self.templates_dir / name).is_dir()
@@ -175,6 +184,38 @@ def _points_filter(program: ProgramSettings):  # type: ignore[no-untyped-def]
 @pass_context
 def _number_filter(context: Context, value: Any) -> str:
     return format_decimal(_number(value), locale=context["locale"])
+
+
+def _money_filter(program: ProgramSettings):  # type: ignore[no-untyped-def]
+    @pass_context
+    def money(context: Context, value: Any, currency: str | None = None) -> str:
+        return format_currency(float(value), currency or program.currency, locale=context["locale"])
+
+    return money
+
+
+# CLDR's "day" relative fields, which Babel does not expose; other days use
+# Babel's "in N days" / "N days ago" with correct plurals.
+RELATIVE_DAYS = {
+    "ru": {-2: "позавчера", -1: "вчера", 0: "сегодня", 1: "завтра", 2: "послезавтра"},
+    "en": {-1: "yesterday", 0: "today", 1: "tomorrow"},
+}
+
+
+def _local_date(value: date | datetime, zone: str) -> date:
+    return value.astimezone(ZoneInfo(zone)).date() if isinstance(value, datetime) else value
+
+
+@pass_context
+def _relative_date_filter(context: Context, value: date | datetime) -> str:
+    """"завтра", "через 3 дня", "tomorrow", "in 3 days": the day relative to the
+    member's today (both in the member's time zone)."""
+    zone, locale = context["timezone"], context["locale"]
+    days = (_local_date(value, zone) - _local_date(context["now"], zone)).days
+    word = RELATIVE_DAYS.get(Locale.parse(locale).language, {}).get(days)
+    if word is not None:
+        return word
+    return format_timedelta(timedelta(days=days), granularity="day", threshold=10_000, add_direction=True, locale=locale)
 
 
 @pass_context

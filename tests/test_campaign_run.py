@@ -13,7 +13,7 @@ from campaigns import demo, runtime
 from campaigns.models import deliveries, suppressions
 from campaigns.segments import segment_query
 
-from helpers import add_member, cli, ledger, run_json
+from helpers import add_expiration, add_member, cli, ledger, run_json
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone(timedelta(hours=3)))
 
@@ -144,3 +144,34 @@ def test_report_and_why(configured) -> None:
         ("balance_reminder", "no_contact", "telegram: no contact; email: no contact; sms: no contact")
     ]
     assert "no contact" in cli(config, "why", "2").stdout
+
+
+def test_a_reminder_no_longer_true_at_send_time_is_stale(configured) -> None:
+    # Given two members with points expiring, planned for the expiring-points campaign
+    from sqlalchemy import update
+
+    from campaigns.models import balances, point_expirations
+    from campaigns.planner import claim_run, plan_run, queued_batches
+
+    application = configured({"quiet_hours": {"default": "off", "telegram": "off"}})
+    engine = application.engine
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+    for member_id in (1, 2):
+        add_member(engine, member_id, points=400, email=f"m{member_id}@example.com", email_consent=True)
+        add_expiration(engine, member_id, 300, now + timedelta(days=5))
+    run = claim_run(engine, application.settings, "points_expiring", as_of=now)
+    plan_run(engine, application.settings, run.id)
+    # When member 2 spends the expiring points between planning and delivery
+    with engine.begin() as conn:
+        conn.execute(update(point_expirations).where(point_expirations.c.member_id == 2).values(points=20))
+        conn.execute(update(balances).where(balances.c.member_id == 2).values(points=120))
+    for _, ids in queued_batches(engine, run.id, 100):
+        application.deliverer.deliver(ids)
+    # Then member 1 gets the reminder and member 2 gets nothing, recorded as stale
+    rows = ledger(engine, run.id)
+    assert rows[1][1] == "sent"
+    assert rows[2][1] == "stale"
+    assert rows[2][2] == "20 points now expire within 30 days (the segment needs 50)"
+    with engine.connect() as conn:
+        held = conn.execute(select(deliveries.c.holds_slot).where(deliveries.c.member_id == 2)).scalar_one()
+    assert held is False

@@ -27,6 +27,7 @@ def context(locale: str = "ru", zone: str = "Europe/Moscow", **extra):
         "program": {"name": "Ромашка Бонус", "site_url": "https://bonus.example.com"},
         "unsubscribe_url": "https://bonus.example.com/u?m=1",
         "campaign": {"name": "t", "occasion": "x"},
+        "now": datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc),
         "locale": locale,
         "timezone": zone,
     }
@@ -41,13 +42,18 @@ def make_template(root: Path, name: str, files: dict[str, str]) -> None:
         path.write_text(text, encoding="utf-8")
 
 
+RU_PLURALS = {0: "баллов", 1: "балл", 2: "балла", 5: "баллов", 11: "баллов", 12: "баллов", 21: "балл",
+              22: "балла", 25: "баллов", 101: "балл", 111: "баллов"}
+EN_PLURALS = {0: "points", 1: "point", 2: "points", 5: "points", 11: "points", 12: "points", 21: "points",
+              22: "points", 25: "points", 101: "points", 111: "points"}
+
+
 @pytest.mark.parametrize(
     ("locale", "amount", "expected"),
-    [
-        ("ru", 1, "1 балл"), ("ru", 2, "2 балла"), ("ru", 5, "5 баллов"), ("ru", 11, "11 баллов"),
-        ("ru", 21, "21 балл"), ("ru", 1.5, "1,5 балла"), ("ru", 1250, "1\xa0250 баллов"),
-        ("en", 1, "1 point"), ("en", 2, "2 points"), ("en", 1250, "1,250 points"),
-    ],
+    [("ru", n, f"{n} {word}") for n, word in RU_PLURALS.items()]
+    + [("en", n, f"{n} {word}") for n, word in EN_PLURALS.items()]
+    + [("ru", 1.5, "1,5 балла"), ("ru", 1250, "1\xa0250 баллов"), ("ru", 1_000_001, "1\xa0000\xa0001 балл"),
+       ("en", 1250, "1,250 points"), ("en", 0.5, "0.5 points")],
 )
 def test_points_read_right(tmp_path, program, locale, amount, expected) -> None:
     make_template(tmp_path, "t", {"sms.txt": "{{ balance|points }}"})
@@ -64,6 +70,35 @@ def test_dates_are_shown_in_the_members_zone(tmp_path, program) -> None:
     assert renderer.render("t", "sms", context("ru", "Europe/London", when=when)).text == "29 ноября"
     assert renderer.render("t", "sms", context("en", "Asia/Vladivostok", when=when)).text == "November 30"
     assert renderer.render("t", "sms", context("en", when=date(2026, 12, 1))).text == "December 1"
+
+
+@pytest.mark.parametrize(
+    ("zone", "when", "locale", "expected"),
+    [
+        # 23 November, 09:00 UTC is "now"; the member's today depends on the zone
+        ("Europe/Moscow", datetime(2026, 11, 24, 6, tzinfo=timezone.utc), "ru", "завтра"),
+        ("Europe/Moscow", datetime(2026, 11, 23, 20, 59, tzinfo=timezone.utc), "ru", "сегодня"),  # 23:59 Moscow
+        ("Europe/Moscow", datetime(2026, 11, 23, 21, 0, tzinfo=timezone.utc), "ru", "завтра"),    # 00:00 Moscow
+        ("Asia/Vladivostok", datetime(2026, 11, 23, 14, 0, tzinfo=timezone.utc), "ru", "завтра"),  # 00:00 on the 24th
+        ("Asia/Vladivostok", datetime(2026, 11, 23, 13, 59, tzinfo=timezone.utc), "ru", "сегодня"),
+        ("Europe/Moscow", datetime(2026, 11, 26, 12, tzinfo=timezone.utc), "ru", "через 3 дня"),
+        ("Europe/Moscow", datetime(2026, 11, 28, 12, tzinfo=timezone.utc), "ru", "через 5 дней"),
+        ("Europe/Moscow", datetime(2026, 12, 14, 12, tzinfo=timezone.utc), "ru", "через 21 день"),
+        ("Europe/Moscow", datetime(2026, 11, 25, 12, tzinfo=timezone.utc), "ru", "послезавтра"),
+        ("America/New_York", datetime(2026, 11, 24, 4, 59, tzinfo=timezone.utc), "en", "today"),   # 23:59 in New York
+        ("America/New_York", datetime(2026, 11, 24, 5, 0, tzinfo=timezone.utc), "en", "tomorrow"),
+        ("Europe/London", datetime(2026, 11, 26, 12, tzinfo=timezone.utc), "en", "in 3 days"),
+    ],
+)
+def test_relative_dates_around_midnight(tmp_path, program, zone, when, locale, expected) -> None:
+    make_template(tmp_path, "t", {"sms.txt": "{{ when|relative_date }}"})
+    assert Renderer(tmp_path, program).render("t", "sms", context(locale, zone, when=when)).text == expected
+
+
+@pytest.mark.parametrize(("locale", "expected"), [("ru", "1\xa0500,50\xa0₽"), ("en", "RUB1,500.50")])
+def test_money(tmp_path, program, locale, expected) -> None:
+    make_template(tmp_path, "t", {"sms.txt": "{{ 1500.5|money }}"})
+    assert Renderer(tmp_path, program).render("t", "sms", context(locale)).text == expected
 
 
 def test_locale_variant_then_default_locale_then_plain_file(tmp_path, program) -> None:
