@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(LOYALCAST) demo seed --members $(DEMO_MEMBERS)
 	$(LOYALCAST) run balance_reminder
 	$(LOYALCAST) run points_expiring
+	$(LOYALCAST) run win_back
 	@echo "Messages are in var/outbox/; ask why a member got (or did not get) one: $(LOYALCAST) why 2"
 
 # PostgreSQL and Redis on 127.0.0.1: started when down (CI and this project's machines

@@ -119,6 +119,8 @@ def _render_findings(deliverer: Deliverer, row: Any, lots: list, name: str, chan
     findings = []
     for channel in channels:
         preview = render_channel(deliverer, row, lots, name, channel)
+        if preview.error and preview.error.startswith("no reminder of"):
+            continue  # a real member with nothing due; the synthetic one covers the template
         if preview.error:
             where, _, message = preview.error.partition(": ")
             findings.append(Finding("error", where, f"{message} ({locale}, {who})"))

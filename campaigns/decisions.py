@@ -50,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from campaigns import ladder
 from campaigns.caps import leave_quiet_hours, next_local_time, next_opening, window_bounds
 from campaigns.db import BUCKETS, holdout_bucket, upsert_insert
 from campaigns.ledger import Status
@@ -139,23 +140,39 @@ def _joined(parts: list[ColumnElement[str]], separator: str) -> ColumnElement[st
 
 
 def decide_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
-    """Insert the chunk's decisions (skipping members already decided); return rows inserted."""
-    result = conn.execute(decision_insert(conn, settings, ctx, member_range))
+    """Insert the chunk's decisions (skipping members already decided); return rows inserted.
+
+    An expiring-points ladder considers only the members with a reminder due (see
+    ``campaigns.ladder``) and records the reminders it queued.
+    """
+    steps = None
+    if ctx.campaign.kind == "expiring_ladder":
+        steps = ladder.candidates(conn, settings, ctx.campaign_name, ctx.as_of, member_range, ctx.zones)
+        if not steps:
+            return 0
+    result = conn.execute(decision_insert(conn, settings, ctx, member_range, only=sorted(steps) if steps else None))
     inserted = max(result.rowcount or 0, 0)
     if any(rule.action == "defer" for rule in settings.caps):
         defer_chunk(conn, settings, ctx, member_range)
+    if steps:
+        ladder.record(conn, ctx.campaign_name, ctx.run_id, steps)
     return inserted
 
 
-def decision_insert(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> Any:
+def decision_insert(
+    conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None = None
+) -> Any:
     campaign = ctx.campaign
     channels = campaign.channels
-    segment = segment_query(
+    segment_select = segment_query(
         settings.segments[campaign.segment],
         as_of=ctx.as_of,
         default_locale=settings.program.default_locale,
         member_range=member_range,
-    ).subquery("segment")
+    )
+    if only is not None:
+        segment_select = segment_select.where(members.c.id.in_(only))
+    segment = segment_select.subquery("segment")
 
     # 1. reach: per-channel state and address, holdout draw
     zone = func.coalesce(segment.c.timezone, ctx.program_zone)

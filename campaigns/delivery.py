@@ -17,13 +17,14 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, String, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
+from campaigns import ladder
 from campaigns.db import upsert_insert
 from campaigns.errors import TemplateError
 from campaigns.ledger import Status
@@ -103,13 +104,17 @@ class Deliverer:
             return report
         rows = self._load(claimed)
         expiring = self._load_expiring(rows)
+        with self.engine.connect() as conn:
+            reminded = ladder.marks_for(conn, claimed)
         transports = Transports(self.settings)
         pending: list[Outcome] = []
         suppress: list[dict[str, Any]] = []
         retry_delays: list[float] = []
         try:
             for row in rows:
-                outcome = self._deliver_one(row, expiring.get(row.member_id, []), transports, suppress, retry_delays)
+                outcome = self._deliver_one(
+                    row, expiring.get(row.member_id, []), reminded.get(row.id), transports, suppress, retry_delays
+                )
                 report.counts[outcome.status] += 1
                 pending.append(outcome)
                 if len(pending) >= FLUSH_EVERY:
@@ -202,17 +207,20 @@ class Deliverer:
         return due or row.as_of or datetime.now(timezone.utc)
 
     def horizon_days(self, campaign: str | None) -> int:
-        """How far ahead a campaign's messages look at expiring points: the segment's
-        ``expiring_within_days``, else ``delivery.expiring_horizon_days``."""
+        """How far ahead a campaign's messages look at expiring points: a ladder's
+        longest stage, the segment's ``expiring_within_days``, else
+        ``delivery.expiring_horizon_days``."""
         spec = self.settings.campaigns.get(campaign or "")
+        if spec is not None and spec.stages:
+            return max(spec.stages) + 1
         segment = self.settings.segments.get(spec.segment) if spec else None
         if segment is not None and segment.expiring_within_days:
             return segment.expiring_within_days
         return self.settings.delivery.expiring_horizon_days
 
-    def _deliver_one(self, row: Any, lots, transports: Transports, suppress: list, retry_delays: list) -> Outcome:  # type: ignore[no-untyped-def]
+    def _deliver_one(self, row: Any, lots, steps, transports: Transports, suppress: list, retry_delays: list) -> Outcome:  # type: ignore[no-untyped-def]
         try:
-            context = self.context(row, lots)
+            context = self.context(row, lots, steps)
             stale = self.stale_reason(row, context)
             if stale:
                 return Outcome(row.id, Status.STALE, stale, holds_slot=False)
@@ -271,6 +279,10 @@ class Deliverer:
         segment = self.settings.segments.get(spec.segment) if spec else None
         if segment is None:
             return None
+        reminder = context["reminder"]
+        if reminder is not None and not reminder["dates"]:
+            return (f"the points this reminder is about ({', '.join(reminder['planned'])}) are now below "
+                    f"the campaign's minimum {spec.min_points:g}")
         balance, expiring = context["balance"], context["expiring"]["total"]
         if segment.min_balance is not None and balance < segment.min_balance:
             return f"balance is now {balance}, below the segment's minimum {segment.min_balance:g}"
@@ -304,8 +316,14 @@ class Deliverer:
         ceiling = min(high, low * 2 ** max(attempt - 1, 0))
         return random.uniform(ceiling / 2, ceiling)
 
-    def context(self, row: Any, lots: list[tuple[datetime, float]]) -> dict[str, Any]:
-        """What a template sees for one member (documented in docs/templates.md)."""
+    def context(
+        self, row: Any, lots: list[tuple[datetime, float]], steps: list[tuple[date, int]] | None = None
+    ) -> dict[str, Any]:
+        """What a template sees for one member (documented in docs/templates.md).
+
+        ``steps`` are the (expiry date, stage) pairs an expiring-points ladder reminder
+        is about; they become ``reminder``, with the points as they are now.
+        """
         program = self.settings.program
         locale = row.locale if row.locale in program.locales else program.default_locale
         zone = _zone(row.timezone, program.timezone)
@@ -317,6 +335,22 @@ class Deliverer:
                 continue
             per_date[expires_at.astimezone(ZoneInfo(zone)).date()] += points
         dates = [{"date": day, "points": _tidy(points)} for day, points in sorted(per_date.items())]
+        reminder = None
+        if steps is not None:
+            spec = self.settings.campaigns.get(row.campaign or "")
+            minimum = spec.min_points if spec else 0
+            today = as_of.astimezone(ZoneInfo(zone)).date()
+            now_by_date = ladder.points_by_date(lots, ZoneInfo(zone), as_of)
+            due = [
+                {"date": day, "points": _tidy(now_by_date.get(day, 0)), "stage": stage, "days_left": (day - today).days}
+                for day, stage in steps if now_by_date.get(day, 0) >= max(minimum, 0.01)
+            ]
+            reminder = {
+                "dates": due,
+                "total": _tidy(sum(item["points"] for item in due)),
+                "stage": min((item["stage"] for item in due), default=None),
+                "planned": [day.isoformat() for day, _ in steps],
+            }
         return {
             "member": {"id": row.member_id, "first_name": row.first_name, "tier": row.tier, "locale": locale},
             "balance": _tidy(float(row.balance)),
@@ -328,6 +362,7 @@ class Deliverer:
             "program": {"name": program.name, "site_url": program.site_url},
             "unsubscribe_url": program.unsubscribe_url.format(member_id=row.member_id, channel=row.channel),
             "campaign": {"name": row.campaign, "occasion": row.occasion},
+            "reminder": reminder,
             "now": as_of,
             "locale": locale,
             "timezone": zone,

@@ -20,6 +20,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -178,6 +179,17 @@ suppressions = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+ladder_marks = Table(
+    "ladder_marks",
+    metadata,
+    Column("campaign", String(100), primary_key=True),
+    Column("member_id", BigId, primary_key=True, autoincrement=False),
+    Column("expires_on", Date, primary_key=True, comment="expiry date on the member's clock"),
+    Column("stage", Integer, primary_key=True, comment="days before expiry"),
+    Column("delivery_id", BigId, ForeignKey("deliveries.id"), nullable=False),
+    comment="expiring-points reminders already given: at most one per (expiry date, stage)",
+)
+
 cap_locks = Table(
     "cap_locks",
     metadata,
@@ -185,4 +197,4 @@ cap_locks = Table(
     comment="one row per member ever planned; planners lock these rows in member_id order",
 )
 
-OWNED_TABLES = (campaign_runs, deliveries, suppressions, cap_locks)
+OWNED_TABLES = (campaign_runs, deliveries, suppressions, ladder_marks, cap_locks)

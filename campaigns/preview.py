@@ -11,8 +11,11 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from sqlalchemy import func, select
 
+from campaigns import ladder
 from campaigns.delivery import Deliverer
 from campaigns.errors import LoyalcastError, TemplateError
 from campaigns.models import balances, members, point_expirations, suppressions
@@ -58,11 +61,27 @@ def member_lots(deliverer: Deliverer, member_id: int, as_of: datetime) -> list[t
     return [(expires_at, float(points)) for expires_at, points in rows]
 
 
+def ladder_steps(settings: Settings, row: Any, lots: list[tuple[datetime, float]], as_of: datetime) -> list | None:
+    """For an expiring-points ladder campaign, the (date, stage) pairs due for the member
+    now, as if none had been given yet; None for other campaigns."""
+    campaign = settings.campaigns.get(row.campaign or "")
+    if campaign is None or campaign.kind != "expiring_ladder":
+        return None
+    try:
+        zone = ZoneInfo(row.timezone or settings.program.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo(settings.program.timezone)
+    return [(step.expires_on, step.stage) for step in ladder.due_steps(lots, zone, as_of, campaign, set())]
+
+
 def render_channel(deliverer: Deliverer, row: Any, lots: list[tuple[datetime, float]], template: str, channel: str) -> ChannelPreview:
     """Render one channel for a member row; errors become part of the preview."""
     row = SimpleNamespace(**{**vars(row), "channel": channel})
+    steps = ladder_steps(deliverer.settings, row, lots, row.as_of)
+    if steps == []:
+        return ChannelPreview(channel, "", None, f"no reminder of {row.campaign} is due for this member now")
     try:
-        rendered = deliverer.renderer.render(template, channel, deliverer.context(row, lots))
+        rendered = deliverer.renderer.render(template, channel, deliverer.context(row, lots, steps))
     except TemplateError as exc:
         return ChannelPreview(channel, "", None, str(exc))
     sms = measure(rendered.text or "") if channel == "sms" else None

@@ -345,6 +345,23 @@ class CampaignSettings(_Section):
     """Changing the salt draws a new control group (default: the campaign name)."""
     send_at_local: str | None = None
     """``"HH:MM"``: deliver at the next such time in each member's own time zone."""
+    kind: Literal["standard", "expiring_ladder"] = "standard"
+    """``expiring_ladder``: remind of points expiring at several lead times (``stages``)."""
+    stages: list[int] | None = None
+    """Ladder lead times in days before the expiry date, e.g. ``[30, 7, 1]``."""
+    min_points: float = Field(default=1, ge=0)
+    """Ladder: points expiring on one date below which no reminder goes."""
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or any(stage < 0 or stage > 366 for stage in value):
+            raise ValueError("stages are days before expiry, each from 0 to 366, e.g. [30, 7, 1]")
+        if len(set(value)) != len(value):
+            raise ValueError(f"stages {value} list a day twice")
+        return sorted(value, reverse=True)
 
     @field_validator("send_at_local")
     @classmethod
@@ -569,6 +586,10 @@ def _semantic_problems(settings: Settings) -> list[str]:
         for index, channel in enumerate(campaign.channels):
             if channel in campaign.channels[:index]:
                 problems.append(f"{prefix}.channels[{index}]: {channel!r} is listed twice")
+        if campaign.kind == "expiring_ladder" and not campaign.stages:
+            problems.append(f"{prefix}.stages: required for an expiring_ladder campaign (e.g. [30, 7, 1])")
+        if campaign.kind == "standard" and campaign.stages is not None:
+            problems.append(f"{prefix}.stages: means nothing without kind = \"expiring_ladder\"")
         template_dir = templates / campaign.template
         for index, channel in enumerate(campaign.channels):
             for group in TEMPLATE_PARTS[channel]:

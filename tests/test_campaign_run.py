@@ -153,13 +153,17 @@ def test_a_reminder_no_longer_true_at_send_time_is_stale(configured) -> None:
     from campaigns.models import balances, point_expirations
     from campaigns.planner import claim_run, plan_run, queued_batches
 
-    application = configured({"quiet_hours": {"default": "off", "telegram": "off"}})
+    application = configured({
+        "quiet_hours": {"default": "off", "telegram": "off"},
+        "segments": {"expiring_soon": {"expiring_within_days": 30, "min_expiring_points": 50}},
+        "campaigns": {"expiring": {"segment": "expiring_soon", "template": "balance_reminder", "channels": ["email"]}},
+    })
     engine = application.engine
     now = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
     for member_id in (1, 2):
         add_member(engine, member_id, points=400, email=f"m{member_id}@example.com", email_consent=True)
         add_expiration(engine, member_id, 300, now + timedelta(days=5))
-    run = claim_run(engine, application.settings, "points_expiring", as_of=now)
+    run = claim_run(engine, application.settings, "expiring", as_of=now)
     plan_run(engine, application.settings, run.id)
     # When member 2 spends the expiring points between planning and delivery
     with engine.begin() as conn:

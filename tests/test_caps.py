@@ -208,7 +208,7 @@ def test_plan_reserves_nothing_and_matches_the_run(configured) -> None:
     config = runtime.config_file()
     demo.seed(application.engine, 300, now=datetime(2026, 11, 20, tzinfo=UTC))
     now = "2026-11-23T12:00+03:00"
-    run_json(config, "points_expiring", "--now", "2026-11-13T12:00+03:00")  # history, so caps bite
+    run_json(config, "balance_reminder", "--now", "2026-11-13T12:00+03:00")  # history, so caps bite
 
     def ledger_snapshot():
         with application.engine.connect() as conn:

@@ -143,9 +143,10 @@ def test_the_sandbox_blocks_python_internals(tmp_path, program) -> None:
 def test_shipped_templates_render(program, name, locale) -> None:
     when = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
     expiring = {"total": 300, "nearest_date": when.date(), "dates": [{"date": when.date(), "points": 300}]}
+    reminder = {"total": 300, "stage": 7, "dates": [{"date": when.date(), "points": 300, "stage": 7, "days_left": 7}]}
     renderer = Renderer(REPO / "templates", program)
     channels = ["email", "telegram"] + (["sms"] if name != "win_back" else [])
     for channel in channels:
-        rendered = renderer.render(name, channel, context(locale, expiring=expiring))
+        rendered = renderer.render(name, channel, context(locale, expiring=expiring, reminder=reminder))
         assert rendered.text or rendered.html
         assert "{{" not in (rendered.text or "") + (rendered.html or "")

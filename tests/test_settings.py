@@ -28,9 +28,10 @@ def test_shipped_settings_are_valid() -> None:
     assert settings.database_url.startswith("sqlite:///") and settings.database_url.endswith("var/loyalcast.db")
     assert settings.broker_url == "memory://"
     assert {settings.channel(c).transport for c in ("email", "sms", "telegram")} == {"outbox"}
-    assert [(r.channel, r.category, r.max, r.per.days) for r in settings.caps] == [
-        ("sms", "marketing", 1, 30),
-        ("email", "marketing", 1, 14),
+    assert [r.name for r in settings.caps] == [
+        "sms/marketing: 1 per 30d",
+        "email/marketing: 1 per 14d",
+        "sms/expiry: at least 3d apart",
     ]
 
 
@@ -47,7 +48,7 @@ def test_shipped_settings_are_valid() -> None:
         ),
         (
             {"campaigns": {"balance_reminder": {"segment": "vip"}}},
-            "campaigns.balance_reminder.segment: unknown segment 'vip' (known: expiring_soon, has_balance, sleeping)",
+            "campaigns.balance_reminder.segment: unknown segment 'vip' (known: has_balance, has_points, sleeping)",
         ),
         (
             {"campaigns": {"balance_reminder": {"template": "no_such_template"}}},

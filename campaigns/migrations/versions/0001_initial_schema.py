@@ -84,6 +84,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_deliveries"),
         sa.UniqueConstraint("run_id", "member_id", name="uq_deliveries_run_id_member_id"),
     )
+    op.create_table(
+        "ladder_marks",
+        sa.Column("campaign", sa.String(100), nullable=False),
+        sa.Column("member_id", BigId, autoincrement=False, nullable=False),
+        sa.Column("expires_on", sa.Date(), nullable=False, comment="expiry date on the member's clock"),
+        sa.Column("stage", sa.Integer(), nullable=False, comment="days before expiry"),
+        sa.Column("delivery_id", BigId, nullable=False),
+        sa.ForeignKeyConstraint(["delivery_id"], ["deliveries.id"], name="fk_ladder_marks_delivery_id_deliveries"),
+        sa.PrimaryKeyConstraint("campaign", "member_id", "expires_on", "stage", name="pk_ladder_marks"),
+        comment="expiring-points reminders already given: at most one per (expiry date, stage)",
+    )
     op.create_index(
         "ix_deliveries_cap_window",
         "deliveries",
@@ -141,6 +152,7 @@ def _create_program_tables(existing: set[str]) -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("ladder_marks")
     op.drop_table("deliveries")
     op.drop_table("suppressions")
     op.drop_table("cap_locks")

@@ -1,0 +1,144 @@
+"""The expiring-points ladder: reminders at several lead times before points expire.
+
+A campaign with ``kind = "expiring_ladder"`` and ``stages = [30, 7, 1]`` reminds a
+member when points expiring on a date D (on the member's clock, points of one date
+summed) come within 30, then 7, then 1 day of D. A date's *current stage* is the
+smallest stage not shorter than the days left; a member is reminded at most once per
+(D, stage), however often the campaign runs: each reminder that is queued records its
+(D, stage) pairs in ``ladder_marks``, inside the same member-locked transaction as the
+decision, so two occasions running at once cannot both remind.
+
+A run that starts late (first run 5 days before D) sends only the current stage (7),
+never a burst of the stages it missed. One message per run covers every date whose
+current stage is new, so a member with points expiring on D and D+3 gets a message
+for each date as it reaches each stage.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from campaigns.db import upsert_insert
+from campaigns.models import deliveries, ladder_marks, point_expirations
+from campaigns.segments import segment_query
+from campaigns.settings import CampaignSettings, Settings
+
+
+@dataclass(frozen=True)
+class Step:
+    expires_on: date
+    stage: int
+    points: float
+    days_left: int
+
+
+def current_stage(days_left: int, stages: list[int]) -> int | None:
+    """The smallest stage with ``days_left <= stage``; None before the first stage or after D."""
+    if days_left < 0:
+        return None
+    reached = [stage for stage in stages if days_left <= stage]
+    return min(reached) if reached else None
+
+
+def points_by_date(lots: list[tuple[datetime, float]], zone: ZoneInfo, after: datetime) -> dict[date, float]:
+    """Points of the lots expiring after ``after``, summed per expiry date on the member's clock."""
+    totals: dict[date, float] = defaultdict(float)
+    for expires_at, points in lots:
+        if expires_at > after:
+            totals[expires_at.astimezone(zone).date()] += points
+    return dict(totals)
+
+
+def due_steps(
+    lots: list[tuple[datetime, float]],
+    zone: ZoneInfo,
+    as_of: datetime,
+    campaign: CampaignSettings,
+    marked: set[tuple[date, int]],
+) -> list[Step]:
+    """The (date, stage) reminders due for one member at ``as_of`` and not given yet."""
+    stages = campaign.stages or []
+    today = as_of.astimezone(zone).date()
+    steps = []
+    for expires_on, points in sorted(points_by_date(lots, zone, as_of).items()):
+        if points < campaign.min_points:
+            continue
+        days_left = (expires_on - today).days
+        stage = current_stage(days_left, stages)
+        if stage is not None and (expires_on, stage) not in marked:
+            steps.append(Step(expires_on, stage, points, days_left))
+    return steps
+
+
+def candidates(
+    conn: Connection, settings: Settings, campaign_name: str, as_of: datetime, member_range: tuple[int, int],
+    zones: tuple[str, ...],
+) -> dict[int, list[Step]]:
+    """Members of the chunk (and of the campaign's segment) with a reminder due: two queries."""
+    campaign = settings.campaigns[campaign_name]
+    program_zone = settings.program.timezone
+    horizon = as_of + timedelta(days=max(campaign.stages or [0]) + 1)
+    segment = segment_query(
+        settings.segments[campaign.segment], as_of=as_of, default_locale=settings.program.default_locale,
+        member_range=member_range,
+    ).subquery("segment")
+    lots: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
+    zone_of: dict[int, str] = {}
+    for member_id, zone_name, expires_at, points in conn.execute(
+        select(segment.c.id, segment.c.timezone, point_expirations.c.expires_at, point_expirations.c.points)
+        .select_from(segment.join(point_expirations, point_expirations.c.member_id == segment.c.id))
+        .where(point_expirations.c.expires_at > as_of, point_expirations.c.expires_at <= horizon)
+    ):
+        lots[member_id].append((expires_at, float(points)))
+        zone_of[member_id] = zone_name if zone_name in zones else program_zone
+    if not lots:
+        return {}
+    marked: dict[int, set[tuple[date, int]]] = defaultdict(set)
+    for member_id, expires_on, stage in conn.execute(
+        select(ladder_marks.c.member_id, ladder_marks.c.expires_on, ladder_marks.c.stage).where(
+            ladder_marks.c.campaign == campaign_name, ladder_marks.c.member_id.between(*member_range)
+        )
+    ):
+        marked[member_id].add((expires_on, stage))
+    found = {}
+    for member_id, member_lots in lots.items():
+        steps = due_steps(member_lots, ZoneInfo(zone_of[member_id]), as_of, campaign, marked[member_id])
+        if steps:
+            found[member_id] = steps
+    return found
+
+
+def record(conn: Connection, campaign_name: str, run_id: int, steps: dict[int, list[Step]]) -> int:
+    """Mark the steps of the run's members whose reminder is queued (holds a slot)."""
+    queued = conn.execute(
+        select(deliveries.c.id, deliveries.c.member_id).where(
+            deliveries.c.run_id == run_id, deliveries.c.member_id.in_(list(steps)), deliveries.c.holds_slot
+        )
+    ).all()
+    rows = [
+        {"campaign": campaign_name, "member_id": member_id, "expires_on": step.expires_on,
+         "stage": step.stage, "delivery_id": delivery_id}
+        for delivery_id, member_id in queued
+        for step in steps[member_id]
+    ]
+    if rows:
+        conn.execute(upsert_insert(conn, ladder_marks).on_conflict_do_nothing(), rows)
+    return len(rows)
+
+
+def marks_for(conn: Connection, delivery_ids: list[int]) -> dict[int, list[tuple[date, int]]]:
+    """``{delivery_id: [(expires_on, stage)]}``: what each ladder delivery reminds of."""
+    found: dict[int, list[tuple[date, int]]] = defaultdict(list)
+    for delivery_id, expires_on, stage in conn.execute(
+        select(ladder_marks.c.delivery_id, ladder_marks.c.expires_on, ladder_marks.c.stage)
+        .where(ladder_marks.c.delivery_id.in_(delivery_ids))
+        .order_by(ladder_marks.c.expires_on)
+    ):
+        found[delivery_id].append((expires_on, stage))
+    return found
