@@ -317,12 +317,17 @@ class Deliverer:
         return random.uniform(ceiling / 2, ceiling)
 
     def context(
-        self, row: Any, lots: list[tuple[datetime, float]], steps: list[tuple[date, int]] | None = None
+        self,
+        row: Any,
+        lots: list[tuple[datetime, float]],
+        steps: list[tuple[date, int]] | None = None,
+        data: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """What a template sees for one member (documented in docs/templates.md).
 
         ``steps`` are the (expiry date, stage) pairs an expiring-points ladder reminder
-        is about; they become ``reminder``, with the points as they are now.
+        is about; they become ``reminder``, with the points as they are now. ``data``
+        defaults to the campaign's ``data`` table.
         """
         program = self.settings.program
         locale = row.locale if row.locale in program.locales else program.default_locale
@@ -363,10 +368,15 @@ class Deliverer:
             "unsubscribe_url": program.unsubscribe_url.format(member_id=row.member_id, channel=row.channel),
             "campaign": {"name": row.campaign, "occasion": row.occasion},
             "reminder": reminder,
+            "data": data if data is not None else self._campaign_data(row.campaign),
             "now": as_of,
             "locale": locale,
             "timezone": zone,
         }
+
+    def _campaign_data(self, campaign: str | None) -> dict[str, Any]:
+        spec = self.settings.campaigns.get(campaign or "")
+        return dict(spec.data) if spec else {}
 
     def _record(self, outcomes: list[Outcome], suppress: list[dict[str, Any]]) -> None:
         if not outcomes and not suppress:

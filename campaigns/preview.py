@@ -6,6 +6,7 @@ cost estimate of ``plan`` all render through the same path as a real delivery
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -74,6 +75,21 @@ def ladder_steps(settings: Settings, row: Any, lots: list[tuple[datetime, float]
     return [(step.expires_on, step.stage) for step in ladder.due_steps(lots, zone, as_of, campaign, set())]
 
 
+def sample_data(settings: Settings, template: str) -> dict[str, Any] | None:
+    """``templates/<name>/sample.json``: example ``data`` of a triggered template, used by
+    ``check`` and ``preview`` (and the contract a developer's ``data`` must meet)."""
+    path = settings.templates_path / template / "sample.json"
+    if not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TemplateError(f"not valid JSON: {exc.msg}", file=f"{template}/sample.json", line=exc.lineno) from None
+    if not isinstance(loaded, dict):
+        raise TemplateError("must hold a JSON object", file=f"{template}/sample.json")
+    return loaded
+
+
 def render_channel(deliverer: Deliverer, row: Any, lots: list[tuple[datetime, float]], template: str, channel: str) -> ChannelPreview:
     """Render one channel for a member row; errors become part of the preview."""
     row = SimpleNamespace(**{**vars(row), "channel": channel})
@@ -81,7 +97,8 @@ def render_channel(deliverer: Deliverer, row: Any, lots: list[tuple[datetime, fl
     if steps == []:
         return ChannelPreview(channel, "", None, f"no reminder of {row.campaign} is due for this member now")
     try:
-        rendered = deliverer.renderer.render(template, channel, deliverer.context(row, lots, steps))
+        data = None if row.campaign else sample_data(deliverer.settings, template)
+        rendered = deliverer.renderer.render(template, channel, deliverer.context(row, lots, steps, data))
     except TemplateError as exc:
         return ChannelPreview(channel, "", None, str(exc))
     sms = measure(rendered.text or "") if channel == "sms" else None

@@ -351,6 +351,8 @@ class CampaignSettings(_Section):
     """Ladder lead times in days before the expiry date, e.g. ``[30, 7, 1]``."""
     min_points: float = Field(default=1, ge=0)
     """Ladder: points expiring on one date below which no reminder goes."""
+    data: dict[str, Any] = Field(default_factory=dict)
+    """Free values the campaign's templates see as ``data`` (a promo code, a deadline)."""
 
     @field_validator("stages")
     @classmethod

@@ -164,3 +164,12 @@ def test_plan_estimates_sms_segments_and_cost(write_settings, templates) -> None
     plan = json.loads(output[output.index("{"):])
     assert plan["sms"] == {"recipients": 3, "sampled": 3, "segments": 6, "cost": 21.0, "currency": "RUB"}
     runtime.reset()
+
+
+def test_check_renders_triggered_templates_with_their_sample_data(checked) -> None:
+    config, templates = checked
+    (templates / "points_credited/en/telegram.html").write_text("<b>{{ data.points|points }}</b> for order {{ data.order_number }}")
+    code, lines = check_output(config)
+    assert code == 1
+    assert any(line.startswith("error: points_credited/en/telegram.html:1: undefined variable") and "order_number" in line
+               for line in lines), lines
