@@ -375,6 +375,46 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+# --- scheduler ------------------------------------------------------------------------
+
+
+@app.command("scheduler")
+def scheduler(
+    name: Annotated[str, typer.Option(help="Name recorded as started_by (default: scheduler@host).")] = "",
+    replay_from: Annotated[Optional[str], typer.Option(help="Replay a simulated timeline from this ISO instant ...")] = None,
+    replay_until: Annotated[Optional[str], typer.Option(help="... until this one, as fast as possible.")] = None,
+    step: Annotated[int, typer.Option(help="Replay step in seconds.")] = 30,
+) -> None:
+    """Start campaign occasions when their cron schedules fire (run one or more; each
+    occasion starts once)."""
+    import socket
+
+    from campaigns.scheduler import Scheduler
+
+    application = _app()
+    _require_schema(application)
+    import workers
+
+    broker = workers.use_broker(runtime.build_broker(application.settings))
+
+    def start(run_id: int, now: datetime) -> None:
+        workers.plan_campaign.send(run_id, now.isoformat())
+        if application.in_memory:
+            runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
+
+    runner = Scheduler(application.settings, application.engine, start, name or f"scheduler@{socket.gethostname()}")
+    if replay_from is None:
+        runner.run_forever()
+        return
+    zone = application.settings.program.timezone
+    start_at = _parse_now(replay_from, zone)
+    until = _parse_now(replay_until, zone) if replay_until else start_at
+    for decisions in runner.replay(start_at, until, timedelta(seconds=step)):
+        for decision in decisions:
+            out.print(f"{decision.action} {decision.campaign} {decision.occasion} run {decision.run_id}"
+                      + (f" ({decision.reason})" if decision.reason else ""), markup=False, highlight=False)
+
+
 # --- worker ---------------------------------------------------------------------------
 
 

@@ -131,6 +131,7 @@ campaign_runs = Table(
     Column("state", String(16), nullable=False, comment="planning, planned, skipped"),
     Column("considered", Integer, nullable=False, server_default="0"),
     Column("finished_planning_at", UTCDateTime, nullable=True),
+    Column("note", String(500), nullable=False, server_default="", comment="why skipped, or caught up late"),
     UniqueConstraint("campaign", "occasion"),
 )
 

@@ -353,6 +353,10 @@ class CampaignSettings(_Section):
     """Ladder: points expiring on one date below which no reminder goes."""
     data: dict[str, Any] = Field(default_factory=dict)
     """Free values the campaign's templates see as ``data`` (a promo code, a deadline)."""
+    catch_up: Literal["latest", "skip"] = "latest"
+    """After scheduler downtime: run the latest missed occasion (if younger than
+    ``catch_up_max_age``) or skip it; either way the decision is recorded."""
+    catch_up_max_age: Duration = timedelta(hours=6)
 
     @field_validator("stages")
     @classmethod
@@ -398,6 +402,13 @@ class CampaignSettings(_Section):
         return value
 
 
+class SchedulerSettings(_Section):
+    tick: Duration = timedelta(seconds=30)
+    """How often the scheduler looks at the clock."""
+    grace: Duration = timedelta(minutes=2)
+    """An occasion started within this long after its fire time is on time, not a catch-up."""
+
+
 class Settings(_Section):
     program: ProgramSettings
     database: DatabaseSettings = DatabaseSettings(url="sqlite:///var/loyalcast.db")
@@ -407,6 +418,7 @@ class Settings(_Section):
     channels: dict[ChannelName, ChannelSettings] = Field(default_factory=dict)
     delivery: DeliverySettings = DeliverySettings()
     quiet_hours: QuietHoursSettings = QuietHoursSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     caps: list[CapRule] = Field(default_factory=lambda: [CapRule(**rule) for rule in DEFAULT_CAPS])
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)

@@ -65,8 +65,8 @@ def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 def write_settings(tmp_path: Path) -> Callable[..., Path]:
     """Write a settings file derived from the shipped one; returns its path.
 
-    ``changes`` are merged into the shipped settings (tables merge, other values
-    replace); ``drop`` removes top-level keys. Templates point at the repository's.
+    ``drop`` removes top-level keys of the shipped settings, then ``changes`` are merged
+    in (tables merge, other values replace). Templates point at the repository's.
     """
 
     def write(changes: dict[str, Any] | None = None, *, drop: tuple[str, ...] = (), name: str = "settings.toml") -> Path:
@@ -75,9 +75,9 @@ def write_settings(tmp_path: Path) -> Callable[..., Path]:
         data["database"] = {"url": f"sqlite:///{tmp_path / 'loyalcast.db'}"}
         data["broker"] = {"url": "memory://"}
         data["outbox"] = {"dir": str(tmp_path / "outbox")}
-        data = deep_merge(data, changes or {})
         for key in drop:
             data.pop(key, None)
+        data = deep_merge(data, changes or {})
         path = tmp_path / name
         path.write_text(tomli_w.dumps(data), encoding="utf-8")
         return path

@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(16), nullable=False, comment="planning, planned, skipped"),
         sa.Column("considered", sa.Integer(), server_default="0", nullable=False),
         sa.Column("finished_planning_at", Timestamp, nullable=True),
+        sa.Column("note", sa.String(500), server_default="", nullable=False, comment="why skipped, or caught up late"),
         sa.PrimaryKeyConstraint("id", name="pk_campaign_runs"),
         sa.UniqueConstraint("campaign", "occasion", name="uq_campaign_runs_campaign_occasion"),
     )
