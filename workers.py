@@ -4,31 +4,58 @@ into ``campaigns`` (planning, delivery) and, through it, ``channels``.
 Run workers with ``dramatiq workers`` (or ``loyalcast worker``); the settings file comes
 from ``$LOYALCAST_CONFIG`` (default ``./settings.toml``).
 
-Queues:
+Queues (a worker serves all three unless told otherwise; within a worker, triggered
+messages go first, whatever is waiting in the other queues):
 
-- ``plans``: one message per campaign occasion (``plan_campaign``);
-- ``batches``: campaign deliveries, a batch of ledger ids per message (``deliver_batch``).
+- ``triggered``: one message per triggered send (``send_triggered``), priority 0;
+- ``plans``: one message per campaign occasion (``plan_campaign``), priority 50;
+- ``batches``: campaign deliveries, a batch of ledger ids per message
+  (``deliver_batch``), priority 100.
+
+Another service can enqueue a triggered message knowing only the Redis URL; see
+``docs/triggered.md``.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 
 import dramatiq
 
-from campaigns import runtime
+from campaigns import runtime, triggered
 from campaigns.planner import load_run, plan_run, queued_batches
 
 log = logging.getLogger("loyalcast.workers")
 
 broker = runtime.install_broker()
 
+TRIGGERED_QUEUE = "triggered"
 PLANS_QUEUE = "plans"
 BATCHES_QUEUE = "batches"
 
 
-@dramatiq.actor(queue_name=PLANS_QUEUE, max_retries=5, time_limit=3_600_000)
+@dramatiq.actor(queue_name=TRIGGERED_QUEUE, priority=0, max_retries=10, time_limit=300_000)
+def send_triggered(
+    member_id: int, template: str, data: dict | None, idempotency_key: str, category: str | None = None
+) -> None:
+    """Decide and deliver one triggered message (see ``campaigns.triggered``)."""
+    app = runtime.app()
+    decided = triggered.decide(app.engine, app.settings, app.renderer, int(member_id), str(template),
+                               {} if data is None else data, idempotency_key, category)
+    if decided.status != "queued":
+        log.info("triggered %s for member %s: %s (%s)", template, member_id, decided.status, decided.reason)
+        return
+    wait_ms = int((decided.send_at - datetime.now(timezone.utc)).total_seconds() * 1000)
+    if wait_ms > 1000:  # quiet hours, or a deferring cap
+        deliver_batch.send_with_options(args=([decided.delivery_id],), delay=wait_ms)
+        return
+    report = app.deliverer.deliver([decided.delivery_id])
+    if report.retry_after is not None:
+        deliver_batch.send_with_options(args=([decided.delivery_id],), delay=int(report.retry_after * 1000))
+
+
+@dramatiq.actor(queue_name=PLANS_QUEUE, priority=50, max_retries=5, time_limit=3_600_000)
 def plan_campaign(run_id: int, now: str | None = None) -> None:
     """Decide every member of a claimed run, then enqueue its queued deliveries in batches.
 
@@ -58,7 +85,7 @@ def enqueue_batches(run_id: int, now: datetime, *, due_only: bool = False) -> in
     return sent
 
 
-@dramatiq.actor(queue_name=BATCHES_QUEUE, max_retries=50, time_limit=1_800_000)
+@dramatiq.actor(queue_name=BATCHES_QUEUE, priority=100, max_retries=50, time_limit=1_800_000)
 def deliver_batch(delivery_ids: list[int]) -> None:
     """Send the still-queued deliveries among ``delivery_ids``; retry the transient failures."""
     report = runtime.app().deliverer.deliver(delivery_ids)
@@ -67,7 +94,7 @@ def deliver_batch(delivery_ids: list[int]) -> None:
         raise dramatiq.Retry(delay=int(report.retry_after * 1000))
 
 
-ACTORS = (plan_campaign, deliver_batch)
+ACTORS = (send_triggered, plan_campaign, deliver_batch)
 
 
 def use_broker(new_broker: dramatiq.Broker) -> dramatiq.Broker:

@@ -359,7 +359,7 @@ def why(
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row["campaign"] or "(triggered)", row["occasion"] or "", row["channel"] or "-", row["status"],
+            row["campaign"] or f"{row['template']} (triggered)", row["occasion"] or "", row["channel"] or "-", row["status"],
             row["reason"], _when(row["send_at"]), _when(row["sent_at"]), str(row["attempts"]),
         )
     out.print(table)
@@ -373,6 +373,54 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# --- triggered ------------------------------------------------------------------------
+
+
+@app.command("send")
+def send(
+    member_id: Annotated[int, typer.Argument(help="Member id.")],
+    template: Annotated[str, typer.Argument(help="Template folder, e.g. points_credited.")],
+    data: Annotated[str, typer.Option(help="Template data as a JSON object.")] = "{}",
+    key: Annotated[str, typer.Option(help="Idempotency key: the same key sends once.")] = ...,  # type: ignore[assignment]
+    category: Annotated[Optional[str], typer.Option(help="Message category (default: triggered.category).")] = None,
+) -> None:
+    """Send one triggered message (what another service does with send_triggered)."""
+    from campaigns.preview import member_lots, member_row, render_channel
+    from campaigns.report import member_history
+    from campaigns.triggered import template_channels
+
+    application = _app()
+    _require_schema(application)
+    try:
+        values = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    if not isinstance(values, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--data")
+    channels = template_channels(application.renderer, application.settings, template)
+    if not channels:
+        raise LoyalcastError(f"unknown template {template!r}: no texts under {application.settings.templates_path / template}")
+    now = datetime.now(timezone.utc)
+    row = member_row(application.deliverer, member_id, None, now)  # LoyalcastError for an unknown member
+    lots = member_lots(application.deliverer, member_id, now)
+    for channel in channels:
+        rendered = render_channel(application.deliverer, row, lots, template, channel, values)
+        if rendered.error:
+            raise LoyalcastError(f"the data does not fit the template: {rendered.error}")
+
+    import workers
+
+    broker = workers.use_broker(runtime.build_broker(application.settings))
+    workers.send_triggered.send(member_id, template, values, key, category)
+    if not application.in_memory:
+        out.print(f"enqueued send_triggered for member {member_id} ({template}, key {key!r})")
+        return
+    runtime.drain_in_process(broker, threads=1)
+    last = [r for r in member_history(application.engine, member_id) if r["template"] == template][-1]
+    out.print(f"member {member_id}: {last['status']} on {last['channel'] or '-'} ({last['reason']})",
+              markup=False, highlight=False)
 
 
 # --- scheduler ------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from campaigns.db import BUCKETS, holdout_bucket, upsert_insert
 from campaigns.ledger import Status
 from campaigns.models import UTCDateTime, deliveries, members, suppressions
 from campaigns.segments import segment_query
-from campaigns.settings import ANY_CHANNEL, CampaignSettings, CapRule, Settings, parse_clock
+from campaigns.settings import ANY_CHANNEL, CampaignSettings, CapRule, SegmentSettings, Settings, parse_clock
 
 STATE_OK = "ok"
 STATE_NO_CONTACT = "no contact"
@@ -66,21 +66,30 @@ STATE_SUPPRESSED = "suppressed"
 INSERTED_COLUMNS = [
     "run_id", "member_id", "channel", "category", "template", "status", "reason", "address",
     "holds_slot", "send_at", "deferred_from", "created_at", "updated_at", "attempts",
+    "idempotency_key", "data",
 ]
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every chunk of one run shares: the run, its campaign, and per-zone times."""
+    """What every chunk of one run shares: the run, its campaign, and per-zone times.
 
-    run_id: int
+    A triggered message is a run of one: ``run_id`` None, a campaign made up of the
+    template, channels and category, every member as the segment, and the caller's
+    ``idempotency_key`` and ``data``.
+    """
+
+    run_id: int | None
     campaign_name: str
     campaign: CampaignSettings
+    segment: SegmentSettings
     as_of: datetime
     program_zone: str
     zones: tuple[str, ...]
     send_at: dict[str, dict[str, datetime]]
     """``{channel: {zone: when a message planned at as_of is due}}``."""
+    idempotency_key: str | None = None
+    data: dict[str, Any] | None = None
 
 
 def member_zones(conn: Connection) -> list[str]:
@@ -98,8 +107,21 @@ def member_zones(conn: Connection) -> list[str]:
 
 def run_context(conn: Connection, settings: Settings, run_id: int, campaign_name: str, as_of: datetime) -> RunContext:
     campaign = settings.campaigns[campaign_name]
+    zones = tuple(sorted(set(member_zones(conn)) | {settings.program.timezone}))
+    return make_context(settings, run_id, campaign_name, campaign, settings.segments[campaign.segment], as_of, zones)
+
+
+def make_context(
+    settings: Settings,
+    run_id: int | None,
+    campaign_name: str,
+    campaign: CampaignSettings,
+    segment: SegmentSettings,
+    as_of: datetime,
+    zones: tuple[str, ...],
+    **extra: Any,
+) -> RunContext:
     program_zone = settings.program.timezone
-    zones = tuple(sorted(set(member_zones(conn)) | {program_zone}))
     send_at: dict[str, dict[str, datetime]] = {}
     for channel in campaign.channels:
         quiet = settings.quiet_hours.window_for(channel, campaign.category)
@@ -111,7 +133,7 @@ def run_context(conn: Connection, settings: Settings, run_id: int, campaign_name
                 due = next_local_time(as_of, zone, parse_clock(campaign.send_at_local))
             per_zone[zone_name] = leave_quiet_hours(due, zone, quiet)
         send_at[channel] = per_zone
-    return RunContext(run_id, campaign_name, campaign, as_of, program_zone, zones, send_at)
+    return RunContext(run_id, campaign_name, campaign, segment, as_of, program_zone, zones, send_at, **extra)
 
 
 def _per_zone(zone: ColumnElement[str], values: dict[str, Any], program_zone: str, type_: Any) -> ColumnElement[Any]:
@@ -165,7 +187,7 @@ def decision_insert(
     campaign = ctx.campaign
     channels = campaign.channels
     segment_select = segment_query(
-        settings.segments[campaign.segment],
+        ctx.segment,
         as_of=ctx.as_of,
         default_locale=settings.program.default_locale,
         member_range=member_range,
@@ -258,7 +280,7 @@ def decision_insert(
     )
     now = datetime.now(ctx.as_of.tzinfo)
     body = select(
-        literal(ctx.run_id, BigInteger),
+        literal(ctx.run_id, BigInteger()),
         capped.c.member_id,
         capped.c.channel,
         literal(campaign.category, String),
@@ -272,11 +294,14 @@ def decision_insert(
         literal(now, UTCDateTime()),
         literal(now, UTCDateTime()),
         literal(0, Integer),
+        literal(ctx.idempotency_key, String()),
+        literal(ctx.data, deliveries.c.data.type),
     ).where(literal(True, Boolean))  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+    unique = ["idempotency_key"] if ctx.idempotency_key is not None else ["run_id", "member_id"]
     return (
         upsert_insert(conn, deliveries)
         .from_select(INSERTED_COLUMNS, body)
-        .on_conflict_do_nothing(index_elements=["run_id", "member_id"])
+        .on_conflict_do_nothing(index_elements=unique)
     )
 
 
@@ -327,7 +352,7 @@ def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_ra
                deliveries.c.reason, members.c.tier, members.c.timezone)
         .select_from(deliveries.join(members, members.c.id == deliveries.c.member_id))
         .where(
-            deliveries.c.run_id == ctx.run_id,
+            deliveries.c.idempotency_key == ctx.idempotency_key if ctx.idempotency_key else deliveries.c.run_id == ctx.run_id,
             deliveries.c.member_id.between(*member_range),
             deliveries.c.status == Status.QUEUED.value,
             deliveries.c.deferred_from.is_not(None),

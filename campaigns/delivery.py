@@ -151,6 +151,8 @@ class Deliverer:
                 deliveries.c.address,
                 deliveries.c.attempts,
                 deliveries.c.send_at,
+                deliveries.c.run_id,
+                deliveries.c.data,
                 campaign_runs.c.campaign,
                 campaign_runs.c.occasion,
                 campaign_runs.c.as_of,
@@ -220,7 +222,7 @@ class Deliverer:
 
     def _deliver_one(self, row: Any, lots, steps, transports: Transports, suppress: list, retry_delays: list) -> Outcome:  # type: ignore[no-untyped-def]
         try:
-            context = self.context(row, lots, steps)
+            context = self.context(row, lots, steps, (row.data or {}) if row.run_id is None else None)
             stale = self.stale_reason(row, context)
             if stale:
                 return Outcome(row.id, Status.STALE, stale, holds_slot=False)

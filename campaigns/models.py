@@ -25,6 +25,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    JSON,
     MetaData,
     Numeric,
     String,
@@ -157,7 +158,10 @@ deliveries = Table(
     Column("sent_at", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("provider_message_id", String(200), nullable=True),
+    Column("idempotency_key", String(200), nullable=True, comment="triggered messages: the caller's key"),
+    Column("data", JSON, nullable=True, comment="triggered messages: the caller's template data"),
     UniqueConstraint("run_id", "member_id"),
+    UniqueConstraint("idempotency_key"),
     Index("ix_deliveries_run_id_status", "run_id", "status"),
     Index("ix_deliveries_member_id", "member_id"),
     Index(

@@ -90,14 +90,19 @@ def sample_data(settings: Settings, template: str) -> dict[str, Any] | None:
     return loaded
 
 
-def render_channel(deliverer: Deliverer, row: Any, lots: list[tuple[datetime, float]], template: str, channel: str) -> ChannelPreview:
-    """Render one channel for a member row; errors become part of the preview."""
+def render_channel(
+    deliverer: Deliverer, row: Any, lots: list[tuple[datetime, float]], template: str, channel: str,
+    data: dict[str, Any] | None = None,
+) -> ChannelPreview:
+    """Render one channel for a member row; errors become part of the preview. A row
+    without a campaign renders with ``data``, else the template's ``sample.json``."""
     row = SimpleNamespace(**{**vars(row), "channel": channel})
     steps = ladder_steps(deliverer.settings, row, lots, row.as_of)
     if steps == []:
         return ChannelPreview(channel, "", None, f"no reminder of {row.campaign} is due for this member now")
     try:
-        data = None if row.campaign else sample_data(deliverer.settings, template)
+        if data is None and not row.campaign:
+            data = sample_data(deliverer.settings, template)
         rendered = deliverer.renderer.render(template, channel, deliverer.context(row, lots, steps, data))
     except TemplateError as exc:
         return ChannelPreview(channel, "", None, str(exc))

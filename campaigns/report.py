@@ -78,6 +78,7 @@ def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
             campaign_runs.c.occasion,
             deliveries.c.channel,
             deliveries.c.category,
+            deliveries.c.template,
             deliveries.c.status,
             deliveries.c.reason,
             deliveries.c.send_at,

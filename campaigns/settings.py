@@ -402,6 +402,15 @@ class CampaignSettings(_Section):
         return value
 
 
+class TriggeredSettings(_Section):
+    """Messages developers send one at a time (``send_triggered``)."""
+
+    channels: list[ChannelName] = Field(default_factory=lambda: ["telegram", "email", "sms"], min_length=1)
+    """Priority list; channels the template has no text for are left out."""
+    category: str = "service"
+    """Category when the caller names none (``service`` is exempt from marketing caps)."""
+
+
 class SchedulerSettings(_Section):
     tick: Duration = timedelta(seconds=30)
     """How often the scheduler looks at the clock."""
@@ -419,6 +428,7 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     quiet_hours: QuietHoursSettings = QuietHoursSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    triggered: TriggeredSettings = TriggeredSettings()
     caps: list[CapRule] = Field(default_factory=lambda: [CapRule(**rule) for rule in DEFAULT_CAPS])
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)

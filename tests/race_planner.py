@@ -1,6 +1,7 @@
 """One racing process for tests/test_cap_races.py: several threads plan overlapping
 occasions of two campaigns over the same members, each occasion twice (as a
-redelivered Dramatiq message would). Usage: python race_planner.py SETTINGS SEED THREADS"""
+redelivered Dramatiq message would), while one more thread sends triggered marketing
+messages to random members. Usage: python race_planner.py SETTINGS SEED THREADS"""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 from campaigns.db import make_engine
+from campaigns import triggered
 from campaigns.planner import claim_run, plan_run
+from campaigns.rendering import Renderer
 from campaigns.settings import load_settings
 
 BASE = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
+MEMBERS = 2000
+TRIGGERED_PER_PROCESS = 150
 JOBS = [(campaign, f"o{k}", BASE + timedelta(minutes=17 * k)) for campaign in ("sms_first", "email_first") for k in range(3)]
 
 
@@ -32,7 +37,18 @@ def main(config: str, seed: int, threads: int) -> int:
         except BaseException as exc:  # reported through the exit code
             failures.append(exc)
 
-    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    def trigger() -> None:
+        rng = random.Random(seed)
+        renderer = Renderer(settings.templates_path, settings.program)
+        try:
+            for n in range(TRIGGERED_PER_PROCESS):
+                member_id = rng.randint(1, MEMBERS)
+                triggered.decide(engine, settings, renderer, member_id, "tier_upgraded", {"tier_name": "Gold"},
+                                 f"race-{seed}-{n}", "marketing", now=BASE + timedelta(minutes=rng.randint(0, 60)))
+        except BaseException as exc:
+            failures.append(exc)
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)] + [threading.Thread(target=trigger)]
     for thread in pool:
         thread.start()
     for thread in pool:

@@ -35,6 +35,7 @@ def test_no_member_gets_two_capped_messages_in_one_window(write_settings, pg_url
         "quiet_hours": {"default": "off", "telegram": "off"},
         "delivery": {"plan_chunk_size": 200},
         "caps": [{"channel": "sms", "max": 1, "per": "30d"}, {"channel": "email", "max": 1, "per": "14d"}],
+        "triggered": {"channels": ["email", "sms"]},
         "campaigns": {
             "sms_first": {"segment": "has_balance", "template": "balance_reminder", "channels": ["sms", "email"]},
             "email_first": {"segment": "has_balance", "template": "balance_reminder", "channels": ["email", "sms"]},
@@ -47,7 +48,8 @@ def test_no_member_gets_two_capped_messages_in_one_window(write_settings, pg_url
         for i in range(1, MEMBERS + 1)
     ])
 
-    # When 4 processes x 4 threads plan three overlapping occasions of each campaign, twice each
+    # When 4 processes x 4 threads plan three overlapping occasions of each campaign, twice
+    # each, while a thread per process sends 150 triggered marketing messages
     racers = [
         subprocess.Popen([sys.executable, str(Path(__file__).parent / "race_planner.py"), str(config), str(seed), str(THREADS)],
                          cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -61,12 +63,17 @@ def test_no_member_gets_two_capped_messages_in_one_window(write_settings, pg_url
         # Then no member holds two slots of one channel inside that channel's window
         assert conn.execute(VIOLATIONS).scalar_one() == 0
         # And the caps were not met by sending nothing: every member holds exactly one SMS
-        # and one email slot, and every occasion decided every member once
+        # and one email slot (a triggered email took some of them), and every occasion
+        # decided every member once
         per_member = conn.execute(text(
             "SELECT count(*) FILTER (WHERE channel = 'sms'), count(*) FILTER (WHERE channel = 'email') "
             "FROM deliveries WHERE holds_slot GROUP BY member_id"
         )).all()
         assert len(per_member) == MEMBERS and set(per_member) == {(1, 1)}
-        assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 6 * MEMBERS
+        assert conn.execute(text("SELECT count(*) FROM deliveries WHERE run_id IS NOT NULL")).scalar_one() == 6 * MEMBERS
+        triggered = conn.execute(text(
+            "SELECT status, count(*) FROM deliveries WHERE run_id IS NULL GROUP BY status")).all()
+        assert sum(n for _, n in triggered) == PROCESSES * 150
+        assert dict(triggered).get("queued", 0) > 0  # some triggered messages won the race for a slot
         assert conn.execute(text("SELECT count(*) FROM campaign_runs")).scalar_one() == 6
     engine.dispose()

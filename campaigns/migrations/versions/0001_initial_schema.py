@@ -81,9 +81,12 @@ def upgrade() -> None:
         sa.Column("sent_at", Timestamp, nullable=True),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("provider_message_id", sa.String(200), nullable=True),
+        sa.Column("idempotency_key", sa.String(200), nullable=True, comment="triggered messages: the caller's key"),
+        sa.Column("data", sa.JSON(), nullable=True, comment="triggered messages: the caller's template data"),
         sa.ForeignKeyConstraint(["run_id"], ["campaign_runs.id"], name="fk_deliveries_run_id_campaign_runs"),
         sa.PrimaryKeyConstraint("id", name="pk_deliveries"),
         sa.UniqueConstraint("run_id", "member_id", name="uq_deliveries_run_id_member_id"),
+        sa.UniqueConstraint("idempotency_key", name="uq_deliveries_idempotency_key"),
     )
     op.create_table(
         "ladder_marks",

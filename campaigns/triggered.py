@@ -1,0 +1,149 @@
+"""Triggered messages: one member, one template, the caller's data and idempotency key.
+
+``decide`` writes the message's ledger row through the same rules as a campaign (the
+same member lock and the same decision SQL, so consent, suppressions, quiet hours and
+caps all apply; ``service`` is exempt from marketing caps unless a rule names it):
+
+- the idempotency key is unique in the ledger: a key seen before adds a ``duplicate``
+  row pointing at the first delivery and sends nothing;
+- an unknown member or template, or data that is not a JSON object, adds a ``failed``
+  row with that reason instead of crashing the worker;
+- data a template needs but the caller did not send fails at render time, also as a
+  ``failed`` row naming the template file, line and variable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
+
+from campaigns.decisions import decide_chunk, make_context
+from campaigns.ledger import Status
+from campaigns.models import deliveries, members
+from campaigns.planner import lock_members
+from campaigns.rendering import CHANNEL_PARTS, Renderer
+from campaigns.settings import CampaignSettings, SegmentSettings, Settings
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Decided:
+    delivery_id: int
+    status: str
+    reason: str
+    send_at: datetime
+
+
+def template_channels(renderer: Renderer, settings: Settings, template: str) -> list[str]:
+    """The triggered channel priority, less the channels the template has no text for."""
+    root = settings.templates_path / template
+    folders = [root, *(root / locale for locale in settings.program.locales)]
+    return [
+        channel for channel in settings.triggered.channels
+        if any((folder / CHANNEL_PARTS[channel][0]).is_file() for folder in folders)
+    ]
+
+
+def problem(settings: Settings, renderer: Renderer, conn: Connection, member_id: int, template: str, data: Any) -> str | None:
+    """Why the message cannot be sent at all, or None."""
+    if not isinstance(data, dict):
+        return f"data must be a JSON object, got {type(data).__name__}"
+    if not renderer.template_exists(template) or not template_channels(renderer, settings, template):
+        return f"unknown template {template!r} (no texts in {settings.templates_path / template})"
+    if conn.execute(select(members.c.id).where(members.c.id == member_id)).first() is None:
+        return f"unknown member {member_id}"
+    return None
+
+
+def decide(
+    engine: Engine,
+    settings: Settings,
+    renderer: Renderer,
+    member_id: int,
+    template: str,
+    data: Any,
+    idempotency_key: str,
+    category: str | None = None,
+    now: datetime | None = None,
+) -> Decided:
+    """Write the ledger row of one triggered message (atomically, under the member lock)."""
+    now = now or datetime.now(timezone.utc)
+    category = category or settings.triggered.category
+    key = str(idempotency_key)[:MAX_KEY_LENGTH]
+    try:
+        return _decide(engine, settings, renderer, member_id, template, data, key, category, now)
+    except IntegrityError:
+        # The same key for another member (or an unknown one) won the unique index.
+        with engine.begin() as conn:
+            first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).one()
+            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE,
+                              f"idempotency key {key!r} was used by delivery {first.id} ({first.status})", None)
+
+
+def _decide(
+    engine: Engine, settings: Settings, renderer: Renderer, member_id: int, template: str, data: Any, key: str,
+    category: str, now: datetime,
+) -> Decided:
+    with engine.begin() as conn:
+        lock_members(conn, (member_id, member_id))
+        first = conn.execute(
+            select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)
+        ).first()
+        if first is not None:
+            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE,
+                              f"idempotency key {key!r} was used by delivery {first.id} ({first.status})", None)
+        why_not = problem(settings, renderer, conn, member_id, template, data)
+        if why_not is not None:
+            log.warning("triggered %s for member %s not sent: %s", template, member_id, why_not)
+            return _plain_row(conn, member_id, template, category, now, Status.FAILED, why_not, key)
+        member_zone = conn.execute(select(members.c.timezone).where(members.c.id == member_id)).scalar()
+        campaign = CampaignSettings(
+            segment="(every member)", template=template, category=category,
+            channels=template_channels(renderer, settings, template),
+        )
+        ctx = make_context(settings, None, f"triggered:{template}", campaign, SegmentSettings(), now,
+                           _zones(member_zone, settings.program.timezone), idempotency_key=key, data=data)
+        decide_chunk(conn, settings, ctx, (member_id, member_id))
+        row = conn.execute(
+            select(deliveries.c.id, deliveries.c.member_id, deliveries.c.status, deliveries.c.reason, deliveries.c.send_at)
+            .where(deliveries.c.idempotency_key == key)
+        ).one()
+        if row.member_id != member_id:
+            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE,
+                              f"idempotency key {key!r} was used by delivery {row.id} ({row.status})", None)
+    return Decided(row.id, row.status, row.reason, row.send_at)
+
+
+def _zones(member_zone: str | None, program_zone: str) -> tuple[str, ...]:
+    zones = {program_zone}
+    if member_zone:
+        try:
+            ZoneInfo(member_zone)
+            zones.add(member_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return tuple(sorted(zones))
+
+
+def _plain_row(
+    conn: Connection, member_id: int, template: str, category: str, now: datetime, status: Status, reason: str,
+    key: str | None,
+) -> Decided:
+    delivery_id = conn.execute(
+        insert(deliveries)
+        .values(run_id=None, member_id=member_id, channel=None, category=category, template=template[:100],
+                status=status.value, reason=reason[:500], holds_slot=False, send_at=now, created_at=now,
+                updated_at=now, attempts=0, idempotency_key=key)
+        .returning(deliveries.c.id)
+    ).scalar_one()
+    return Decided(delivery_id, status.value, reason, now)
