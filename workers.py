@@ -23,12 +23,14 @@ from datetime import datetime, timezone
 
 import dramatiq
 
-from campaigns import runtime, triggered
+from campaigns import logs, metrics, runtime, triggered
 from campaigns.planner import load_run, plan_run, queued_batches
 
 log = logging.getLogger("loyalcast.workers")
 
 broker = runtime.install_broker()
+if runtime.running_under_dramatiq():
+    logs.configure(runtime.app().settings.logging.format, runtime.app().settings.logging.level.upper())
 
 TRIGGERED_QUEUE = "triggered"
 PLANS_QUEUE = "plans"
@@ -64,7 +66,7 @@ def plan_campaign(run_id: int, now: str | None = None) -> None:
     so a trial keeps the spacing quiet hours and caps gave it.
     """
     app = runtime.app()
-    plan_run(app.engine, app.settings, run_id)
+    plan_run(app.engine, app.settings, run_id, on_decided=metrics.decisions)
     reference = datetime.fromisoformat(now) if now else load_run(app.engine, run_id).as_of
     # The in-memory broker lives only as long as `loyalcast run`: it gets what is due
     # now; the rest waits in the ledger for the occasion to be run again.

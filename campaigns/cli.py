@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import inspect as sa_inspect
 
-from campaigns import runtime
+from campaigns import logs, runtime
 from campaigns.errors import ConfigError, LoyalcastError
 from campaigns.report import RunReport, due_in_flight, latest_run_id, member_history, run_report
 
@@ -50,14 +50,11 @@ def _main(
         typer.Option("--config", "-c", help="Settings file (default: $LOYALCAST_CONFIG, else ./settings.toml)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log one JSON object per line.")] = False,
 ) -> None:
     global _config_path
     _config_path = config
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure("json" if log_json else "text", logging.INFO if verbose else logging.WARNING)
 
 
 def _app() -> runtime.App:
@@ -469,8 +466,9 @@ def scheduler(
 @app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
-    processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
-    threads: Annotated[int, typer.Option("--threads", "-t", min=1)] = 8,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = 2,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 8,
+    queues: Annotated[Optional[list[str]], typer.Option("--queue", "-Q", help="Serve only this queue (repeat for more): triggered, plans, batches.")] = None,
 ) -> None:
     """Run Dramatiq worker processes for loyalcast's actors (extra options go to `dramatiq`)."""
     from dramatiq.cli import main as dramatiq_main
@@ -478,7 +476,15 @@ def worker(
     application = _app()
     if application.in_memory:
         raise LoyalcastError("the memory:// broker has no separate workers: `loyalcast run` processes in-process")
-    sys.argv = ["dramatiq", "--processes", str(processes), "--threads", str(threads), *ctx.args, "workers"]
+    if application.settings.metrics.enabled:
+        runtime.configure_prometheus(application.settings)
+    known = {"triggered", "plans", "batches"}
+    for queue in queues or []:
+        if queue not in known:
+            raise typer.BadParameter(f"unknown queue {queue!r} (known: {', '.join(sorted(known))})", param_hint="--queue")
+    sys.argv = ["dramatiq", "workers", "--processes", str(processes), "--threads", str(threads), *ctx.args]
+    if queues:
+        sys.argv += ["--queues", *queues]
     raise SystemExit(dramatiq_main())
 
 

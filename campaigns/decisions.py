@@ -23,7 +23,7 @@ Members whose first full rule says ``defer`` are inserted ``queued`` with
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -161,8 +161,11 @@ def _joined(parts: list[ColumnElement[str]], separator: str) -> ColumnElement[st
     return expr
 
 
-def decide_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
-    """Insert the chunk's decisions (skipping members already decided); return rows inserted.
+def decide_chunk(
+    conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]
+) -> Counter[tuple[str, str]]:
+    """Insert the chunk's decisions (skipping members already decided); return how many
+    new rows got each (status, channel).
 
     An expiring-points ladder considers only the members with a reminder due (see
     ``campaigns.ladder``) and records the reminders it queued.
@@ -171,9 +174,13 @@ def decide_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_r
     if ctx.campaign.kind == "expiring_ladder":
         steps = ladder.candidates(conn, settings, ctx.campaign_name, ctx.as_of, member_range, ctx.zones)
         if not steps:
-            return 0
-    result = conn.execute(decision_insert(conn, settings, ctx, member_range, only=sorted(steps) if steps else None))
-    inserted = max(result.rowcount or 0, 0)
+            return Counter()
+    inserted = Counter(
+        (status, channel or "-") for status, channel in conn.execute(
+            decision_insert(conn, settings, ctx, member_range, only=sorted(steps) if steps else None)
+            .returning(deliveries.c.status, deliveries.c.channel)
+        )
+    )
     if any(rule.action == "defer" for rule in settings.caps):
         defer_chunk(conn, settings, ctx, member_range)
     if steps:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -24,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Engine, String, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
-from campaigns import ladder
+from campaigns import ladder, metrics
 from campaigns.db import upsert_insert
 from campaigns.errors import TemplateError
 from campaigns.ledger import Status
@@ -116,6 +117,7 @@ class Deliverer:
                     row, expiring.get(row.member_id, []), reminded.get(row.id), transports, suppress, retry_delays
                 )
                 report.counts[outcome.status] += 1
+                self._observe(row, outcome)
                 pending.append(outcome)
                 if len(pending) >= FLUSH_EVERY:
                     self._record(pending, suppress)
@@ -139,6 +141,18 @@ class Deliverer:
                 .returning(deliveries.c.id)
             )
             return sorted(row[0] for row in result)
+
+    @staticmethod
+    def _observe(row: Any, outcome: Outcome) -> None:
+        metrics.outcome(row.channel, outcome.status.value)
+        if outcome.status == Status.QUEUED:
+            metrics.retry(row.channel)
+        # The address is masked by the logging filter; the text is never logged.
+        log.info(
+            "delivery %s to %s on %s: %s", row.id, row.address, row.channel, outcome.status.value,
+            extra={"delivery_id": row.id, "member_id": row.member_id, "channel": row.channel,
+                   "status": outcome.status.value, "to": row.address, "attempt": row.attempts},
+        )
 
     def _load(self, ids: list[int]) -> list[Any]:
         query = (
@@ -241,7 +255,12 @@ class Deliverer:
                 marketing=row.category != "service",
                 unsubscribe_url=context["unsubscribe_url"],
             )
-            result: SendResult = transports[row.channel].send(message)
+            transport = transports[row.channel]
+            started = time.perf_counter()
+            try:
+                result: SendResult = transport.send(message)
+            finally:
+                metrics.provider_latency(row.channel, transport.name, time.perf_counter() - started)
         except TemplateError as exc:
             log.warning("delivery %s: %s", row.id, exc)
             return Outcome(row.id, Status.FAILED, f"template error: {exc}", holds_slot=False)

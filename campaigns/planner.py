@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from datetime import datetime, timezone
@@ -104,11 +105,17 @@ def load_run(engine: Engine, run_id: int) -> Run:
     return Run(row.id, row.campaign, row.occasion, row.as_of, row.state, created=False)
 
 
-def plan_run(engine: Engine, settings: Settings, run_id: int) -> int:
+def plan_run(
+    engine: Engine,
+    settings: Settings,
+    run_id: int,
+    on_decided: Callable[[str, Counter[tuple[str, str]]], None] | None = None,
+) -> int:
     """Decide every member of the run's segment; return how many new decisions were made.
 
     Idempotent: planning a run again (after a crash, or concurrently) adds only the
-    decisions that are missing.
+    decisions that are missing. ``on_decided(campaign, {(status, channel): n})`` hears
+    about each committed chunk's new decisions (metrics).
     """
     run = load_run(engine, run_id)
     campaign_settings(settings, run.campaign)
@@ -116,7 +123,10 @@ def plan_run(engine: Engine, settings: Settings, run_id: int) -> int:
         ctx = run_context(conn, settings, run.id, run.campaign, run.as_of)
     decided = 0
     for member_range in member_chunks(engine, settings.delivery.plan_chunk_size):
-        decided += _plan_chunk(engine, settings, ctx, member_range)
+        counts = _plan_chunk(engine, settings, ctx, member_range)
+        decided += sum(counts.values())
+        if on_decided is not None and counts:
+            on_decided(run.campaign, counts)
     with engine.begin() as conn:
         considered = conn.execute(
             select(func.count()).select_from(deliveries).where(deliveries.c.run_id == run.id)
@@ -155,7 +165,9 @@ def member_chunks(engine: Engine, chunk_size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _plan_chunk(engine: Engine, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
+def _plan_chunk(
+    engine: Engine, settings: Settings, ctx: RunContext, member_range: tuple[int, int]
+) -> Counter[tuple[str, str]]:
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             with engine.begin() as conn:

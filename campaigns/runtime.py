@@ -10,6 +10,7 @@ the settings name; ``app()`` builds everything else lazily, after any fork.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -76,7 +77,37 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     url = settings.broker_url
     if url == "memory://":
         return StubBroker()
-    return RedisBroker(url=url)
+    broker = RedisBroker(url=url)
+    if settings.metrics.enabled:
+        broker.add_middleware(_prometheus(settings))
+    return broker
+
+
+def _prometheus(settings: Settings) -> dramatiq.Middleware:
+    from dramatiq.middleware import prometheus
+
+    configure_prometheus(settings)
+    return prometheus.Prometheus()
+
+
+def configure_prometheus(settings: Settings) -> None:
+    """Point Dramatiq's Prometheus exposition at ``[metrics]`` host and port.
+
+    Dramatiq's middleware reads its address and database folder from environment
+    variables when its module is first imported, which ``import dramatiq`` did before
+    the settings were read; so the module's values are set directly. The exposition
+    server is forked from the ``dramatiq`` master process, which never reads our
+    settings: ``loyalcast worker`` calls this there too.
+    """
+    from dramatiq.middleware import prometheus
+
+    metrics = settings.metrics
+    folder = os.environ.get("dramatiq_prom_db") or os.path.join(
+        tempfile.gettempdir(), f"loyalcast-prometheus-{metrics.port}"
+    )
+    os.makedirs(folder, exist_ok=True)
+    os.environ.update(dramatiq_prom_host=metrics.host, dramatiq_prom_port=str(metrics.port), dramatiq_prom_db=folder)
+    prometheus.HTTP_HOST, prometheus.HTTP_PORT, prometheus.DB_PATH = metrics.host, metrics.port, folder
 
 
 def install_broker() -> dramatiq.Broker:
@@ -121,3 +152,12 @@ def reset() -> None:
 def config_file() -> str | None:
     """The settings file the configured process (and its workers) use."""
     return os.environ.get(CONFIG_ENV)
+
+
+
+def running_under_dramatiq() -> bool:
+    """Whether this process is a worker started by ``dramatiq`` (or ``loyalcast worker``)."""
+    import sys
+
+    program = sys.argv[0] if sys.argv else ""
+    return os.path.basename(program) == "dramatiq" or program.endswith(os.path.join("dramatiq", "__main__.py"))

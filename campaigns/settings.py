@@ -411,6 +411,19 @@ class TriggeredSettings(_Section):
     """Category when the caller names none (``service`` is exempt from marketing caps)."""
 
 
+class MetricsSettings(_Section):
+    """Prometheus exposition of worker processes (Redis broker only)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9191, ge=1, le=65535)
+
+
+class LoggingSettings(_Section):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class SchedulerSettings(_Section):
     tick: Duration = timedelta(seconds=30)
     """How often the scheduler looks at the clock."""
@@ -429,6 +442,8 @@ class Settings(_Section):
     quiet_hours: QuietHoursSettings = QuietHoursSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     triggered: TriggeredSettings = TriggeredSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
     caps: list[CapRule] = Field(default_factory=lambda: [CapRule(**rule) for rule in DEFAULT_CAPS])
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)

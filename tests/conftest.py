@@ -75,6 +75,7 @@ def write_settings(tmp_path: Path) -> Callable[..., Path]:
         data["database"] = {"url": f"sqlite:///{tmp_path / 'loyalcast.db'}"}
         data["broker"] = {"url": "memory://"}
         data["outbox"] = {"dir": str(tmp_path / "outbox")}
+        data["metrics"] = {"enabled": False}  # workers of different tests must not fight over a port
         for key in drop:
             data.pop(key, None)
         data = deep_merge(data, changes or {})

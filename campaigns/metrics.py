@@ -1,0 +1,61 @@
+"""Prometheus metrics of loyalcast, next to Dramatiq's own.
+
+Worker processes started by ``loyalcast worker`` (or ``dramatiq workers``) with
+``[metrics] enabled`` export Dramatiq's middleware metrics and these on
+``http://host:port/metrics``; Prometheus' multiprocess mode gathers every process's
+values. The collectors are created on first use, after the worker process has booted,
+because the multiprocess directory must be known before ``prometheus_client`` is used.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+_collectors: dict[str, Any] = {}
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def _get(name: str) -> Any:
+    with _lock:
+        if not _collectors:
+            from prometheus_client import Counter, Histogram
+
+            _collectors["decisions"] = Counter(
+                "loyalcast_decisions_total", "Ledger decisions made, by campaign, channel and status",
+                ["campaign", "channel", "status"],
+            )
+            _collectors["outcomes"] = Counter(
+                "loyalcast_delivery_outcomes_total", "Delivery attempts' outcomes, by channel and status",
+                ["channel", "status"],
+            )
+            _collectors["retries"] = Counter(
+                "loyalcast_delivery_retries_total", "Transient failures put back for another attempt, by channel",
+                ["channel"],
+            )
+            _collectors["latency"] = Histogram(
+                "loyalcast_provider_latency_seconds", "Time a transport took to send one message",
+                ["channel", "transport"], buckets=LATENCY_BUCKETS,
+            )
+        return _collectors[name]
+
+
+def decisions(campaign: str, counts: dict[tuple[str, str], int]) -> None:
+    """``counts`` maps (status, channel) to how many new ledger rows got them."""
+    counter = _get("decisions")
+    for (status, channel), n in counts.items():
+        counter.labels(campaign, channel or "-", status).inc(n)
+
+
+def outcome(channel: str | None, status: str) -> None:
+    _get("outcomes").labels(channel or "-", status).inc()
+
+
+def retry(channel: str | None) -> None:
+    _get("retries").labels(channel or "-").inc()
+
+
+def provider_latency(channel: str, transport: str, seconds: float) -> None:
+    _get("latency").labels(channel, transport).observe(seconds)
