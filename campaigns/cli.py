@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import inspect as sa_inspect, select
 
 from campaigns import logs, runtime
 from campaigns.errors import ConfigError, LoyalcastError
@@ -418,6 +418,122 @@ def send(
     last = [r for r in member_history(application.engine, member_id) if r["template"] == template][-1]
     out.print(f"member {member_id}: {last['status']} on {last['channel'] or '-'} ({last['reason']})",
               markup=False, highlight=False)
+
+
+# --- suppressions -----------------------------------------------------------------------
+
+suppressions_app = typer.Typer(help="Addresses that must not be contacted.", no_args_is_help=True)
+app.add_typer(suppressions_app, name="suppressions")
+
+
+@suppressions_app.command("list")
+def suppressions_list(
+    channel: Annotated[Optional[str], typer.Option(help="Only this channel.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List suppressed addresses with their reasons."""
+    from campaigns.models import suppressions
+
+    application = _app()
+    _require_schema(application)
+    query = select(suppressions).order_by(suppressions.c.channel, suppressions.c.address)
+    if channel:
+        query = query.where(suppressions.c.channel == channel)
+    with application.engine.connect() as conn:
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+    if as_json:
+        out.print_json(json.dumps(rows, default=_json_default, ensure_ascii=False))
+        return
+    table = Table(title=f"suppressions ({len(rows)})")
+    for column in ("channel", "address", "reason", "since"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["channel"], row["address"], row["reason"], _when(row["created_at"]))
+    out.print(table)
+
+
+@suppressions_app.command("add")
+def suppressions_add(
+    channel: Annotated[str, typer.Argument(help="email, sms or telegram.")],
+    address: Annotated[str, typer.Argument(help="Email address, E.164 phone number or Telegram chat id.")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the entry).")] = "added by hand",
+) -> None:
+    """Never contact this address on this channel again (e.g. after a complaint)."""
+    from campaigns.delivery import add_suppressions
+
+    application = _app()
+    _require_schema(application)
+    channel = _known_channel(channel)
+    with application.engine.begin() as conn:
+        add_suppressions(conn, [{"channel": channel, "address": address, "reason": reason}], datetime.now(timezone.utc))
+    out.print(f"suppressed {channel} {address}", markup=False, highlight=False)
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(
+    channel: Annotated[str, typer.Argument(help="email, sms or telegram.")],
+    address: Annotated[str, typer.Argument(help="The suppressed address.")],
+) -> None:
+    """Allow this address again (the member consented anew, the number was fixed)."""
+    from sqlalchemy import delete
+
+    from campaigns.models import suppressions
+
+    application = _app()
+    _require_schema(application)
+    channel = _known_channel(channel)
+    with application.engine.begin() as conn:
+        removed = conn.execute(
+            delete(suppressions).where(suppressions.c.channel == channel, suppressions.c.address == address)
+        ).rowcount
+    if not removed:
+        raise LoyalcastError(f"{channel} {address} is not suppressed")
+    out.print(f"removed {channel} {address}", markup=False, highlight=False)
+
+
+def _known_channel(channel: str) -> str:
+    from campaigns.settings import CHANNELS
+
+    if channel not in CHANNELS:
+        raise typer.BadParameter(f"unknown channel {channel!r} (known: {', '.join(sorted(CHANNELS))})", param_hint="CHANNEL")
+    return channel
+
+
+# --- fakes ------------------------------------------------------------------------------
+
+
+@app.command("fakes")
+def fakes(
+    smtp_port: Annotated[int, typer.Option(help="SMTP port.")] = 2525,
+    sms_port: Annotated[int, typer.Option(help="SMS gateway port.")] = 8025,
+    telegram_port: Annotated[int, typer.Option(help="Telegram Bot API port.")] = 8081,
+    transient_rate: Annotated[float, typer.Option(help="Share of requests failing transiently (0-1).")] = 0.0,
+    rate_limit_rate: Annotated[float, typer.Option(help="Share answered 'slow down' (429, retry after).")] = 0.0,
+    slow_seconds: Annotated[float, typer.Option(help="Delay every answer by this long.")] = 0.0,
+    reject: Annotated[Optional[list[str]], typer.Option(help="Address, number or chat id to refuse as invalid (repeat).")] = None,
+    block: Annotated[Optional[list[str]], typer.Option(help="Telegram chat id that blocked the bot (repeat).")] = None,
+) -> None:
+    """Run fake SMTP, SMS gateway and Telegram Bot API servers on loopback until Ctrl-C
+    (try real transports with examples/settings.fakes.toml)."""
+    from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+
+    faults = Faults(transient_rate=transient_rate, rate_limit_rate=rate_limit_rate, slow_seconds=slow_seconds,
+                    rejected=set(reject or []), blocked=set(block or []))
+    smtp = FakeSmtpServer(smtp_port, faults).start()
+    sms = FakeSmsGateway(sms_port, faults).start()
+    telegram = FakeTelegramApi(telegram_port, faults).start()
+    out.print(f"smtp      {smtp.address[0]}:{smtp.address[1]}  (no TLS)")
+    out.print(f"sms       {sms.url}/send  (JSON)   {sms.url}/2010-04-01/Accounts/<sid>/Messages.json  (Twilio)")
+    out.print(f"telegram  {telegram.url}/bot<token>/sendMessage")
+    out.print("Ctrl-C stops them.")
+    try:
+        while True:
+            time.sleep(5)
+            out.print(f"accepted: {len(smtp.messages)} emails, {len(sms.messages)} SMS, {len(telegram.messages)} Telegram")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        smtp.stop(); sms.stop(); telegram.stop()  # noqa: E702
 
 
 # --- scheduler ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from campaigns.ledger import Status
 from campaigns.models import balances, campaign_runs, deliveries, members, point_expirations, suppressions
 from campaigns.rendering import Renderer
 from campaigns.settings import Settings
+from campaigns.throughput import Throughput
 from channels import build_transport
 from channels.base import OutgoingMessage, SendResult, Transport
 from channels.smstext import measure
@@ -96,6 +97,7 @@ class Deliverer:
         self.settings = settings
         self.engine = engine
         self.renderer = renderer
+        self.throughput = Throughput(settings)
 
     def deliver(self, ids: list[int]) -> BatchReport:
         report = BatchReport()
@@ -256,6 +258,7 @@ class Deliverer:
                 unsubscribe_url=context["unsubscribe_url"],
             )
             transport = transports[row.channel]
+            self.throughput.wait(row.channel)
             started = time.perf_counter()
             try:
                 result: SendResult = transport.send(message)

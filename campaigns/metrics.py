@@ -35,6 +35,10 @@ def _get(name: str) -> Any:
                 "loyalcast_delivery_retries_total", "Transient failures put back for another attempt, by channel",
                 ["channel"],
             )
+            _collectors["throttled"] = Histogram(
+                "loyalcast_throughput_wait_seconds", "Time a send waited for its provider's throughput limit",
+                ["channel"], buckets=LATENCY_BUCKETS,
+            )
             _collectors["latency"] = Histogram(
                 "loyalcast_provider_latency_seconds", "Time a transport took to send one message",
                 ["channel", "transport"], buckets=LATENCY_BUCKETS,
@@ -59,3 +63,7 @@ def retry(channel: str | None) -> None:
 
 def provider_latency(channel: str, transport: str, seconds: float) -> None:
     _get("latency").labels(channel, transport).observe(seconds)
+
+
+def throughput_wait(channel: str, seconds: float) -> None:
+    _get("throttled").labels(channel).observe(seconds)

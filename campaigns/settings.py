@@ -158,14 +158,38 @@ class OutboxSettings(_Section):
 
 
 class ChannelSettings(_Section):
-    """One channel's transport. Only the keys its transport reads are allowed to matter."""
+    """One channel's transport and its options (each transport reads its own keys and
+    names the key at fault when one is wrong; see docs/settings.md)."""
 
-    transport: Literal["outbox"] = "outbox"
+    transport: Literal["outbox", "smtp", "http_sms", "telegram"] = "outbox"
     enabled: bool = True
+    rate_per_second: float | None = Field(default=None, gt=0)
+    """Provider throughput shared by all workers (through Redis); None: unlimited."""
+    timeout: Duration = timedelta(seconds=10)
+    # email
     from_address: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["none", "starttls", "ssl"] = "starttls"
+    username_env: str | None = None
+    password_env: str | None = None
+    unsubscribe_mailto: str | None = None
+    # sms
     sender: str | None = None
     price_per_segment: float = Field(default=0.0, ge=0)
     """SMS: what the operator charges per segment, in ``program.currency``."""
+    style: Literal["json", "twilio"] = "json"
+    url: str | None = None
+    auth_header: str = "Authorization"
+    auth_env: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    """JSON gateway field names: ``to``, ``text``, ``sender``, ``reference``."""
+    default_region: str = "RU"
+    account_sid_env: str | None = None
+    auth_token_env: str | None = None
+    # telegram (and twilio)
+    base_url: str | None = None
+    token_env: str | None = None
 
 
 class DeliverySettings(_Section):
@@ -617,6 +641,8 @@ def _semantic_problems(settings: Settings) -> list[str]:
         ):
             problems.append(f"segments.{name}.max_days_since_purchase: smaller than min_days_since_purchase")
 
+    problems += _transport_problems(settings)
+
     templates = settings.templates_path
     if not templates.is_dir():
         problems.append(f"templates_dir: folder {str(templates)!r} does not exist")
@@ -637,6 +663,24 @@ def _semantic_problems(settings: Settings) -> list[str]:
                         f"{prefix}.channels[{index}]: template {campaign.template!r} has no {' or '.join(group)} "
                         f"for channel {channel!r}"
                     )
+    return problems
+
+
+def _transport_problems(settings: Settings) -> list[str]:
+    """Build every configured transport once (no network), so a missing host, secret or
+    field fails at start-up with its key, not at the first send."""
+    from channels import build_transport
+    from channels.errors import ChannelConfigError
+
+    problems = []
+    for channel, section in settings.channels.items():
+        try:
+            transport = build_transport(channel, section.transport, outbox_dir=settings.outbox_path,
+                                        options=section.model_dump())
+        except ChannelConfigError as exc:
+            problems.append(f"{exc.key}: {exc.problem}")
+            continue
+        transport.close()
     return problems
 
 

@@ -12,10 +12,16 @@ from typing import Any
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import ChannelConfigError
+from channels.email import SmtpTransport
 from channels.outbox import OutboxTransport
+from channels.sms import HttpSmsTransport
+from channels.telegram import TelegramTransport
 
 TRANSPORTS: dict[str, type[Transport]] = {
     OutboxTransport.name: OutboxTransport,
+    SmtpTransport.name: SmtpTransport,
+    HttpSmsTransport.name: HttpSmsTransport,
+    TelegramTransport.name: TelegramTransport,
 }
 
 

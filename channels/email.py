@@ -1,0 +1,147 @@
+"""Email over SMTP (``smtplib``): plain, STARTTLS or SSL, with authentication.
+
+One connection is opened per batch (``open``) and reused for every message of it; a
+connection the server dropped is opened again once before the send counts as failed.
+Every socket operation has a timeout, because a Dramatiq time limit cannot interrupt a
+blocked socket.
+
+Reply codes map onto ``channels.errors``: a 5xx for a recipient is permanent and
+suppresses the address, a 4xx is transient; a timeout or a dropped connection after the
+message data was sent is an unknown outcome (the server may have queued it).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
+from channels.errors import (
+    ChannelConfigError,
+    InvalidRecipient,
+    MessageRejected,
+    OutcomeUnknown,
+    ProviderUnavailable,
+)
+from channels.mime import build_email, parse_sender
+from channels.options import seconds, secret
+
+DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
+
+
+class SmtpTransport(Transport):
+    name = "smtp"
+    channels = ("email",)
+
+    def __init__(
+        self, host: str, port: int, *, security: str, sender: str, timeout: float,
+        username: str | None = None, password: str | None = None, unsubscribe_mailto: str | None = None,
+    ) -> None:
+        self.host, self.port, self.security, self.timeout = host, port, security, timeout
+        self.sender = parse_sender(sender)
+        self.username, self.password = username, password
+        self.unsubscribe_mailto = unsubscribe_mailto
+        self._connection: smtplib.SMTP | None = None
+
+    @classmethod
+    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "SmtpTransport":
+        key = f"channels.{channel}"
+        if not options.get("host"):
+            raise ChannelConfigError(f"{key}.host", "required for the smtp transport")
+        if not options.get("from_address"):
+            raise ChannelConfigError(f"{key}.from_address", "required for the smtp transport")
+        username = secret(options.get("username_env"), f"{key}.username_env")
+        password = secret(options.get("password_env"), f"{key}.password_env")
+        security = options.get("security") or "starttls"
+        try:
+            return cls(
+                options["host"], options.get("port") or DEFAULT_PORTS[security], security=security,
+                sender=options["from_address"], timeout=seconds(options.get("timeout")),
+                username=username, password=password, unsubscribe_mailto=options.get("unsubscribe_mailto"),
+            )
+        except ValueError as exc:
+            raise ChannelConfigError(f"{key}.from_address", str(exc)) from None
+
+    # -- connection --------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._connection is not None:
+            return
+        try:
+            if self.security == "ssl":
+                connection: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+                )
+            else:
+                connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                if self.security == "starttls":
+                    connection.starttls(context=ssl.create_default_context())
+            if self.username:
+                connection.login(self.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise ProviderUnavailable(f"authentication failed: {_text(exc.smtp_error)}", provider=self.name,
+                                      status=exc.smtp_code) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise ProviderUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}", provider=self.name) from exc
+        self._connection = connection
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.quit()
+            except (OSError, smtplib.SMTPException):
+                connection.close()
+
+    # -- steps -------------------------------------------------------------------------
+
+    def prepare(self, message: OutgoingMessage) -> EmailMessage:
+        return build_email(message, sender=self.sender, provider=self.name, mailto_unsubscribe=self.unsubscribe_mailto)
+
+    def transmit(self, payload: EmailMessage) -> str:
+        for attempt in (1, 2):
+            self.open()
+            assert self._connection is not None
+            try:
+                self._connection.send_message(payload)
+                return str(payload["Message-ID"])
+            except smtplib.SMTPServerDisconnected as exc:
+                self._connection = None
+                if attempt == 2:
+                    raise OutcomeUnknown(f"connection dropped while sending: {exc}", provider=self.name) from exc
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, text = next(iter(exc.recipients.values()))
+                raise self._recipient_error(code, text) from exc
+            except smtplib.SMTPResponseException as exc:
+                if exc.smtp_code >= 500:
+                    raise MessageRejected(_text(exc.smtp_error), provider=self.name, status=exc.smtp_code) from exc
+                raise ProviderUnavailable(_text(exc.smtp_error), provider=self.name, status=exc.smtp_code) from exc
+            except (socket.timeout, TimeoutError) as exc:
+                self._drop()
+                raise OutcomeUnknown(f"no answer within {self.timeout:g} s", provider=self.name) from exc
+            except OSError as exc:
+                self._drop()
+                raise ProviderUnavailable(str(exc), provider=self.name) from exc
+        raise AssertionError("unreachable")
+
+    def _recipient_error(self, code: int, text: bytes) -> Exception:
+        if code >= 500:
+            return InvalidRecipient(_text(text), provider=self.name, status=code)
+        return ProviderUnavailable(_text(text), provider=self.name, status=code)
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def result(self, response: str) -> SendResult:
+        return SendResult(SendStatus.SENT, provider_message_id=response)
+
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,232 @@
+"""Fake providers speaking the real protocols on loopback, for tests and for trying real
+transports locally (``loyalcast fakes``): an SMTP server (aiosmtpd), an SMS gateway
+(the generic JSON style and Twilio's Messages API) and a Telegram Bot API server.
+
+Each records what it accepted and can be told to fail (``Faults``): a share of
+transient failures, "slow down" answers with a wait, answers slower than any timeout,
+rejected recipients, blocked chats. Failures are drawn from a seeded generator, so a
+test sees the same sequence every run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session, SMTP
+
+
+@dataclass
+class Faults:
+    """What a fake provider does wrong. Thread-safe to change while it runs."""
+
+    transient_rate: float = 0.0
+    """Share of requests answered with a transient failure (SMTP 451, HTTP 503)."""
+    rate_limit_rate: float = 0.0
+    """Share answered "slow down" (HTTP 429 with Retry-After, Telegram retry_after)."""
+    retry_after: int = 1
+    slow_seconds: float = 0.0
+    """Delay before answering (past the client's timeout, an unknown outcome)."""
+    rejected: set[str] = field(default_factory=set)
+    """Addresses, numbers or chat ids refused as invalid (SMTP 550, HTTP 400, chat not found)."""
+    blocked: set[str] = field(default_factory=set)
+    """Chat ids that blocked the bot (Telegram 403)."""
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def draw(self) -> str | None:
+        """``"transient"``, ``"rate_limited"`` or None for this request."""
+        with self._lock:
+            roll = self._random.random()
+        if roll < self.transient_rate:
+            return "transient"
+        if roll < self.transient_rate + self.rate_limit_rate:
+            return "rate_limited"
+        return None
+
+    def pause(self) -> None:
+        if self.slow_seconds:
+            time.sleep(self.slow_seconds)
+
+
+# --- SMTP -------------------------------------------------------------------------------
+
+
+class _SmtpHandler:
+    def __init__(self, server: "FakeSmtpServer") -> None:
+        self.server = server
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list) -> str:
+        if address in self.server.faults.rejected:
+            return "550 5.1.1 No such user here"
+        if self.server.faults.draw() == "transient":
+            return "451 4.3.0 Try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.server.faults.pause()
+        parsed = message_from_bytes(envelope.content, policy=policy.default)
+        with self.server.lock:
+            self.server.messages.append(parsed)  # type: ignore[arg-type]
+        return "250 2.0.0 Queued"
+
+
+class FakeSmtpServer:
+    """An SMTP server on loopback (no TLS); ``messages`` holds every accepted message."""
+
+    def __init__(self, port: int = 0, faults: Faults | None = None) -> None:
+        self.faults = faults or Faults()
+        self.messages: list[EmailMessage] = []
+        self.lock = threading.Lock()
+        self.controller = Controller(_SmtpHandler(self), hostname="127.0.0.1", port=port or _free_port())
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.controller.hostname, self.controller.port
+
+    def start(self) -> "FakeSmtpServer":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+# --- HTTP servers -------------------------------------------------------------------------
+
+
+class _HttpFake:
+    """Base of the HTTP fakes: a threading server, a request log, and JSON answers."""
+
+    def __init__(self, port: int = 0, faults: Faults | None = None) -> None:
+        self.faults = faults or Faults()
+        self.messages: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                status, headers, document = fake.handle(self.path, dict(self.headers), body)
+                payload = json.dumps(document).encode()
+                self.send_response(status)
+                for name, value in {**headers, "Content-Type": "application/json",
+                                    "Content-Length": str(len(payload))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> "_HttpFake":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def record(self, message: dict[str, Any]) -> int:
+        with self.lock:
+            self.messages.append(message)
+            return len(self.messages)
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        raise NotImplementedError
+
+
+class FakeSmsGateway(_HttpFake):
+    """``POST /send`` (JSON: to, text, sender, reference) and Twilio's
+    ``POST /2010-04-01/Accounts/{sid}/Messages.json`` (form: To, From, Body)."""
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        twilio = path.startswith("/2010-04-01/Accounts/")
+        fields = dict(urllib.parse.parse_qsl(body.decode())) if twilio else json.loads(body or b"{}")
+        to = fields.get("To") if twilio else fields.get("to")
+        self.faults.pause()
+        fault = self.faults.draw()
+        if fault == "transient":
+            return 503, {}, {"message": "gateway overloaded"}
+        if fault == "rate_limited":
+            return 429, {"Retry-After": str(self.faults.retry_after)}, {"message": "too many requests"}
+        if to in self.faults.rejected:
+            if twilio:
+                return 400, {}, {"code": 21211, "message": f"The 'To' number {to} is not a valid phone number."}
+            return 400, {}, {"message": f"invalid recipient number {to}"}
+        number = self.record({"to": to, "text": fields.get("Body") if twilio else fields.get("text"),
+                              "sender": fields.get("From") if twilio else fields.get("sender"),
+                              "reference": None if twilio else fields.get("reference"), "headers": headers})
+        if twilio:
+            return 201, {}, {"sid": f"SM{number:032x}", "status": "queued"}
+        return 200, {}, {"id": f"gw-{number}", "status": "accepted"}
+
+
+class FakeTelegramApi(_HttpFake):
+    """The Bot API's ``getMe`` and ``sendMessage`` at ``/bot<token>/<method>``."""
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        method = path.rsplit("/", 1)[-1]
+        content_type = headers.get("Content-Type", headers.get("content-type", ""))
+        if "json" in content_type:
+            fields = json.loads(body or b"{}")
+        else:
+            fields = dict(urllib.parse.parse_qsl(body.decode()))
+        if method == "getMe":
+            return 200, {}, {"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "loyalcast", "username": "loyalcast_bot"}}
+        if method != "sendMessage":
+            return 404, {}, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
+        chat_id = str(fields.get("chat_id"))
+        self.faults.pause()
+        fault = self.faults.draw()
+        if fault == "transient":
+            return 502, {}, {"ok": False, "error_code": 502, "description": "Bad Gateway"}
+        if fault == "rate_limited":
+            wait = self.faults.retry_after
+            return 429, {}, {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {wait}",
+                             "parameters": {"retry_after": wait}}
+        if chat_id in self.faults.blocked:
+            return 403, {}, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}
+        if chat_id in self.faults.rejected:
+            return 400, {}, {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}
+        text = fields.get("text", "")
+        if len(text) > 4096:
+            return 400, {}, {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"}
+        number = self.record({"chat_id": chat_id, "text": text, "parse_mode": fields.get("parse_mode")})
+        return 200, {}, {"ok": True, "result": {
+            "message_id": number, "date": int(time.time()), "text": text,
+            "chat": {"id": int(chat_id), "type": "private"},
+            "from": {"id": 1, "is_bot": True, "first_name": "loyalcast"},
+        }}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
