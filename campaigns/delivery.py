@@ -389,7 +389,7 @@ class Deliverer:
                 "dates": dates,
             },
             "program": {"name": program.name, "site_url": program.site_url},
-            "unsubscribe_url": program.unsubscribe_url.format(member_id=row.member_id, channel=row.channel),
+            "unsubscribe_url": self.settings.unsubscribe_url(row.member_id, row.channel),
             "campaign": {"name": row.campaign, "occasion": row.occasion},
             "reminder": reminder,
             "data": data if data is not None else self._campaign_data(row.campaign),

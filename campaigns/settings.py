@@ -15,6 +15,8 @@ that holds the value (``database.url_env = "LOYALCAST_DATABASE_URL"``).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import tomllib
@@ -140,6 +142,9 @@ class ProgramSettings(_Section):
     """ISO 4217 code for the ``money`` filter and SMS cost estimates."""
     site_url: str = "https://example.com"
     unsubscribe_url: str = "https://example.com/unsubscribe?member={member_id}"
+    """One-click unsubscribe link; placeholders ``{member_id}``, ``{channel}``, ``{signature}``."""
+    unsubscribe_secret_env: str | None = None
+    """Environment variable holding the key that signs ``{signature}`` (HMAC-SHA256)."""
     points_word: dict[str, PluralWords] = Field(default_factory=dict)
 
 
@@ -507,6 +512,14 @@ class Settings(_Section):
     def channel(self, name: str) -> ChannelSettings:
         return self.channels.get(name) or ChannelSettings()
 
+    def unsubscribe_url(self, member_id: int, channel: str) -> str:
+        """The member's one-click unsubscribe link, signed when the URL asks for it."""
+        signature = ""
+        if "{signature}" in self.program.unsubscribe_url:
+            key = os.environ[self.program.unsubscribe_secret_env or ""].encode()
+            signature = hmac.new(key, f"{member_id}:{channel}".encode(), hashlib.sha256).hexdigest()[:32]
+        return self.program.unsubscribe_url.format(member_id=member_id, channel=channel, signature=signature)
+
     def caps_for(self, channel: str, category: str, tier: str | None = None) -> list[CapRule]:
         """Rules that limit ``category`` on ``channel`` for a member of ``tier``.
 
@@ -608,9 +621,14 @@ def _semantic_problems(settings: Settings) -> list[str]:
                 problems.append(f"program.points_word.{locale_name}.{category}: missing ({locale_name} needs this plural form)")
 
     try:
-        program.unsubscribe_url.format(member_id=1, channel="email")
+        program.unsubscribe_url.format(member_id=1, channel="email", signature="")
     except (KeyError, IndexError, ValueError) as exc:
-        problems.append(f"program.unsubscribe_url: unknown placeholder {exc} (use {{member_id}} and {{channel}})")
+        problems.append(f"program.unsubscribe_url: unknown placeholder {exc} (use {{member_id}}, {{channel}}, {{signature}})")
+    if "{signature}" in program.unsubscribe_url:
+        if not program.unsubscribe_secret_env:
+            problems.append("program.unsubscribe_secret_env: required when unsubscribe_url uses {signature}")
+        elif not os.environ.get(program.unsubscribe_secret_env):
+            problems.append(f"program.unsubscribe_secret_env: environment variable {program.unsubscribe_secret_env} is not set")
 
     seen_rules: dict[tuple[str, str, str, str], int] = {}
     for index, rule in enumerate(settings.caps):

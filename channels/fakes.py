@@ -10,6 +10,7 @@ test sees the same sequence every run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -77,7 +78,8 @@ class _SmtpHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.server.faults.pause()
+        if self.server.faults.slow_seconds:  # without blocking the server's event loop
+            await asyncio.sleep(self.server.faults.slow_seconds)
         parsed = message_from_bytes(envelope.content, policy=policy.default)
         with self.server.lock:
             self.server.messages.append(parsed)  # type: ignore[arg-type]
@@ -216,7 +218,8 @@ class FakeTelegramApi(_HttpFake):
         text = fields.get("text", "")
         if len(text) > 4096:
             return 400, {}, {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"}
-        number = self.record({"chat_id": chat_id, "text": text, "parse_mode": fields.get("parse_mode")})
+        number = self.record({"chat_id": chat_id, "text": text, "parse_mode": fields.get("parse_mode"),
+                              "received": time.time()})
         return 200, {}, {"ok": True, "result": {
             "message_id": number, "date": int(time.time()), "text": text,
             "chat": {"id": int(chat_id), "type": "private"},

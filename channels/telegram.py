@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ from telegram import Bot
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
@@ -110,8 +112,7 @@ class TelegramTransport(Transport):
                 raise InvalidRecipient(exc.message, provider=self.name, status=400) from exc
             raise MessageRejected(exc.message, provider=self.name, status=400) from exc
         except RetryAfter as exc:
-            wait = exc.retry_after.total_seconds() if hasattr(exc.retry_after, "total_seconds") else float(exc.retry_after)
-            raise RateLimited(exc.message, retry_after=wait, provider=self.name, status=429) from exc
+            raise RateLimited(exc.message, retry_after=_wait_seconds(exc), provider=self.name, status=429) from exc
         except TimedOut as exc:
             raise OutcomeUnknown(f"timed out: {exc.message}", provider=self.name) from exc
         except (NetworkError, TelegramError) as exc:
@@ -121,3 +122,11 @@ class TelegramTransport(Transport):
 
     def result(self, response: Any) -> SendResult:
         return SendResult(SendStatus.SENT, provider_message_id=str(response.message_id))
+
+
+def _wait_seconds(exc: RetryAfter) -> float:
+    # PTB 22 returns seconds as an int and warns that a timedelta is coming; take either.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        wait = exc.retry_after
+    return wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)

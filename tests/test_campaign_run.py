@@ -179,3 +179,17 @@ def test_a_reminder_no_longer_true_at_send_time_is_stale(configured) -> None:
     with engine.connect() as conn:
         held = conn.execute(select(deliveries.c.holds_slot).where(deliveries.c.member_id == 2)).scalar_one()
     assert held is False
+
+
+def test_suppressions_by_hand(configured) -> None:
+    # Given a member who complained about SMS
+    application = configured({"quiet_hours": {"default": "off", "telegram": "off"}})
+    config = runtime.config_file()
+    add_member(application.engine, 1, phone="+79160000001", sms_consent=True)
+    cli(config, "suppressions", "add", "sms", "+79160000001", "--reason", "complaint by phone")
+    listed = json.loads(cli(config, "suppressions", "list", "--json").stdout)
+    assert [(s["channel"], s["address"], s["reason"]) for s in listed] == [("sms", "+79160000001", "complaint by phone")]
+    # Then campaigns skip the address, until it is removed
+    assert run_json(config, "balance_reminder", "--now", at(0))["counts"] == {"suppressed": {"-": 1}}
+    cli(config, "suppressions", "remove", "sms", "+79160000001")
+    assert run_json(config, "balance_reminder", "--now", at(1))["counts"] == {"sent": {"sms": 1}}

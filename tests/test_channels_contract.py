@@ -1,0 +1,208 @@
+"""One contract, every transport: result shape, error mapping, timeouts, length limits
+and configuration errors, each against a fake provider speaking the real protocol."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from channels import build_transport
+from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
+from channels.errors import (
+    ChannelConfigError,
+    InvalidRecipient,
+    MessageRejected,
+    OutcomeUnknown,
+    PermanentError,
+    ProviderUnavailable,
+    RateLimited,
+    RecipientBlocked,
+    TransientError,
+)
+from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+
+
+@dataclass
+class Provider:
+    """A transport wired to a running fake, and how to address a message to it."""
+
+    name: str
+    transport: Transport
+    faults: Faults
+    accepted: Callable[[], list]
+    to: str
+    channel: str
+    blocks: bool = False  # the fake can say "the member blocked us"
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[dict[str, Any]]:
+    servers = {"smtp": FakeSmtpServer().start(), "sms": FakeSmsGateway().start(), "telegram": FakeTelegramApi().start()}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0) -> Provider:
+    os.environ.update(LC_TEST_TG="123:abc", LC_TEST_SID="AC123", LC_TEST_TOKEN="secret", LC_TEST_GW="Bearer gw")
+    for server in fakes.values():
+        server.faults.__init__()  # a clean fault plan for every test
+        server.messages.clear()
+    smtp, sms, telegram = fakes["smtp"], fakes["sms"], fakes["telegram"]
+    if name == "smtp":
+        transport = build_transport("email", "smtp", outbox_dir=tmp_path, options={
+            "host": smtp.address[0], "port": smtp.address[1], "security": "none", "timeout": timeout,
+            "from_address": "Ромашка <bonus@example.com>"})
+        return Provider(name, transport, smtp.faults, lambda: smtp.messages, "anna@example.com", "email")
+    if name in ("sms-json", "sms-twilio"):
+        options: dict[str, Any] = {"url": f"{sms.url}/send", "auth_env": "LC_TEST_GW", "sender": "ROMASHKA", "timeout": timeout}
+        if name == "sms-twilio":
+            options = {"style": "twilio", "base_url": sms.url, "sender": "+15005550006", "timeout": timeout,
+                       "account_sid_env": "LC_TEST_SID", "auth_token_env": "LC_TEST_TOKEN"}
+        transport = build_transport("sms", "http_sms", outbox_dir=tmp_path, options=options)
+        return Provider(name, transport, sms.faults, lambda: sms.messages, "+79161234567", "sms")
+    if name == "telegram":
+        transport = build_transport("telegram", "telegram", outbox_dir=tmp_path, options={
+            "token_env": "LC_TEST_TG", "base_url": f"{telegram.url}/bot", "timeout": timeout})
+        return Provider(name, transport, telegram.faults, lambda: telegram.messages, "4242", "telegram", blocks=True)
+    raise AssertionError(name)
+
+
+PROVIDERS = ["smtp", "sms-json", "sms-twilio", "telegram"]
+
+
+def message(provider: Provider, text: str = "Привет, <b>Анна</b>") -> OutgoingMessage:
+    return OutgoingMessage(channel=provider.channel, reference=77, to=provider.to, text=text,
+                           subject="Баллы" if provider.channel == "email" else None, to_name="Анна")
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_result_shape(name, fakes, tmp_path) -> None:
+    provider = make(name, fakes, tmp_path)
+    with provider.transport as transport:
+        result = transport.send(message(provider))
+    assert isinstance(result, SendResult) and result.status is SendStatus.SENT
+    assert isinstance(result.provider_message_id, str) and result.provider_message_id
+    assert len(provider.accepted()) == 1
+    if provider.channel == "sms":
+        assert result.segments == 1
+        sent = provider.accepted()[0]
+        assert sent["to"] == "+79161234567"
+        if name == "sms-json":
+            assert sent["reference"] == "77"  # the ledger id is the client reference
+            assert sent["headers"]["Authorization"] == "Bearer gw"
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_transient_failure(name, fakes, tmp_path) -> None:
+    provider = make(name, fakes, tmp_path)
+    provider.faults.transient_rate = 1.0
+    with pytest.raises(TransientError) as caught, provider.transport as transport:
+        transport.send(message(provider))
+    assert isinstance(caught.value, ProviderUnavailable)
+    assert caught.value.provider == provider.transport.name and caught.value.detail
+    if name != "telegram":  # python-telegram-bot reports a 5xx by its text only ("Bad Gateway")
+        assert caught.value.status is not None
+
+
+@pytest.mark.parametrize("name", [n for n in PROVIDERS if n != "smtp"])
+def test_rate_limited_carries_the_wait(name, fakes, tmp_path) -> None:
+    provider = make(name, fakes, tmp_path)
+    provider.faults.rate_limit_rate, provider.faults.retry_after = 1.0, 3
+    with pytest.raises(RateLimited) as caught, provider.transport as transport:
+        transport.send(message(provider))
+    assert caught.value.retry_after == 3 and caught.value.status == 429
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_rejected_recipient_is_permanent_and_suppresses(name, fakes, tmp_path) -> None:
+    provider = make(name, fakes, tmp_path)
+    provider.faults.rejected.add(provider.to)
+    with pytest.raises(PermanentError) as caught, provider.transport as transport:
+        transport.send(message(provider))
+    assert isinstance(caught.value, InvalidRecipient) and caught.value.suppress
+    assert caught.value.reached_provider
+
+
+def test_blocked_bot_is_permanent_and_suppresses(fakes, tmp_path) -> None:
+    provider = make("telegram", fakes, tmp_path)
+    provider.faults.blocked.add(provider.to)
+    with pytest.raises(RecipientBlocked) as caught:
+        provider.transport.send(message(provider))
+    assert caught.value.suppress and caught.value.status == 403
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_answer_slower_than_the_timeout_is_an_unknown_outcome(name, fakes, tmp_path) -> None:
+    provider = make(name, fakes, tmp_path, timeout=0.5)
+    provider.faults.slow_seconds = 2.0
+    with pytest.raises(OutcomeUnknown), provider.transport as transport:
+        transport.send(message(provider))
+
+
+@pytest.mark.parametrize(("name", "bad"), [("sms-json", "+7 000"), ("sms-twilio", "hello"), ("telegram", "@anna")])
+def test_an_impossible_address_fails_before_the_provider(name, bad, fakes, tmp_path) -> None:
+    provider = make(name, fakes, tmp_path)
+    with pytest.raises(InvalidRecipient) as caught:
+        provider.transport.send(OutgoingMessage(channel=provider.channel, reference=1, to=bad, text="x"))
+    assert caught.value.reached_provider is False
+    assert provider.accepted() == []
+
+
+def test_telegram_length_limit(fakes, tmp_path) -> None:
+    provider = make("telegram", fakes, tmp_path)
+    provider.transport.send(message(provider, "ж" * 4096))
+    with pytest.raises(MessageRejected):
+        provider.transport.send(message(provider, "ж" * 4097))
+    assert len(provider.accepted()) == 1
+
+
+def test_smtp_reuses_one_connection_and_reopens_a_dropped_one(fakes, tmp_path) -> None:
+    provider = make("smtp", fakes, tmp_path)
+    transport = provider.transport
+    with transport:
+        transport.send(message(provider))
+        first = transport._connection  # type: ignore[attr-defined]
+        transport.send(message(provider))
+        assert transport._connection is first  # type: ignore[attr-defined]
+        first.sock.close()  # the server hung up between two messages
+        transport.send(message(provider))
+    assert len(provider.accepted()) == 3
+
+
+@pytest.mark.parametrize(
+    ("channel", "transport", "options", "key"),
+    [
+        ("email", "smtp", {"from_address": "x@example.com"}, "channels.email.host"),
+        ("email", "smtp", {"host": "127.0.0.1"}, "channels.email.from_address"),
+        ("email", "smtp", {"host": "h", "from_address": "x@example.com", "password_env": "LC_UNSET"}, "channels.email.password_env"),
+        ("sms", "http_sms", {}, "channels.sms.url"),
+        ("sms", "http_sms", {"url": "http://x", "fields": {"phone": "msisdn"}}, "channels.sms.fields"),
+        ("sms", "http_sms", {"style": "twilio", "sender": "+1", "auth_token_env": "LC_TEST_TOKEN"}, "channels.sms.account_sid_env"),
+        ("telegram", "telegram", {}, "channels.telegram.token_env"),
+        ("telegram", "telegram", {"token_env": "LC_UNSET"}, "channels.telegram.token_env"),
+        ("telegram", "smtp", {}, "channels.telegram.transport"),
+    ],
+)
+def test_configuration_errors_name_the_key(channel, transport, options, key, tmp_path) -> None:
+    os.environ.pop("LC_UNSET", None)
+    os.environ["LC_TEST_TOKEN"] = "secret"
+    with pytest.raises(ChannelConfigError) as caught:
+        build_transport(channel, transport, outbox_dir=tmp_path, options=options)
+    assert caught.value.key == key
+
+
+def test_settings_report_transport_problems_at_start(write_settings) -> None:
+    from campaigns.errors import ConfigError
+    from campaigns.settings import load_settings
+
+    path = write_settings({"channels": {"telegram": {"transport": "telegram", "token_env": "LC_NOT_SET"}}})
+    os.environ.pop("LC_NOT_SET", None)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.problems == ["channels.telegram.token_env: environment variable LC_NOT_SET is not set"]

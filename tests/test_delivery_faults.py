@@ -1,0 +1,221 @@
+"""Campaigns through real transports to fake providers: retries under transient
+failures, permanent failures that suppress, and the email members actually receive."""
+
+from __future__ import annotations
+
+import email
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from email import policy
+from pathlib import Path
+
+import pytest
+import tomli_w
+from sqlalchemy import func, select
+
+from campaigns import runtime, schema
+from campaigns.models import deliveries, suppressions
+from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+
+from conftest import REPO, deep_merge
+from helpers import add_member, add_members, ledger, run_json
+
+
+@pytest.fixture
+def providers() -> Iterator[dict]:
+    faults = Faults(seed=11)
+    servers = {"smtp": FakeSmtpServer(faults=faults).start(), "sms": FakeSmsGateway(faults=faults).start(),
+               "telegram": FakeTelegramApi(faults=faults).start()}
+    yield {**servers, "faults": faults}
+    for name, server in servers.items():
+        server.stop()
+
+
+@pytest.fixture
+def real_transports(write_settings, providers, monkeypatch):
+    monkeypatch.setenv("LC_TG_TOKEN", "123:fake")
+    monkeypatch.setenv("LC_UNSUBSCRIBE_KEY", "k3y")
+
+    def configure(**extra) -> runtime.App:
+        smtp, sms, telegram = providers["smtp"], providers["sms"], providers["telegram"]
+        config = write_settings(deep_merge({
+            "program": {"unsubscribe_url": "https://bonus.example.com/u?m={member_id}&c={channel}&s={signature}",
+                        "unsubscribe_secret_env": "LC_UNSUBSCRIBE_KEY"},
+            "channels": {
+                "email": {"transport": "smtp", "host": smtp.address[0], "port": smtp.address[1], "security": "none",
+                          "from_address": "Ромашка Бонус <bonus@example.com>", "unsubscribe_mailto": "unsub@example.com"},
+                "sms": {"transport": "http_sms", "url": f"{sms.url}/send", "sender": "ROMASHKA"},
+                "telegram": {"transport": "telegram", "token_env": "LC_TG_TOKEN", "base_url": f"{telegram.url}/bot",
+                             "rate_per_second": 200},
+            },
+            "quiet_hours": {"default": "off", "telegram": "off"},
+            "delivery": {"batch_size": 100, "min_backoff": "1s", "max_backoff": "2s", "max_attempts": 8},
+        }, extra))
+        application = runtime.configure(config)
+        schema.upgrade(application.engine)
+        return application
+
+    yield configure
+    runtime.reset()
+
+
+def test_transient_failures_are_retried_until_every_delivery_is_sent(real_transports, providers) -> None:
+    # Given 500 members, a third on each channel, and providers failing 20% of requests
+    application = real_transports()
+    members = []
+    for i in range(1, 501):
+        contact = [{"telegram_chat_id": 10_000 + i, "telegram_consent": True},
+                   {"email": f"m{i}@example.com", "email_consent": True},
+                   {"phone": f"+7916{i:07d}", "sms_consent": True}][i % 3]
+        members.append({"id": i, **contact})
+    add_members(application.engine, members)
+    providers["faults"].transient_rate = 0.2
+    # When the campaign runs
+    report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    # Then every delivery ended sent, each accepted exactly once, with the retries counted
+    assert report["counts"] == {"sent": {"telegram": 166, "email": 167, "sms": 167}}
+    assert len(providers["telegram"].messages) == 166 and len(providers["smtp"].messages) == 167
+    assert len(providers["sms"].messages) == 167
+    with application.engine.connect() as conn:
+        attempts = dict(conn.execute(select(deliveries.c.attempts, func.count()).group_by(deliveries.c.attempts)).all())
+    assert attempts[1] < 500 and sum(attempts.values()) == 500 and max(attempts) <= 8
+
+
+def test_permanent_failures_fail_suppress_and_are_skipped_next_time(real_transports, providers) -> None:
+    # Given members whose addresses the providers refuse
+    application = real_transports()
+    engine = application.engine
+    add_member(engine, 1, email="gone@example.com", email_consent=True)
+    add_member(engine, 2, telegram_chat_id=2002, telegram_consent=True)          # blocked the bot
+    add_member(engine, 3, telegram_chat_id=3003, telegram_consent=True)          # chat not found
+    add_member(engine, 4, phone="+79160000004", sms_consent=True)               # gateway: invalid number
+    add_member(engine, 5, phone="+7 000 123", sms_consent=True)                 # not a number at all
+    add_member(engine, 6, email="fine@example.com", email_consent=True)
+    faults = providers["faults"]
+    faults.rejected |= {"gone@example.com", "3003", "+79160000004"}
+    faults.blocked.add("2002")
+    first = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    rows = ledger(engine, first["run_id"])
+    assert {m: rows[m][1] for m in rows} == {1: "failed", 2: "failed", 3: "failed", 4: "failed", 5: "failed", 6: "sent"}
+    assert "blocked" in rows[2][2] and "chat not found" in rows[3][2].lower() and "not a valid phone number" in rows[5][2]
+    with engine.connect() as conn:
+        suppressed = set(conn.execute(select(suppressions.c.channel, suppressions.c.address)).all())
+        slots = dict(conn.execute(select(deliveries.c.member_id, deliveries.c.holds_slot)).all())
+    assert suppressed == {("email", "gone@example.com"), ("telegram", "2002"), ("telegram", "3003"),
+                          ("sms", "+79160000004"), ("sms", "+7 000 123")}
+    assert slots[5] is False  # never reached the provider: the slot is given back
+    # When the next campaign runs, the suppressed addresses are skipped
+    second = run_json(runtime.config_file(), "win_back", "--now", "2026-11-24T12:00+03:00")
+    assert second["counts"].get("suppressed", {}).get("-", 0) >= 2
+
+
+def test_the_email_a_member_receives(real_transports, providers) -> None:
+    application = real_transports()
+    add_member(application.engine, 1, first_name="Анна\r\nBcc: spy@example.net", email="anna@example.com",
+               email_consent=True, points=1250)
+    run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    [received] = providers["smtp"].messages
+    parsed = email.message_from_bytes(bytes(received), policy=policy.default)
+    assert parsed["Bcc"] is None and "spy@example.net" not in str(parsed["To"].addresses[0].addr_spec)
+    assert parsed["From"].addresses[0].display_name == "Ромашка Бонус"
+    assert parsed["To"].addresses[0].display_name == "Анна Bcc: spy@example.net"
+    assert parsed["Subject"].startswith("Анна Bcc: spy@example.net, на вашем счёте 1")
+    assert parsed["Message-ID"].endswith("@example.com>") and parsed["Date"]
+    unsubscribe = str(parsed["List-Unsubscribe"]).strip()  # folded: long URLs start on the next line
+    assert unsubscribe.startswith("<https://bonus.example.com/u?m=1&c=email&s=") and "<mailto:unsub@example.com" in unsubscribe
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "1\xa0250 баллов" in parsed.get_body(("plain",)).get_content()
+    assert "&lt;" not in parsed.get_body(("plain",)).get_content()
+    assert "<strong>1\xa0250 баллов</strong>" in parsed.get_body(("html",)).get_content()
+
+
+def test_the_demo_runs_against_loyalcast_fakes(tmp_path) -> None:
+    # Given `loyalcast fakes` running and the example settings pointed at a fresh folder
+    example = tomllib.loads((REPO / "examples" / "settings.fakes.toml").read_text())
+    example["templates_dir"] = str(REPO / "templates")
+    example["database"]["url"] = f"sqlite:///{tmp_path / 'fakes.db'}"
+    example["outbox"]["dir"] = str(tmp_path / "outbox")
+    config = tmp_path / "settings.fakes.toml"
+    config.write_text(tomli_w.dumps(example))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
+    env.update(LC_FAKE_TELEGRAM_TOKEN="123:fake", LC_FAKE_SMS_TOKEN="Bearer fake")
+    fakes = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "fakes"], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert fakes.stdout is not None and fakes.stdout.readline().startswith("smtp")
+
+        def loyalcast(*args: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "campaigns.cli", "--config", str(config), *args],
+                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        loyalcast("db", "upgrade")
+        loyalcast("demo", "seed", "--members", "120")
+        # When the campaign runs with the real transports
+        report = loyalcast("run", "balance_reminder", "--json")
+        counts = __import__("json").loads(report[report.index("{"):])["counts"]
+        # Then it delivered to all three fake providers
+        assert set(counts["sent"]) == {"email", "sms", "telegram"}
+    finally:
+        fakes.terminate()
+        fakes.wait(timeout=10)
+
+
+def test_running_out_of_attempts_fails_with_the_last_error(real_transports, providers) -> None:
+    application = real_transports(delivery={"batch_size": 10, "min_backoff": "1s", "max_backoff": "1s", "max_attempts": 3})
+    add_member(application.engine, 1, telegram_chat_id=1001, telegram_consent=True)
+    providers["faults"].transient_rate = 1.0
+    report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    assert report["counts"] == {"failed": {"telegram": 1}}
+    with application.engine.connect() as conn:
+        row = conn.execute(select(deliveries)).one()
+    assert row.attempts == 3 and row.reason == "gave up after 3 attempts: telegram: Bad Gateway"
+    assert row.holds_slot  # the provider may have seen one of the attempts
+
+
+def test_an_unknown_outcome_is_recorded_and_not_resent(real_transports, providers) -> None:
+    application = real_transports(channels={"sms": {"timeout": "1s"}})
+    add_member(application.engine, 1, phone="+79160000001", sms_consent=True)
+    providers["faults"].slow_seconds = 2
+    report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    assert report["counts"] == {"failed": {"sms": 1}}
+    with application.engine.connect() as conn:
+        row = conn.execute(select(deliveries)).one()
+    assert row.attempts == 1 and row.reason.startswith("outcome unknown, not resent: http_sms: no answer within 1 s")
+    assert row.holds_slot
+
+
+def test_throughput_limit_is_shared_by_workers_through_redis(real_transports, providers, redis_url) -> None:
+    # Given Telegram limited to 10 messages per second, counted in Redis
+    import threading
+
+    from campaigns.delivery import Deliverer
+    from campaigns.planner import claim_run, plan_run, queued_batches
+
+    application = real_transports(channels={"telegram": {"rate_per_second": 10}}, broker={"url": redis_url})
+    add_members(application.engine, [{"id": i, "telegram_chat_id": 5000 + i, "telegram_consent": True} for i in range(1, 41)])
+    run = claim_run(application.engine, application.settings, "balance_reminder", as_of=__import__("datetime").datetime.now(
+        __import__("datetime").timezone.utc))
+    plan_run(application.engine, application.settings, run.id)
+    batches = [ids for _, ids in queued_batches(application.engine, run.id, 10)]
+    # When two independent workers (each its own Deliverer and limiter) send at once
+    workers = [Deliverer(application.settings, application.engine, application.renderer) for _ in range(2)]
+    threads = [threading.Thread(target=lambda w=w, b=b: [w.deliver(ids) for ids in b])
+               for w, b in zip(workers, (batches[::2], batches[1::2]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then everything was sent, never more than 10 within one second, later rather than failed
+    received = sorted(message["received"] for message in providers["telegram"].messages)
+    assert len(received) == 40
+    per_second: dict[int, int] = {}
+    for moment in received:
+        per_second[int(moment)] = per_second.get(int(moment), 0) + 1
+    assert max(per_second.values()) <= 10, per_second
+    assert len(per_second) >= 4 and received[-1] - received[0] > 2.0  # 40 messages need four one-second windows
