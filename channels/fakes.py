@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import Envelope, Session, SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass
@@ -87,13 +87,23 @@ class _SmtpHandler:
 
 
 class FakeSmtpServer:
-    """An SMTP server on loopback (no TLS); ``messages`` holds every accepted message."""
+    """An SMTP server on loopback (no TLS); ``messages`` holds every accepted message.
 
-    def __init__(self, port: int = 0, faults: Faults | None = None) -> None:
+    With ``login=(user, password)`` it requires AUTH (PLAIN or LOGIN) before mail.
+    """
+
+    def __init__(self, port: int = 0, faults: Faults | None = None, login: tuple[str, str] | None = None) -> None:
         self.faults = faults or Faults()
         self.messages: list[EmailMessage] = []
         self.lock = threading.Lock()
-        self.controller = Controller(_SmtpHandler(self), hostname="127.0.0.1", port=port or _free_port())
+        options: dict[str, Any] = {}
+        if login is not None:
+            def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+                given = (data.login.decode(), data.password.decode()) if isinstance(data, LoginPassword) else None
+                return AuthResult(success=given == login)
+
+            options = {"authenticator": authenticate, "auth_required": True, "auth_require_tls": False}
+        self.controller = Controller(_SmtpHandler(self), hostname="127.0.0.1", port=port or _free_port(), **options)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -206,3 +206,25 @@ def test_settings_report_transport_problems_at_start(write_settings) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     assert caught.value.problems == ["channels.telegram.token_env: environment variable LC_NOT_SET is not set"]
+
+
+def test_smtp_logs_in_with_credentials_from_the_environment(tmp_path, monkeypatch) -> None:
+    server = FakeSmtpServer(login=("loyalcast", "s3cret")).start()
+    try:
+        monkeypatch.setenv("LC_SMTP_USER", "loyalcast")
+        options = {"host": server.address[0], "port": server.address[1], "security": "none",
+                   "from_address": "x@example.com", "username_env": "LC_SMTP_USER", "password_env": "LC_SMTP_PASSWORD",
+                   "timeout": 2}
+        monkeypatch.setenv("LC_SMTP_PASSWORD", "s3cret")
+        message = OutgoingMessage(channel="email", reference=1, to="a@example.com", subject="s", text="t")
+        with build_transport("email", "smtp", outbox_dir=tmp_path, options=options) as transport:
+            transport.send(message)
+        assert len(server.messages) == 1
+        monkeypatch.setenv("LC_SMTP_PASSWORD", "wrong")
+        with pytest.raises(ProviderUnavailable) as caught:
+            with build_transport("email", "smtp", outbox_dir=tmp_path, options=options) as transport:
+                transport.send(message)
+        assert caught.value.provider == "smtp"  # refused logins are transient: credentials get fixed
+        assert len(server.messages) == 1
+    finally:
+        server.stop()
