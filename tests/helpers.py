@@ -78,3 +78,13 @@ def decided(engine: Engine, run_id: int) -> dict[int, Any]:
     """``{member_id: row}`` of a run's ledger rows, with every column."""
     with engine.connect() as conn:
         return {row.member_id: row for row in conn.execute(select(deliveries).where(deliveries.c.run_id == run_id))}
+
+
+def subprocess_env(config: Any = None) -> dict[str, str]:
+    """This process's environment without loyalcast's variables, plus ``LOYALCAST_CONFIG``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
+    if config is not None:
+        env["LOYALCAST_CONFIG"] = str(config)
+    return env

@@ -13,21 +13,16 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from helpers import subprocess_env
 
 
 def loyalcast(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "campaigns.cli", "--config", str(config), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=timeout, env=_env(config),
+        capture_output=True, text=True, cwd=REPO, timeout=timeout, env=subprocess_env(config),
     )
     assert done.returncode == 0, done.stderr
     return done
-
-
-def _env(config: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
-    env["LOYALCAST_CONFIG"] = str(config)
-    return env
 
 
 @pytest.fixture
@@ -44,7 +39,7 @@ def production_settings(write_settings, pg_url: str, redis_url: str) -> Path:
 def worker_process(production_settings: Path) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "--processes", "1", "--threads", "4", "workers"],
-        cwd=REPO, env=_env(production_settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO, env=subprocess_env(production_settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
         yield process

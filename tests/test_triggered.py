@@ -20,7 +20,7 @@ from campaigns.db import make_engine
 from campaigns.models import deliveries
 
 from conftest import REPO
-from helpers import add_member, add_members, cli
+from helpers import add_member, add_members, cli, subprocess_env
 
 NO_QUIET = {"quiet_hours": {"default": "off", "telegram": "off"}}
 
@@ -111,12 +111,6 @@ def test_cli_validates_before_enqueueing(configured) -> None:
 # --- through Redis and a real worker process ---------------------------------------------
 
 
-def _env(config: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
-    env["LOYALCAST_CONFIG"] = str(config)
-    return env
-
-
 @pytest.fixture
 def redis_config(write_settings, pg_url: str, redis_url: str) -> Path:
     config = write_settings({"database": {"url": pg_url}, "broker": {"url": redis_url}, **NO_QUIET})
@@ -131,7 +125,7 @@ def start_worker(redis_config: Path) -> Iterator:
     def start(threads: int = 4) -> subprocess.Popen:
         process = subprocess.Popen(
             [sys.executable, "-m", "dramatiq", "--processes", "1", "--threads", str(threads), "workers"],
-            cwd=REPO, env=_env(redis_config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO, env=subprocess_env(redis_config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         started.append(process)
         return process
