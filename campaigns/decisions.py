@@ -221,7 +221,10 @@ def decision_insert(
     else:
         held = false()
     reach_columns.append(held.label("held"))
-    reach = select(*reach_columns).subquery("reach")
+    # OFFSET 0 keeps PostgreSQL from pulling each layer up into the next: every layer
+    # names the previous one's columns several times, and inlined that multiplies into
+    # hundreds of sub-plans and seconds of planning per chunk.
+    reach = select(*reach_columns).offset(0).subquery("reach")
 
     # 2. chosen: first reachable channel, and what the earlier ones were
     state = {c: reach.c[f"state_{c}"] for c in channels}
@@ -248,7 +251,7 @@ def decision_insert(
             (or_(*(state[c] == STATE_NO_CONSENT for c in channels)), Status.NO_CONSENT.value),
             else_=Status.NO_CONTACT.value,
         ).label("unreachable"),
-    ).subquery("chosen")
+    ).offset(0).subquery("chosen")
 
     # 3. capped: due time on the chosen channel, first full cap rule there
     due = {c: _per_zone(chosen.c.zone, ctx.send_at[c], ctx.program_zone, UTCDateTime()) for c in channels}
@@ -262,7 +265,7 @@ def decision_insert(
         case((or_(chosen.c.held, chosen.c.channel.is_(None)), literal(None, Integer)), *hit_whens, else_=literal(None, Integer))
         if hit_whens else literal(None, Integer)
     )
-    capped = select(*chosen.c, send_at.label("send_at"), cap_hit.label("cap_hit")).subquery("capped")
+    capped = select(*chosen.c, send_at.label("send_at"), cap_hit.label("cap_hit")).offset(0).subquery("capped")
 
     # 4. the ledger row
     deferring = [i for i, rule in enumerate(settings.caps) if rule.action == "defer"]

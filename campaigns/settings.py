@@ -166,7 +166,7 @@ class ChannelSettings(_Section):
     """One channel's transport and its options (each transport reads its own keys and
     names the key at fault when one is wrong; see docs/settings.md)."""
 
-    transport: Literal["outbox", "smtp", "http_sms", "telegram"] = "outbox"
+    transport: Literal["outbox", "smtp", "http_sms", "telegram", "null"] = "outbox"
     enabled: bool = True
     rate_per_second: float | None = Field(default=None, gt=0)
     """Provider throughput shared by all workers (through Redis); None: unlimited."""

@@ -13,6 +13,7 @@ from typing import Any
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import ChannelConfigError
 from channels.email import SmtpTransport
+from channels.null import NullTransport
 from channels.outbox import OutboxTransport
 from channels.sms import HttpSmsTransport
 from channels.telegram import TelegramTransport
@@ -22,6 +23,7 @@ TRANSPORTS: dict[str, type[Transport]] = {
     SmtpTransport.name: SmtpTransport,
     HttpSmsTransport.name: HttpSmsTransport,
     TelegramTransport.name: TelegramTransport,
+    NullTransport.name: NullTransport,
 }
 
 

@@ -211,11 +211,15 @@ def test_throughput_limit_is_shared_by_workers_through_redis(real_transports, pr
         thread.start()
     for thread in threads:
         thread.join()
-    # Then everything was sent, never more than 10 within one second, later rather than failed
+    # Then everything was sent, later rather than failed, at the rate of 10 per second:
+    # the limiter counts per second on the senders' clock, so a message let through at
+    # x.999 may arrive at y.001; on the receiver's clock no second sees more than twice
+    # the limit, and 40 messages need at least four seconds' worth of windows
     received = sorted(message["received"] for message in providers["telegram"].messages)
     assert len(received) == 40
     per_second: dict[int, int] = {}
     for moment in received:
         per_second[int(moment)] = per_second.get(int(moment), 0) + 1
-    assert max(per_second.values()) <= 10, per_second
+    assert max(per_second.values()) <= 20, per_second
+    assert all(n > 0 for n in per_second.values())
     assert len(per_second) >= 4 and received[-1] - received[0] > 2.0  # 40 messages need four one-second windows

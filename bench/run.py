@@ -1,0 +1,402 @@
+"""loyalcast's benchmark: a real campaign over N members through Redis and real
+transports, next to the transport ceiling and a naive design, on the same machine at the
+same moment. See bench/README.md for how to read the figures.
+
+    python bench/run.py --members 100000 [--processes 2] [--threads 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import psutil
+import redis
+import tomli_w
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from campaigns import demo  # noqa: E402
+
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+DATABASE = "loyalcast_bench"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+REFERENCE_CAP = 20_000
+"""The references run on at most this many members: their throughput does not depend on N."""
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- database ------------------------------------------------------------------------------
+
+
+def fresh_database() -> str:
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{DATABASE}"'))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + DATABASE
+
+
+def seed(url: str, members: int) -> float:
+    """Demo members with COPY (not ORM inserts); returns seconds."""
+    import psycopg
+
+    started = time.perf_counter()
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    member_columns = ["id", "first_name", "locale", "timezone", "tier", "email", "phone", "telegram_chat_id",
+                      "email_consent", "sms_consent", "telegram_consent", "last_purchase_at"]
+    # One COPY at a time per connection: three connections, fed from one generator.
+    with psycopg.connect(dsn) as member_conn, psycopg.connect(dsn) as balance_conn, psycopg.connect(dsn) as lot_conn:
+        with member_conn.cursor().copy(f"COPY members ({', '.join(member_columns)}) FROM STDIN") as members_copy, \
+                balance_conn.cursor().copy("COPY balances (member_id, points) FROM STDIN") as balance_copy, \
+                lot_conn.cursor().copy("COPY point_expirations (member_id, points, expires_at) FROM STDIN") as lot_copy:
+            for member, balance, member_lots, _segments in demo.generate(members, now=NOW):
+                members_copy.write_row([member[c] for c in member_columns])
+                balance_copy.write_row([balance["member_id"], balance["points"]])
+                for lot in member_lots:
+                    lot_copy.write_row([lot["member_id"], lot["points"], lot["expires_at"]])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    return time.perf_counter() - started
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+class Sampler:
+    """Peak RSS per worker process and CPU (user+sys) of the whole process tree."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.peak_rss: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            self.sample()
+            time.sleep(0.25)
+
+    def sample(self) -> None:
+        for process in self._tree():
+            try:
+                with process.oneshot():
+                    rss = process.memory_info().rss
+                    times = process.cpu_times()
+            except psutil.Error:
+                continue
+            self.peak_rss[process.pid] = max(self.peak_rss.get(process.pid, 0), rss)
+            self.cpu[process.pid] = times.user + times.system
+
+    def start(self) -> "Sampler":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.sample()
+        self.stopped.set()
+        self.thread.join()
+
+
+def settings_file(folder: Path, url: str, sinks: dict, transport: str, batch_size: int) -> Path:
+    shipped = __import__("tomllib").loads((REPO / "settings.toml").read_text())
+    shipped.update(templates_dir=str(REPO / "templates"), outbox={"dir": str(folder / "outbox")})
+    shipped["database"] = {"url": url}
+    shipped["broker"] = {"url": REDIS_URL}
+    shipped["quiet_hours"] = {"default": "off", "telegram": "off"}
+    shipped["metrics"] = {"enabled": False}
+    shipped["logging"] = {"format": "text", "level": "warning"}
+    shipped["delivery"] = {"batch_size": batch_size}
+    if transport == "null":
+        shipped["channels"] = {c: {"transport": "null"} for c in ("email", "sms", "telegram")}
+    else:
+        host, port = sinks["smtp"]
+        shipped["channels"] = {
+            "email": {"transport": "smtp", "host": host, "port": port, "security": "none",
+                      "from_address": "Ромашка Бонус <bonus@example.com>"},
+            "sms": {"transport": "http_sms", "url": f"{sinks['sms']}/send", "sender": "ROMASHKA"},
+            "telegram": {"transport": "telegram", "token_env": "BENCH_TELEGRAM_TOKEN", "base_url": f"{sinks['telegram']}/bot"},
+        }
+    path = folder / f"settings-{transport}.toml"
+    path.write_text(tomli_w.dumps(shipped))
+    return path
+
+
+def environment(config: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
+    env.update(LOYALCAST_CONFIG=str(config), BENCH_TELEGRAM_TOKEN="123:bench", BENCH_REDIS_URL=REDIS_URL)
+    return env
+
+
+def loyalcast(config: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], cwd=REPO, env=environment(config),
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"loyalcast {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def reset_ledger(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE ladder_marks, deliveries, campaign_runs, cap_locks, suppressions RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def wait_until_delivered(url: str, started: float, run_id: int | None = None, expected: int | None = None) -> float:
+    engine = create_engine(url)
+    try:
+        while True:
+            with engine.connect() as conn:
+                planned = conn.execute(text("SELECT count(*) FROM campaign_runs WHERE state = 'planned'")).scalar_one()
+                open_rows = conn.execute(text("SELECT count(*) FROM deliveries WHERE status IN ('queued', 'sending')")).scalar_one()
+                done = conn.execute(text("SELECT count(*) FROM deliveries WHERE status NOT IN ('queued', 'sending')")).scalar_one()
+            if expected is not None and done >= expected:
+                return time.perf_counter() - started
+            if expected is None and planned and open_rows == 0:
+                return time.perf_counter() - started
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+def loyalcast_run(url: str, config: Path, processes: int, threads: int) -> dict:
+    """The real pipeline: plan (set-based) and deliver (batches) through Redis."""
+    reset_ledger(url)
+    worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "worker", "-p", str(processes), "-t", str(threads)],
+                              cwd=REPO, env=environment(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = Sampler(psutil.Process(worker.pid)).start()
+    time.sleep(3)  # let the worker processes boot before the clock starts
+    cpu_before = sum(sampler.cpu.values())
+    started = time.perf_counter()
+    loyalcast(config, "run", "balance_reminder", "--now", NOW.isoformat())
+    seconds = wait_until_delivered(url, started)
+    sampler.stop()
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        plan_seconds = conn.execute(text(
+            "SELECT extract(epoch FROM finished_planning_at - started_at) FROM campaign_runs")).scalar_one()
+        counts = dict(conn.execute(text("SELECT status, count(*) FROM deliveries GROUP BY status")).all())
+    engine.dispose()
+    sent = counts.get("sent", 0)
+    # The master process only supervises; the children (worker processes) do the work.
+    workers = [rss for pid, rss in sampler.peak_rss.items() if pid != worker.pid]
+    return {
+        "plan_seconds": round(float(plan_seconds), 2),
+        "end_to_end_seconds": round(seconds, 2),
+        "messages": sent,
+        "decisions": sum(counts.values()),
+        "messages_per_second": round(sent / seconds, 1),
+        "cpu_seconds_per_1000": round((sum(sampler.cpu.values()) - cpu_before) / max(sent, 1) * 1000, 3),
+        "peak_rss_mb_per_worker": round(max(workers or [0]) / 2**20, 1),
+        "counts": counts,
+    }
+
+
+def naive_run(url: str, config: Path, members: int, processes: int, threads: int) -> dict:
+    """One Dramatiq message per member: the design loyalcast's batches replace."""
+    from dramatiq import Message
+    from dramatiq.brokers.redis import RedisBroker
+
+    reset_ledger(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        run_id = conn.execute(text(
+            "INSERT INTO campaign_runs (campaign, occasion, as_of, started_at, started_by, dry_run, state) "
+            "VALUES ('naive', 'bench', now(), now(), 'bench', false, 'planned') RETURNING id")).scalar_one()
+        reachable = conn.execute(text(
+            "SELECT count(*) FROM members m JOIN balances b ON b.member_id = m.id WHERE m.id <= :n AND b.points >= 100 AND "
+            "((m.telegram_chat_id IS NOT NULL AND m.telegram_consent) OR (m.email IS NOT NULL AND m.email_consent) "
+            "OR (m.phone IS NOT NULL AND m.sms_consent))"), {"n": members}).scalar_one()
+        ids = conn.execute(text(
+            "SELECT m.id FROM members m JOIN balances b ON b.member_id = m.id WHERE m.id <= :n AND b.points >= 100 "
+            "ORDER BY m.id"), {"n": members}).scalars().all()
+    engine.dispose()
+    env = environment(config)
+    worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "naive_workers", "--path", str(REPO / "bench"),
+                               "-p", str(processes), "-t", str(threads)],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = Sampler(psutil.Process(worker.pid)).start()
+    time.sleep(3)
+    cpu_before = sum(sampler.cpu.values())
+    broker = RedisBroker(url=REDIS_URL)
+    broker.declare_queue("naive")
+    started = time.perf_counter()
+    for member_id in ids:
+        broker.enqueue(Message(queue_name="naive", actor_name="naive_send", args=(member_id, run_id), kwargs={}, options={}))
+    seconds = wait_until_delivered(url, started, expected=reachable)
+    sampler.stop()
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    return {
+        "members": len(ids),
+        "messages": reachable,
+        "end_to_end_seconds": round(seconds, 2),
+        "messages_per_second": round(reachable / seconds, 1),
+        "cpu_seconds_per_1000": round((sum(sampler.cpu.values()) - cpu_before) / max(reachable, 1) * 1000, 3),
+    }
+
+
+def ceiling_run(sinks: dict, config: Path, messages: int, concurrency: int) -> dict:
+    """A bare client loop: pre-rendered messages to the same sinks with the same
+    concurrency, through the same transports; no database, no queue."""
+    os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
+    from campaigns.settings import load_settings
+    from channels import build_transport
+    from channels.base import OutgoingMessage
+
+    settings = load_settings(config)
+    texts = {
+        "email": OutgoingMessage(channel="email", reference=1, to="anna@example.com", subject="Анна, на вашем счёте 1 250 баллов",
+                                 text="Здравствуйте, Анна! На вашем бонусном счёте 1 250 баллов.", html="<p>1 250 баллов</p>"),
+        "sms": OutgoingMessage(channel="sms", reference=1, to="+79161234567", text="Анна, на счёте 1 250 баллов. https://bonus.example.com"),
+        "telegram": OutgoingMessage(channel="telegram", reference=1, to="4242", text="Анна, на вашем бонусном счёте <b>1 250 баллов</b>."),
+    }
+    counter = iter(range(messages))
+    lock = threading.Lock()
+
+    def work() -> None:
+        transports = {c: build_transport(c, s.transport, outbox_dir=settings.outbox_path, options=s.model_dump())
+                      for c, s in settings.channels.items()}
+        channels = list(texts)
+        while True:
+            with lock:
+                number = next(counter, None)
+            if number is None:
+                break
+            channel = channels[number % 3]
+            transports[channel].send(texts[channel])
+        for transport in transports.values():
+            transport.close()
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=work) for _ in range(concurrency)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    seconds = time.perf_counter() - started
+    return {"messages": messages, "seconds": round(seconds, 2), "messages_per_second": round(messages / seconds, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--skip-references", action="store_true", help="Only loyalcast's runs.")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="loyalcast-bench-"))
+    url = fresh_database()
+    sinks_process = subprocess.Popen([sys.executable, str(REPO / "bench" / "sinks.py")], cwd=REPO,
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        sinks = json.loads(sinks_process.stdout.readline())  # type: ignore[union-attr]
+        real = settings_file(folder, url, sinks, "real", args.batch_size)
+        null = settings_file(folder, url, sinks, "null", args.batch_size)
+        loyalcast(real, "db", "upgrade")
+        log(f"seeding {args.members} members with COPY")
+        seed_seconds = seed(url, args.members)
+        log(f"seeded in {seed_seconds:.1f} s; running loyalcast (real transports)")
+        result = {"loyalcast": loyalcast_run(url, real, args.processes, args.threads)}
+        log(f"loyalcast: {result['loyalcast']}; running loyalcast (null transport)")
+        result["null_transport"] = loyalcast_run(url, null, args.processes, args.threads)
+        if not args.skip_references:
+            reference_members = min(args.members, REFERENCE_CAP)
+            log("transport ceiling")
+            result["transport_ceiling"] = ceiling_run(sinks, real, reference_members, args.processes * args.threads)
+            log(f"naive design over {reference_members} members")
+            result["naive"] = naive_run(url, real, reference_members, args.processes, args.threads)
+    finally:
+        sinks_process.terminate()
+
+    ours = result["loyalcast"]["messages_per_second"]
+    report = {
+        "members": args.members,
+        "seed_seconds": round(seed_seconds, 1),
+        "processes": args.processes,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "versions": {name: version(name) for name in ("dramatiq", "SQLAlchemy", "psycopg", "redis", "python-telegram-bot", "requests")},
+        "postgresql": _server_version(url),
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **result,
+    }
+    if "transport_ceiling" in result:
+        report["ratios"] = {
+            "of_transport_ceiling": round(ours / result["transport_ceiling"]["messages_per_second"], 2),
+            "times_naive": round(ours / result["naive"]["messages_per_second"], 1),
+        }
+    name = f"{args.members // 1000}k" if args.members < 1_000_000 else f"{args.members // 1_000_000}m"
+    out = REPO / "bench" / "results" / f"bench-{name}.json"
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print_table(report)
+    print(f"\nwritten to {out.relative_to(REPO)}")
+    return 0
+
+
+def _server_version(url: str) -> str:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        value = conn.execute(text("SHOW server_version")).scalar_one()
+    engine.dispose()
+    return value
+
+
+def print_table(report: dict) -> None:
+    ours, null = report["loyalcast"], report["null_transport"]
+    rows = [
+        ("members", f"{report['members']:,}"),
+        ("plan (segment through ledger rows)", f"{ours['plan_seconds']} s"),
+        ("end to end, real transports", f"{ours['end_to_end_seconds']} s, {ours['messages']:,} messages, {ours['messages_per_second']:,} msg/s"),
+        ("CPU per 1,000 messages (workers)", f"{ours['cpu_seconds_per_1000']} s"),
+        ("peak RSS per worker process", f"{ours['peak_rss_mb_per_worker']} MB"),
+        ("null transport end to end", f"{null['messages_per_second']:,} msg/s ({null['end_to_end_seconds']} s)"),
+    ]
+    if "transport_ceiling" in report:
+        rows += [
+            ("transport ceiling", f"{report['transport_ceiling']['messages_per_second']:,} msg/s"),
+            ("naive design", f"{report['naive']['messages_per_second']:,} msg/s"),
+            ("loyalcast / ceiling", f"{report['ratios']['of_transport_ceiling']:.0%}"),
+            ("loyalcast / naive", f"{report['ratios']['times_naive']}x"),
+        ]
+    width = max(len(label) for label, _ in rows)
+    print(f"loyalcast benchmark ({report['machine']['cores']} cores, {report['processes']} processes x {report['threads']} threads)")
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
