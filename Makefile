@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 LOYALCAST := $(BIN)/loyalcast
 DEMO_MEMBERS ?= 500
 
-.PHONY: demo test install services clean-demo
+.PHONY: demo test install services clean-demo bench bench-small
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ services:
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest
+
+# Benchmarks against PostgreSQL and Redis on this machine (see bench/README.md).
+bench: $(STAMP) services
+	$(BIN)/python bench/run.py --members 1000000
+
+bench-small: $(STAMP) services
+	$(BIN)/python bench/run.py --members 100000
 
 clean-demo:
 	rm -rf var/

@@ -38,6 +38,7 @@ def _app():  # type: ignore[no-untyped-def]
 def naive_send(member_id: int, run_id: int) -> None:
     from campaigns.models import balances, deliveries, members
     from channels.base import OutgoingMessage
+    from channels.errors import ChannelError
 
     state = _app()
     app, transports = state.app, state.transports
@@ -75,7 +76,11 @@ def naive_send(member_id: int, run_id: int) -> None:
                                as_of=now, send_at=now))
     context = app.deliverer.context(row, [])
     rendered = app.renderer.render("balance_reminder", channel, context)
-    transports[channel].send(OutgoingMessage(channel=channel, reference=delivery_id, to=str(address), text=rendered.text,
-                                             subject=rendered.subject, html=rendered.html, to_name=member.first_name))
+    status = "sent"
+    try:
+        transports[channel].send(OutgoingMessage(channel=channel, reference=delivery_id, to=str(address), text=rendered.text,
+                                                 subject=rendered.subject, html=rendered.html, to_name=member.first_name))
+    except ChannelError:
+        status = "failed"
     with app.engine.begin() as conn:
-        conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(status="sent", sent_at=now))
+        conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(status=status, sent_at=now))

@@ -35,7 +35,7 @@ PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0
 DATABASE = "loyalcast_bench"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
-REFERENCE_CAP = 20_000
+REFERENCE_CAP = 10_000
 """The references run on at most this many members: their throughput does not depend on N."""
 
 
@@ -169,15 +169,17 @@ def reset_ledger(url: str) -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-def wait_until_delivered(url: str, started: float, run_id: int | None = None, expected: int | None = None) -> float:
+def wait_until_delivered(url: str, started: float, expected: int | None = None, limit_s: float = 3600) -> float:
     engine = create_engine(url)
     try:
         while True:
+            if time.perf_counter() - started > limit_s:
+                raise RuntimeError(f"not delivered within {limit_s:.0f} s")
             with engine.connect() as conn:
                 planned = conn.execute(text("SELECT count(*) FROM campaign_runs WHERE state = 'planned'")).scalar_one()
                 open_rows = conn.execute(text("SELECT count(*) FROM deliveries WHERE status IN ('queued', 'sending')")).scalar_one()
                 done = conn.execute(text("SELECT count(*) FROM deliveries WHERE status NOT IN ('queued', 'sending')")).scalar_one()
-            if expected is not None and done >= expected:
+            if expected is not None and done + open_rows >= expected and open_rows == 0:
                 return time.perf_counter() - started
             if expected is None and planned and open_rows == 0:
                 return time.perf_counter() - started
@@ -189,8 +191,10 @@ def wait_until_delivered(url: str, started: float, run_id: int | None = None, ex
 def loyalcast_run(url: str, config: Path, processes: int, threads: int) -> dict:
     """The real pipeline: plan (set-based) and deliver (batches) through Redis."""
     reset_ledger(url)
+    # Worker logs go to a file: an undrained pipe would block the workers once full.
     worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "worker", "-p", str(processes), "-t", str(threads)],
-                              cwd=REPO, env=environment(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              cwd=REPO, env=environment(config), stdout=subprocess.DEVNULL,
+                              stderr=open(config.parent / "worker.log", "ab"))
     sampler = Sampler(psutil.Process(worker.pid)).start()
     time.sleep(3)  # let the worker processes boot before the clock starts
     cpu_before = sum(sampler.cpu.values())
@@ -243,7 +247,7 @@ def naive_run(url: str, config: Path, members: int, processes: int, threads: int
     env = environment(config)
     worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "naive_workers", "--path", str(REPO / "bench"),
                                "-p", str(processes), "-t", str(threads)],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(config.parent / "naive.log", "ab"))
     sampler = Sampler(psutil.Process(worker.pid)).start()
     time.sleep(3)
     cpu_before = sum(sampler.cpu.values())
@@ -252,7 +256,7 @@ def naive_run(url: str, config: Path, members: int, processes: int, threads: int
     started = time.perf_counter()
     for member_id in ids:
         broker.enqueue(Message(queue_name="naive", actor_name="naive_send", args=(member_id, run_id), kwargs={}, options={}))
-    seconds = wait_until_delivered(url, started, expected=reachable)
+    seconds = wait_until_delivered(url, started, expected=reachable, limit_s=900)
     sampler.stop()
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=60)

@@ -71,4 +71,12 @@ def configure(log_format: str = "text", level: int | str = logging.WARNING, stre
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    quiet_libraries()
     return handler
+
+
+def quiet_libraries() -> None:
+    """httpx (under python-telegram-bot) logs every request at INFO with its URL, and a
+    Bot API URL carries the bot token: keep such libraries at WARNING."""
+    for name in ("httpx", "httpcore", "telegram", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)

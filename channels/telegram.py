@@ -16,6 +16,7 @@ may or may not have delivered (unknown outcome); other network errors are transi
 from __future__ import annotations
 
 import asyncio
+import logging
 import concurrent.futures
 import threading
 import warnings
@@ -38,6 +39,9 @@ from channels.errors import (
     RecipientBlocked,
 )
 from channels.options import seconds, secret
+
+# httpx logs each request's URL at INFO, and a Bot API URL holds the bot's token.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 MAX_LENGTH = 4096
 DEFAULT_BASE_URL = "https://api.telegram.org/bot"

@@ -47,7 +47,7 @@ def test_metrics_endpoint_answers_with_our_counters(write_settings, pg_url, redi
     loyalcast("db", "upgrade")
     loyalcast("demo", "seed", "--members", "60")
     worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "worker", "-p", "1", "-t", "2"],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # When a campaign runs through it
         loyalcast("run", "balance_reminder", "--wait")
@@ -94,3 +94,28 @@ def test_log_lines_never_hold_a_full_address(configured) -> None:
 def test_mask() -> None:
     assert mask("to anna.petrova@mail.ru and +79161234567") == "to a***@m***.ru and +791*******67"
     assert mask("delivery 123456 of run 42") == "delivery 123456 of run 42"
+
+
+def test_the_bot_token_never_reaches_the_logs(tmp_path) -> None:
+    # Given INFO logging and a Telegram send (httpx logs each request URL at INFO, and a
+    # Bot API URL carries the token)
+    import io
+    import os
+
+    from channels import build_transport
+    from channels.base import OutgoingMessage
+    from channels.fakes import FakeTelegramApi
+
+    stream = io.StringIO()
+    server = FakeTelegramApi().start()
+    os.environ["LC_TOKEN_UNDER_TEST"] = "987654:SECRET-TOKEN"
+    try:
+        logs.configure("json", "INFO", stream)
+        transport = build_transport("telegram", "telegram", outbox_dir=tmp_path,
+                                    options={"token_env": "LC_TOKEN_UNDER_TEST", "base_url": f"{server.url}/bot"})
+        transport.send(OutgoingMessage(channel="telegram", reference=1, to="42", text="hi"))
+    finally:
+        logs.configure("text", "WARNING")
+        server.stop()
+    assert len(server.messages) == 1
+    assert "SECRET-TOKEN" not in stream.getvalue()
