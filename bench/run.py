@@ -318,7 +318,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--skip-references", action="store_true", help="Only loyalcast's runs.")
+    parser.add_argument("--plan-only", action="store_true", help="Seed and time planning only (no delivery).")
     args = parser.parse_args()
+    if args.plan_only:
+        return plan_only(args.members)
 
     folder = Path(tempfile.mkdtemp(prefix="loyalcast-bench-"))
     url = fresh_database()
@@ -368,6 +371,39 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print_table(report)
     print(f"\nwritten to {out.relative_to(REPO)}")
+    return 0
+
+
+def plan_only(members: int) -> int:
+    """Seed ``members`` and time planning the balance reminder (segment through ledger
+    rows), in this process; writes bench/results/plan-<size>.json."""
+    folder = Path(tempfile.mkdtemp(prefix="loyalcast-bench-"))
+    url = fresh_database()
+    config = settings_file(folder, url, {"smtp": ["127.0.0.1", 1], "sms": "http://127.0.0.1:1", "telegram": "http://127.0.0.1:1"},
+                           "null", 500)
+    loyalcast(config, "db", "upgrade")
+    seed_seconds = seed(url, members)
+    os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
+    from campaigns.db import make_engine
+    from campaigns.planner import claim_run, plan_run
+    from campaigns.settings import load_settings
+
+    settings = load_settings(config)
+    engine = make_engine(settings.database_url)
+    figures = {}
+    for attempt in ("first", "second occasion (caps now bite)"):
+        run = claim_run(engine, settings, "balance_reminder", as_of=NOW, occasion=f"bench-{attempt}")
+        started = time.perf_counter()
+        decided = plan_run(engine, settings, run.id)
+        figures[attempt] = {"plan_seconds": round(time.perf_counter() - started, 2), "decisions": decided}
+        log(f"plan ({attempt}): {figures[attempt]}")
+    report = {"members": members, "seed_seconds": round(seed_seconds, 1), "plan": figures,
+              "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+              "postgresql": _server_version(url), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    name = f"{members // 1000}k" if members < 1_000_000 else f"{members // 1_000_000}m"
+    out = REPO / "bench" / "results" / f"plan-{name}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -200,7 +200,7 @@ class ChannelSettings(_Section):
 class DeliverySettings(_Section):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     """Deliveries per ``deliver_batch`` message."""
-    plan_chunk_size: int = Field(default=5_000, ge=100, le=100_000)
+    plan_chunk_size: int = Field(default=20_000, ge=100, le=100_000)
     """Members per planning transaction (each chunk locks its members in id order)."""
     memory_worker_threads: int = Field(default=2, ge=1, le=32)
     """Threads of the in-process worker used with the ``memory://`` broker."""
