@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy import func, select
 from campaigns.delivery import Deliverer
 from campaigns.models import balances, members
 from campaigns.preview import member_lots, render_channel
-from campaigns.rendering import CHANNEL_PARTS
+from campaigns.rendering import CHANNEL_PARTS, template_channels
 from campaigns.segments import segment_query
 from campaigns.settings import Settings
 
@@ -42,13 +41,6 @@ class Finding:
 def template_names(settings: Settings) -> list[str]:
     root = settings.templates_path
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-
-
-def template_channels(root: Path, name: str, locales: list[str]) -> list[str]:
-    """Channels the template has a file for, at the top or in any locale folder."""
-    folders = [root / name, *(root / name / locale for locale in locales)]
-    return [channel for channel, parts in CHANNEL_PARTS.items()
-            if any((folder / part).is_file() for folder in folders for part in parts)]
 
 
 def sample_rows(

@@ -386,7 +386,7 @@ def send(
     """Send one triggered message (what another service does with send_triggered)."""
     from campaigns.preview import member_lots, member_row, render_channel
     from campaigns.report import member_history
-    from campaigns.triggered import template_channels
+    from campaigns.triggered import triggered_channels
 
     application = _app()
     _require_schema(application)
@@ -396,7 +396,7 @@ def send(
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
     if not isinstance(values, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--data")
-    channels = template_channels(application.renderer, application.settings, template)
+    channels = triggered_channels(application.settings, template)
     if not channels:
         raise LoyalcastError(f"unknown template {template!r}: no texts under {application.settings.templates_path / template}")
     now = datetime.now(timezone.utc)

@@ -95,6 +95,3 @@ def upsert_insert(conn: Connection, table: Table):  # type: ignore[no-untyped-de
         return sqlite.insert(table)
     raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
 
-
-def is_postgresql(conn: Connection) -> bool:
-    return conn.dialect.name == "postgresql"

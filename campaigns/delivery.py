@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -57,8 +57,6 @@ class Outcome:
 
 @dataclass
 class BatchReport:
-    claimed: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     retry_after: float | None = None
     """Seconds until the transiently failed rows of this batch should be retried (None: none)."""
 
@@ -102,7 +100,6 @@ class Deliverer:
     def deliver(self, ids: list[int]) -> BatchReport:
         report = BatchReport()
         claimed = self._claim(ids)
-        report.claimed = len(claimed)
         if not claimed:
             return report
         rows = self._load(claimed)
@@ -118,7 +115,6 @@ class Deliverer:
                 outcome = self._deliver_one(
                     row, expiring.get(row.member_id, []), reminded.get(row.id), transports, suppress, retry_delays
                 )
-                report.counts[outcome.status] += 1
                 self._observe(row, outcome)
                 pending.append(outcome)
                 if len(pending) >= FLUSH_EVERY:

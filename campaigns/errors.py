@@ -7,8 +7,7 @@ One flat module, one tree::
      │                        every problem as "key.path: what is wrong"
      ├── TemplateError        a template is missing, does not parse, or fails to render;
      │                        names the template file and line
-     ├── UnknownCampaign      a command named a campaign settings.toml does not define
-     └── RunError             a campaign run could not be started or followed
+     └── UnknownCampaign      a command named a campaign settings.toml does not define
 
 Channel (provider) errors have their own tree in ``channels.errors``: they describe a
 delivery attempt, not a mistake in loyalcast's input.
@@ -59,7 +58,3 @@ class UnknownCampaign(LoyalcastError):
         self.name = name
         listing = ", ".join(sorted(known)) or "none"
         super().__init__(f"unknown campaign {name!r} (settings define: {listing})")
-
-
-class RunError(LoyalcastError):
-    """A campaign run could not be started or followed."""

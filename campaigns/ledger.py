@@ -27,9 +27,3 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"    # the same idempotency key was already used
     STALE = "stale"            # the reminder was no longer true at send time
 
-
-SLOT_HOLDING = frozenset({Status.QUEUED, Status.SENDING, Status.SENT, Status.DELIVERED})
-"""Statuses that are born holding a cap slot (``deliveries.holds_slot``)."""
-
-NOT_SENT_DECISIONS = (Status.NO_CONTACT, Status.NO_CONSENT, Status.SUPPRESSED)
-"""Reachability verdicts, in increasing order of how close the member was to a message."""

@@ -201,5 +201,3 @@ cap_locks = Table(
     Column("member_id", BigId, primary_key=True, autoincrement=False),
     comment="one row per member ever planned; planners lock these rows in member_id order",
 )
-
-OWNED_TABLES = (campaign_runs, deliveries, suppressions, ladder_marks, cap_locks)

@@ -38,28 +38,43 @@ class ChannelPreview:
     over_budget: str | None = None
 
 
-def member_row(deliverer: Deliverer, member_id: int, campaign: str | None, as_of: datetime) -> Any:
-    """The member as a delivery sees them (one query), or LoyalcastError if unknown."""
+def member_rows(deliverer: Deliverer, member_ids: list[int], campaign: str | None, as_of: datetime) -> dict[int, Any]:
+    """The members as a delivery sees them, in one query (unknown ids are left out)."""
     with deliverer.engine.connect() as conn:
         found = conn.execute(
             select(members, func.coalesce(balances.c.points, 0).label("balance"))
             .select_from(members.outerjoin(balances, balances.c.member_id == members.c.id))
-            .where(members.c.id == member_id)
-        ).first()
-    if found is None:
+            .where(members.c.id.in_(member_ids))
+        ).all()
+    return {
+        row.id: SimpleNamespace(**row._mapping, member_id=row.id, campaign=campaign, occasion="preview", as_of=as_of)
+        for row in found
+    }
+
+
+def member_row(deliverer: Deliverer, member_id: int, campaign: str | None, as_of: datetime) -> Any:
+    """One member as a delivery sees them, or LoyalcastError if unknown."""
+    row = member_rows(deliverer, [member_id], campaign, as_of).get(member_id)
+    if row is None:
         raise LoyalcastError(f"no member {member_id} in the members table")
-    data = dict(found._mapping)
-    return SimpleNamespace(**data, member_id=member_id, campaign=campaign, occasion="preview", as_of=as_of)
+    return row
+
+
+def lots_by_member(deliverer: Deliverer, member_ids: list[int], as_of: datetime) -> dict[int, list[tuple[datetime, float]]]:
+    """Point lots expiring after ``as_of`` of these members, in one query."""
+    found: dict[int, list[tuple[datetime, float]]] = {member_id: [] for member_id in member_ids}
+    with deliverer.engine.connect() as conn:
+        for member_id, expires_at, points in conn.execute(
+            select(point_expirations.c.member_id, point_expirations.c.expires_at, point_expirations.c.points)
+            .where(point_expirations.c.member_id.in_(member_ids), point_expirations.c.expires_at > as_of)
+            .order_by(point_expirations.c.member_id, point_expirations.c.expires_at)
+        ):
+            found[member_id].append((expires_at, float(points)))
+    return found
 
 
 def member_lots(deliverer: Deliverer, member_id: int, as_of: datetime) -> list[tuple[datetime, float]]:
-    with deliverer.engine.connect() as conn:
-        rows = conn.execute(
-            select(point_expirations.c.expires_at, point_expirations.c.points)
-            .where(point_expirations.c.member_id == member_id, point_expirations.c.expires_at > as_of)
-            .order_by(point_expirations.c.expires_at)
-        ).all()
-    return [(expires_at, float(points)) for expires_at, points in rows]
+    return lots_by_member(deliverer, [member_id], as_of)[member_id]
 
 
 def ladder_steps(settings: Settings, row: Any, lots: list[tuple[datetime, float]], as_of: datetime) -> list | None:
@@ -155,10 +170,11 @@ def estimate_sms(
 ) -> SmsEstimate:
     """Render the SMS for ``member_ids`` (a sample of ``recipients``) and extrapolate."""
     campaign = settings.campaigns[campaign_name]
+    rows = member_rows(deliverer, member_ids, campaign_name, as_of)
+    lots = lots_by_member(deliverer, list(rows), as_of)
     total = 0
-    for member_id in member_ids:
-        row = member_row(deliverer, member_id, campaign_name, as_of)
-        preview = render_channel(deliverer, row, member_lots(deliverer, member_id, as_of), campaign.template, "sms")
+    for member_id, row in rows.items():
+        preview = render_channel(deliverer, row, lots[member_id], campaign.template, "sms")
         total += preview.sms.segments if preview.sms else 0
     sampled = len(member_ids)
     segments = round(total * recipients / sampled) if sampled else 0

@@ -69,6 +69,13 @@ class Rendered:
     """Template files used, relative to the templates folder (for previews and errors)."""
 
 
+def template_channels(templates_dir: Path, name: str, locales: list[str]) -> list[str]:
+    """Channels the template has at least one file for, unlocalized or in a locale folder."""
+    folders = [templates_dir / name, *(templates_dir / name / locale for locale in locales)]
+    return [channel for channel, parts in CHANNEL_PARTS.items()
+            if any((folder / part).is_file() for folder in folders for part in parts)]
+
+
 class Renderer:
     """Renders templates for members. Thread-safe; compiled templates are cached."""
 

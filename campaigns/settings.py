@@ -167,7 +167,6 @@ class ChannelSettings(_Section):
     names the key at fault when one is wrong; see docs/settings.md)."""
 
     transport: Literal["outbox", "smtp", "http_sms", "telegram", "null"] = "outbox"
-    enabled: bool = True
     rate_per_second: float | None = Field(default=None, gt=0)
     """Provider throughput shared by all workers (through Redis); None: unlimited."""
     timeout: Duration = timedelta(seconds=10)

@@ -28,7 +28,7 @@ from campaigns.decisions import decide_chunk, make_context
 from campaigns.ledger import Status
 from campaigns.models import deliveries, members
 from campaigns.planner import lock_members
-from campaigns.rendering import CHANNEL_PARTS, Renderer
+from campaigns.rendering import Renderer, template_channels
 from campaigns.settings import CampaignSettings, SegmentSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -44,21 +44,17 @@ class Decided:
     send_at: datetime
 
 
-def template_channels(renderer: Renderer, settings: Settings, template: str) -> list[str]:
+def triggered_channels(settings: Settings, template: str) -> list[str]:
     """The triggered channel priority, less the channels the template has no text for."""
-    root = settings.templates_path / template
-    folders = [root, *(root / locale for locale in settings.program.locales)]
-    return [
-        channel for channel in settings.triggered.channels
-        if any((folder / CHANNEL_PARTS[channel][0]).is_file() for folder in folders)
-    ]
+    available = set(template_channels(settings.templates_path, template, settings.program.locales))
+    return [channel for channel in settings.triggered.channels if channel in available]
 
 
 def problem(settings: Settings, renderer: Renderer, conn: Connection, member_id: int, template: str, data: Any) -> str | None:
     """Why the message cannot be sent at all, or None."""
     if not isinstance(data, dict):
         return f"data must be a JSON object, got {type(data).__name__}"
-    if not renderer.template_exists(template) or not template_channels(renderer, settings, template):
+    if not renderer.template_exists(template) or not triggered_channels(settings, template):
         return f"unknown template {template!r} (no texts in {settings.templates_path / template})"
     if conn.execute(select(members.c.id).where(members.c.id == member_id)).first() is None:
         return f"unknown member {member_id}"
@@ -109,7 +105,7 @@ def _decide(
         member_zone = conn.execute(select(members.c.timezone).where(members.c.id == member_id)).scalar()
         campaign = CampaignSettings(
             segment="(every member)", template=template, category=category,
-            channels=template_channels(renderer, settings, template),
+            channels=triggered_channels(settings, template),
         )
         ctx = make_context(settings, None, f"triggered:{template}", campaign, SegmentSettings(), now,
                            _zones(member_zone, settings.program.timezone), idempotency_key=key, data=data)

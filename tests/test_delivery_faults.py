@@ -7,11 +7,9 @@ import email
 import os
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from email import policy
-from pathlib import Path
 
 import pytest
 import tomli_w

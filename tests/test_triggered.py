@@ -3,8 +3,6 @@ and a separate queue that keeps them fast while a campaign is being delivered.""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
