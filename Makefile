@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 demo: $(STAMP)
 	$(LOYALCAST) db upgrade
 	$(LOYALCAST) demo seed --members $(DEMO_MEMBERS)
@@ -48,10 +53,10 @@ test: $(STAMP) services
 	$(BIN)/python -m pytest
 
 # Benchmarks against PostgreSQL and Redis on this machine (see bench/README.md).
-bench: $(STAMP) services
+bench: $(BENCH_STAMP) services
 	$(BIN)/python bench/run.py --members 1000000
 
-bench-small: $(STAMP) services
+bench-small: $(BENCH_STAMP) services
 	$(BIN)/python bench/run.py --members 100000
 
 clean-demo:

@@ -175,17 +175,28 @@ def decide_chunk(
         steps = ladder.candidates(conn, settings, ctx.campaign_name, ctx.as_of, member_range, ctx.zones)
         if not steps:
             return Counter()
-    inserted = Counter(
-        (status, channel or "-") for status, channel in conn.execute(
-            decision_insert(conn, settings, ctx, member_range, only=sorted(steps) if steps else None)
-            .returning(deliveries.c.status, deliveries.c.channel)
-        )
-    )
+    insert = decision_insert(conn, settings, ctx, member_range, only=sorted(steps) if steps else None)
+    inserted = _count_inserted(conn, insert)
     if any(rule.action == "defer" for rule in settings.caps):
         defer_chunk(conn, settings, ctx, member_range)
     if steps:
         ladder.record(conn, ctx.campaign_name, ctx.run_id, steps)
     return inserted
+
+
+def _count_inserted(conn: Connection, insert: Any) -> Counter[tuple[str, str]]:
+    """Run ``insert``; return how many new rows got each (status, channel).
+
+    PostgreSQL counts in the statement (a data-modifying CTE), so a chunk returns a
+    handful of rows instead of one per member; SQLite cannot put an INSERT in a CTE and
+    returns its rows.
+    """
+    if conn.dialect.name == "postgresql":
+        rows = insert.returning(deliveries.c.status, deliveries.c.channel).cte("inserted")
+        counted = select(rows.c.status, rows.c.channel, func.count()).group_by(rows.c.status, rows.c.channel)
+        return Counter({(status, channel or "-"): n for status, channel, n in conn.execute(counted)})
+    returned = conn.execute(insert.returning(deliveries.c.status, deliveries.c.channel))
+    return Counter((status, channel or "-") for status, channel in returned)
 
 
 def decision_insert(
@@ -307,12 +318,13 @@ def decision_insert(
         literal(ctx.idempotency_key, String()),
         literal(ctx.data, deliveries.c.data.type),
     ).where(literal(True, Boolean))  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
-    unique = ["idempotency_key"] if ctx.idempotency_key is not None else ["run_id", "member_id"]
-    return (
-        upsert_insert(conn, deliveries)
-        .from_select(INSERTED_COLUMNS, body)
-        .on_conflict_do_nothing(index_elements=unique)
-    )
+    insert = upsert_insert(conn, deliveries).from_select(INSERTED_COLUMNS, body)
+    if ctx.idempotency_key is not None:
+        # The key's unique index is partial: the conflict target must repeat its WHERE.
+        return insert.on_conflict_do_nothing(
+            index_elements=["idempotency_key"], index_where=deliveries.c.idempotency_key.is_not(None)
+        )
+    return insert.on_conflict_do_nothing(index_elements=["run_id", "member_id"])
 
 
 def _first_full_rule(settings: Settings, ctx: RunContext, channel: str, chosen: Any) -> ColumnElement[Any] | None:

@@ -140,7 +140,8 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", BigId, primary_key=True),
-    Column("run_id", BigId, ForeignKey("campaign_runs.id"), nullable=True),
+    # No foreign key to campaign_runs: see migration 0002 (a check per planned row).
+    Column("run_id", BigId, nullable=True),
     Column("member_id", BigId, nullable=False),
     Column("channel", String(16), nullable=True, comment="NULL when no channel was reachable"),
     Column("category", String(50), nullable=False),
@@ -161,17 +162,22 @@ deliveries = Table(
     Column("idempotency_key", String(200), nullable=True, comment="triggered messages: the caller's key"),
     Column("data", JSON, nullable=True, comment="triggered messages: the caller's template data"),
     UniqueConstraint("run_id", "member_id"),
-    UniqueConstraint("idempotency_key"),
-    Index("ix_deliveries_run_id_status", "run_id", "status"),
-    Index("ix_deliveries_member_id", "member_id"),
     Index(
-        "ix_deliveries_cap_window",
+        "uq_deliveries_idempotency_key",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+    ),
+    Index("ix_deliveries_run_id_status", "run_id", "status"),
+    # A member's history (`why`) and cap counts (holds_slot rows in a window): one index.
+    Index(
+        "ix_deliveries_member_caps",
         "member_id",
         "channel",
         "category",
         "send_at",
-        postgresql_where=text("holds_slot"),
-        sqlite_where=text("holds_slot"),
+        postgresql_include=["holds_slot"],
     ),
 )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -122,8 +123,7 @@ def plan_run(
     with engine.connect() as conn:
         ctx = run_context(conn, settings, run.id, run.campaign, run.as_of)
     decided = 0
-    for member_range in member_chunks(engine, settings.delivery.plan_chunk_size):
-        counts = _plan_chunk(engine, settings, ctx, member_range)
+    for counts in _plan_chunks(engine, settings, ctx, member_chunks(engine, settings.delivery.plan_chunk_size)):
         decided += sum(counts.values())
         if on_decided is not None and counts:
             on_decided(run.campaign, counts)
@@ -163,6 +163,31 @@ def member_chunks(engine: Engine, chunk_size: int) -> list[tuple[int, int]]:
     if low <= last:
         ranges.append((low, last))
     return ranges
+
+
+def _plan_chunks(
+    engine: Engine, settings: Settings, ctx: RunContext, ranges: list[tuple[int, int]]
+) -> Iterator[Counter[tuple[str, str]]]:
+    """Each chunk's new decisions, in order, planned ``delivery.plan_connections`` at a
+    time (chunks are independent: each locks only its own members).
+
+    The database does the work of a chunk; planning two at once keeps both cores of a
+    small database server busy while Python waits on one of them.
+    """
+    connections = settings.delivery.plan_connections if engine.dialect.name == "postgresql" else 1
+    if connections == 1 or len(ranges) < 2:
+        for member_range in ranges:
+            yield _plan_chunk(engine, settings, ctx, member_range)
+        return
+    with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="plan") as pool:
+        futures = [pool.submit(_plan_chunk, engine, settings, ctx, member_range) for member_range in ranges]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            # A failed chunk stops the rest; planning the run again completes it.
+            for future in futures:
+                future.cancel()
 
 
 def _plan_chunk(

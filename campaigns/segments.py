@@ -45,7 +45,12 @@ def segment_query(
     without that filter). ``member_range`` (inclusive ids) restricts it to one chunk.
     """
     balance = func.coalesce(balances.c.points, 0)
-    source = members.outerjoin(balances, balances.c.member_id == members.c.id)
+    balance_join = balances.c.member_id == members.c.id
+    if member_range is not None:
+        # Repeated on balances so PostgreSQL reads the chunk's range of balances by
+        # index instead of hashing the whole table once per chunk.
+        balance_join = and_(balance_join, balances.c.member_id.between(*member_range))
+    source = members.outerjoin(balances, balance_join)
     expiring_col: ColumnElement = literal(0).label("expiring_points")  # type: ignore[type-arg]
     conditions: list[ColumnElement[bool]] = []
 

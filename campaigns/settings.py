@@ -201,6 +201,9 @@ class DeliverySettings(_Section):
     """Deliveries per ``deliver_batch`` message."""
     plan_chunk_size: int = Field(default=20_000, ge=100, le=100_000)
     """Members per planning transaction (each chunk locks its members in id order)."""
+    plan_connections: int = Field(default=2, ge=1, le=16)
+    """Chunks planned at once, each on its own database connection (PostgreSQL; SQLite
+    has one writer and always plans one chunk at a time)."""
     memory_worker_threads: int = Field(default=2, ge=1, le=32)
     """Threads of the in-process worker used with the ``memory://`` broker."""
     max_attempts: int = Field(default=8, ge=1, le=50)

@@ -7,10 +7,11 @@ import json
 from datetime import datetime, timedelta, timezone
 from email import policy
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from campaigns import demo, runtime
 from campaigns.models import deliveries, suppressions
+from campaigns.planner import claim_run, plan_run
 from campaigns.segments import segment_query
 
 from helpers import add_expiration, add_member, cli, ledger, run_json
@@ -193,3 +194,35 @@ def test_suppressions_by_hand(configured) -> None:
     assert run_json(config, "balance_reminder", "--now", at(0))["counts"] == {"suppressed": {"-": 1}}
     cli(config, "suppressions", "remove", "sms", "+79160000001")
     assert run_json(config, "balance_reminder", "--now", at(1))["counts"] == {"sent": {"sms": 1}}
+
+
+def test_chunks_planned_on_two_connections_decide_like_one(configured) -> None:
+    # Given 1,200 demo members planned in chunks of 100, two chunks at a time
+    application = configured({"delivery": {"plan_chunk_size": 100, "plan_connections": 2}})
+    engine = application.engine
+    demo.seed(engine, 1200, now=START)
+    heard: list[int] = []
+
+    def plan(occasion: str, connections: int) -> tuple[int, dict[int, tuple[str | None, str, str]]]:
+        settings = application.settings
+        settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"plan_connections": connections})})
+        run = claim_run(engine, settings, "balance_reminder", as_of=START, occasion=occasion)
+        decided = plan_run(engine, settings, run.id, on_decided=lambda _c, counts: heard.append(sum(counts.values())))
+        return decided, ledger(engine, run.id)
+
+    # When the occasion is planned that way, and planned again from scratch one chunk at a time
+    decided, parallel = plan("two-connections", 2)
+    with engine.begin() as conn:
+        conn.execute(delete(deliveries))
+    decided_serially, serial = plan("one-connection", 1)
+
+    # Then both decide the same for every segment member, and every chunk was reported
+    with engine.connect() as conn:
+        segment_size = conn.execute(
+            select(func.count()).select_from(
+                segment_query(application.settings.segments["has_balance"], as_of=START, default_locale="ru").subquery()
+            )
+        ).scalar_one()
+    assert decided == decided_serially == len(parallel) == segment_size > 1000
+    assert parallel == serial
+    assert sum(heard) == 2 * segment_size and len(heard) >= 2 * 12
