@@ -170,26 +170,44 @@ def reset_ledger(url: str) -> None:
 
 
 def wait_until_delivered(url: str, started: float, expected: int | None = None, limit_s: float = 3600) -> float:
+    """Seconds from ``started`` until every run is planned and none of its deliveries is
+    ``queued`` or ``sending`` (or, with ``expected``, until that many rows are done).
+
+    Counts go through the ``(run_id, status)`` index and are taken once a second (ten
+    times near the end), so the poll does not steal a core from the workers.
+    """
     engine = create_engine(url)
+    open_rows = None
     try:
         while True:
             if time.perf_counter() - started > limit_s:
                 raise RuntimeError(f"not delivered within {limit_s:.0f} s")
             with engine.connect() as conn:
-                planned = conn.execute(text("SELECT count(*) FROM campaign_runs WHERE state = 'planned'")).scalar_one()
-                open_rows = conn.execute(text("SELECT count(*) FROM deliveries WHERE status IN ('queued', 'sending')")).scalar_one()
-                done = conn.execute(text("SELECT count(*) FROM deliveries WHERE status NOT IN ('queued', 'sending')")).scalar_one()
-            if expected is not None and done + open_rows >= expected and open_rows == 0:
-                return time.perf_counter() - started
-            if expected is None and planned and open_rows == 0:
-                return time.perf_counter() - started
-            time.sleep(0.2)
+                runs = conn.execute(text("SELECT id, state FROM campaign_runs")).all()
+                ids = [run_id for run_id, _ in runs]
+                if runs and all(state == "planned" for _, state in runs):
+                    open_rows = conn.execute(text(
+                        "SELECT count(*) FROM deliveries WHERE run_id = ANY(:ids) AND status IN ('queued', 'sending')"),
+                        {"ids": ids}).scalar_one()
+                    if expected is not None:
+                        done = conn.execute(text(
+                            "SELECT count(*) FROM deliveries WHERE run_id = ANY(:ids) AND status NOT IN ('queued', 'sending')"),
+                            {"ids": ids}).scalar_one()
+                        if done >= expected and open_rows == 0:
+                            return time.perf_counter() - started
+                    elif open_rows == 0:
+                        return time.perf_counter() - started
+            time.sleep(0.1 if open_rows is not None and open_rows < 5_000 else 1.0)
     finally:
         engine.dispose()
 
 
-def loyalcast_run(url: str, config: Path, processes: int, threads: int) -> dict:
-    """The real pipeline: plan (set-based) and deliver (batches) through Redis."""
+def loyalcast_run(url: str, config: Path, processes: int, threads: int, profile: str | None = None) -> dict:
+    """The real pipeline: plan (set-based) and deliver (batches) through Redis.
+
+    ``profile`` (a file name stem) records every worker process with py-spy while it
+    delivers and writes ``bench/results/profiles/<stem>.txt``.
+    """
     reset_ledger(url)
     # Worker logs go to a file: an undrained pipe would block the workers once full.
     worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "worker", "-p", str(processes), "-t", str(threads)],
@@ -200,7 +218,10 @@ def loyalcast_run(url: str, config: Path, processes: int, threads: int) -> dict:
     cpu_before = sum(sampler.cpu.values())
     started = time.perf_counter()
     loyalcast(config, "run", "balance_reminder", "--now", NOW.isoformat())
+    spies = start_profiles(worker, config.parent, profile) if profile else []
     seconds = wait_until_delivered(url, started)
+    if profile:
+        write_profile(spies, profile)
     sampler.stop()
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=60)
@@ -223,6 +244,50 @@ def loyalcast_run(url: str, config: Path, processes: int, threads: int) -> dict:
         "peak_rss_mb_per_worker": round(max(workers or [0]) / 2**20, 1),
         "counts": counts,
     }
+
+
+def start_profiles(worker: subprocess.Popen, folder: Path, stem: str) -> list[tuple[subprocess.Popen, Path]]:
+    """py-spy on each worker process (the children of the ``dramatiq`` master)."""
+    spies = []
+    for child in psutil.Process(worker.pid).children():
+        out = folder / f"{stem}-{child.pid}.collapsed"
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(child.pid),
+                                "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append((spy, out))
+    return spies
+
+
+def write_profile(spies: list[tuple[subprocess.Popen, Path]], stem: str, top: int = 40) -> Path:
+    """Stop the profilers; write the functions with the most samples (own and total)."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for spy, out in spies:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+        if not out.exists():
+            continue
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+            if not frames or not count.isdigit():
+                continue
+            n = int(count)
+            samples += n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+            for frame in set(frames):
+                total[frame] = total.get(frame, 0) + n
+    lines = [f"py-spy, {samples} samples of the worker processes ({len(spies)}) while delivering", "",
+             "own time (%)  function"]
+    lines += [f"{100 * n / max(samples, 1):6.1f}  {name}" for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    lines += ["", "total time (%)  function (with what it calls)"]
+    lines += [f"{100 * n / max(samples, 1):6.1f}  {name}" for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]]
+    path = REPO / "bench" / "results" / "profiles" / f"{stem}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    log(f"profile written to {path.relative_to(REPO)}")
+    return path
 
 
 def naive_run(url: str, config: Path, members: int, processes: int, threads: int) -> dict:
@@ -269,10 +334,23 @@ def naive_run(url: str, config: Path, members: int, processes: int, threads: int
     }
 
 
-def ceiling_run(sinks: dict, config: Path, messages: int, concurrency: int) -> dict:
-    """A bare client loop: pre-rendered messages to the same sinks with the same
-    concurrency, through the same transports; no database, no queue."""
-    os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
+def ceiling_run(sinks: dict, config: Path, messages: int, processes: int, threads: int) -> dict:
+    """A bare client loop: pre-rendered messages to the same sinks through the same
+    transports, in as many processes and threads as the workers; no database, no queue."""
+    per_process = messages // processes
+    children = [
+        subprocess.Popen([sys.executable, __file__, "--ceiling-worker", str(config), str(per_process), str(threads)],
+                         cwd=REPO, env=environment(config), stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    spans = [json.loads(child.communicate(timeout=1800)[0].strip().splitlines()[-1]) for child in children]
+    seconds = max(end for _, end in spans) - min(start for start, _ in spans)
+    sent = per_process * processes
+    return {"messages": sent, "seconds": round(seconds, 2), "messages_per_second": round(sent / seconds, 1)}
+
+
+def ceiling_worker(config: Path, messages: int, threads: int) -> None:
+    """One process of the transport ceiling; prints ``[start, end]`` (epoch seconds)."""
     from campaigns.settings import load_settings
     from channels import build_transport
     from channels.base import OutgoingMessage
@@ -286,11 +364,13 @@ def ceiling_run(sinks: dict, config: Path, messages: int, concurrency: int) -> d
     }
     counter = iter(range(messages))
     lock = threading.Lock()
+    ready = threading.Barrier(threads + 1)
 
     def work() -> None:
         transports = {c: build_transport(c, s.transport, outbox_dir=settings.outbox_path, options=s.model_dump())
                       for c, s in settings.channels.items()}
         channels = list(texts)
+        ready.wait()
         while True:
             with lock:
                 number = next(counter, None)
@@ -301,14 +381,14 @@ def ceiling_run(sinks: dict, config: Path, messages: int, concurrency: int) -> d
         for transport in transports.values():
             transport.close()
 
-    started = time.perf_counter()
-    pool = [threading.Thread(target=work) for _ in range(concurrency)]
+    pool = [threading.Thread(target=work) for _ in range(threads)]
     for thread in pool:
         thread.start()
+    ready.wait()
+    started = time.time()
     for thread in pool:
         thread.join()
-    seconds = time.perf_counter() - started
-    return {"messages": messages, "seconds": round(seconds, 2), "messages_per_second": round(messages / seconds, 1)}
+    print(json.dumps([started, time.time()]), flush=True)
 
 
 def main() -> int:
@@ -318,8 +398,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--skip-references", action="store_true", help="Only loyalcast's runs.")
+    parser.add_argument("--runs", default="loyalcast,null,ceiling,naive",
+                        help="Comma-separated subset of loyalcast,null,ceiling,naive (a subset writes no JSON).")
+    parser.add_argument("--profile", metavar="LABEL",
+                        help="Record the worker processes with py-spy during loyalcast's runs "
+                             "(bench/results/profiles/<LABEL>-<run>.txt).")
     parser.add_argument("--plan-only", action="store_true", help="Seed and time planning only (no delivery).")
+    parser.add_argument("--ceiling-worker", nargs=3, metavar=("CONFIG", "MESSAGES", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ceiling_worker:
+        config, messages, threads = args.ceiling_worker
+        ceiling_worker(Path(config), int(messages), int(threads))
+        return 0
     if args.plan_only:
         return plan_only(args.members)
 
@@ -335,17 +425,36 @@ def main() -> int:
         log(f"seeding {args.members} members with COPY")
         seed_seconds = seed(url, args.members)
         log(f"seeded in {seed_seconds:.1f} s; running loyalcast (real transports)")
-        result = {"loyalcast": loyalcast_run(url, real, args.processes, args.threads)}
-        log(f"loyalcast: {result['loyalcast']}; running loyalcast (null transport)")
-        result["null_transport"] = loyalcast_run(url, null, args.processes, args.threads)
-        if not args.skip_references:
-            reference_members = min(args.members, REFERENCE_CAP)
+        runs = set(args.runs.split(","))
+        if args.skip_references:
+            runs -= {"ceiling", "naive"}
+        result: dict = {}
+        label = args.profile
+        if "loyalcast" in runs:
+            result["loyalcast"] = loyalcast_run(url, real, args.processes, args.threads,
+                                                profile=label and f"{label}-real")
+            log(f"loyalcast: {result['loyalcast']}")
+        if "null" in runs:
+            log("running loyalcast (null transport)")
+            result["null_transport"] = loyalcast_run(url, null, args.processes, args.threads,
+                                                     profile=label and f"{label}-null")
+            log(f"null transport: {result['null_transport']}")
+        reference_members = min(args.members, REFERENCE_CAP)
+        if "ceiling" in runs:
             log("transport ceiling")
-            result["transport_ceiling"] = ceiling_run(sinks, real, reference_members, args.processes * args.threads)
+            result["transport_ceiling"] = ceiling_run(sinks, real, reference_members, args.processes, args.threads)
+            log(f"transport ceiling: {result['transport_ceiling']}")
+        if "naive" in runs:
             log(f"naive design over {reference_members} members")
             result["naive"] = naive_run(url, real, reference_members, args.processes, args.threads)
+            log(f"naive: {result['naive']}")
     finally:
         sinks_process.terminate()
+    complete = {"loyalcast", "null_transport"} <= set(result) and (
+        args.skip_references or {"transport_ceiling", "naive"} <= set(result))
+    if not complete:
+        print(json.dumps(result, indent=2))
+        return 0
 
     ours = result["loyalcast"]["messages_per_second"]
     report = {

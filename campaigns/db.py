@@ -22,11 +22,13 @@ from sqlalchemy.pool import NullPool
 SQLITE_BUSY_TIMEOUT_S = 30
 
 
-def make_engine(url: str, *, pool: bool = True) -> Engine:
+def make_engine(url: str, *, pool: bool = True, pool_size: int = 10) -> Engine:
     """An engine for ``url`` with loyalcast's connection settings applied.
 
-    ``pool=False`` gives a NullPool (one connection per checkout), which forked worker
-    processes and short-lived CLI commands want.
+    ``pool_size`` connections are kept open (PostgreSQL); more are opened when needed
+    and closed when returned, which costs a new server process each time, so it should
+    cover the process's threads. ``pool=False`` gives a NullPool (one connection per
+    checkout), which forked worker processes and short-lived CLI commands want.
     """
     kwargs: dict[str, Any] = {"future": True}
     database = make_url(url).database
@@ -36,6 +38,7 @@ def make_engine(url: str, *, pool: bool = True) -> Engine:
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
     elif engine_dialect(url) == "postgresql":
         kwargs["pool_pre_ping"] = True
+        kwargs["pool_size"] = pool_size
         # Every loyalcast query is chunked and short: JIT compilation (about 70 ms for a
         # planning chunk, measured with EXPLAIN ANALYZE) costs more than it ever saves.
         kwargs["connect_args"] = {"options": "-c jit=off"}
@@ -43,6 +46,7 @@ def make_engine(url: str, *, pool: bool = True) -> Engine:
         kwargs["pool_pre_ping"] = True
     if not pool:
         kwargs["poolclass"] = NullPool
+        kwargs.pop("pool_size", None)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)

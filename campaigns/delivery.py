@@ -18,11 +18,12 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, String, bindparam, func, select, update
+from sqlalchemy import Engine, String, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from campaigns import ladder, metrics
@@ -33,6 +34,7 @@ from campaigns.models import balances, campaign_runs, deliveries, members, point
 from campaigns.rendering import Renderer
 from campaigns.settings import Settings
 from campaigns.throughput import Throughput
+from campaigns.zones import zone_info
 from channels import build_transport
 from channels.base import OutgoingMessage, SendResult, Transport
 from channels.smstext import measure
@@ -99,13 +101,15 @@ class Deliverer:
 
     def deliver(self, ids: list[int]) -> BatchReport:
         report = BatchReport()
-        claimed = self._claim(ids)
-        if not claimed:
-            return report
-        rows = self._load(claimed)
-        expiring = self._load_expiring(rows)
-        with self.engine.connect() as conn:
+        # One transaction (one pooled connection, one pre-ping) claims and loads.
+        with self.engine.begin() as conn:
+            claimed = self._claim(conn, ids)
+            if not claimed:
+                return report
+            rows = self._load(conn, claimed)
+            expiring = self._load_expiring(conn, rows)
             reminded = ladder.marks_for(conn, claimed)
+        self._record_missing(claimed, rows)
         transports = Transports(self.settings)
         pending: list[Outcome] = []
         suppress: list[dict[str, Any]] = []
@@ -129,16 +133,16 @@ class Deliverer:
 
     # -- steps ---------------------------------------------------------------------
 
-    def _claim(self, ids: list[int]) -> list[int]:
+    @staticmethod
+    def _claim(conn: Connection, ids: list[int]) -> list[int]:
         now = datetime.now(timezone.utc)
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(ids), deliveries.c.status == Status.QUEUED.value)
-                .values(status=Status.SENDING.value, attempts=deliveries.c.attempts + 1, updated_at=now)
-                .returning(deliveries.c.id)
-            )
-            return sorted(row[0] for row in result)
+        result = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(ids), deliveries.c.status == Status.QUEUED.value)
+            .values(status=Status.SENDING.value, attempts=deliveries.c.attempts + 1, updated_at=now)
+            .returning(deliveries.c.id)
+        )
+        return sorted(row[0] for row in result)
 
     @staticmethod
     def _observe(row: Any, outcome: Outcome) -> None:
@@ -152,7 +156,8 @@ class Deliverer:
                    "status": outcome.status.value, "to": row.address, "attempt": row.attempts},
         )
 
-    def _load(self, ids: list[int]) -> list[Any]:
+    @staticmethod
+    def _load(conn: Connection, ids: list[int]) -> list[Any]:
         query = (
             select(
                 deliveries.c.id,
@@ -182,17 +187,16 @@ class Deliverer:
             .where(deliveries.c.id.in_(ids))
             .order_by(deliveries.c.id)
         )
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        found = {row.id for row in rows}
-        missing = [i for i in ids if i not in found]
-        if missing:  # the member row vanished from the program's table since planning
-            self._record(
-                [Outcome(i, Status.FAILED, "member no longer exists", holds_slot=False) for i in missing], []
-            )
-        return rows
+        return conn.execute(query).all()
 
-    def _load_expiring(self, rows: list[Any]) -> dict[int, list[tuple[datetime, float]]]:
+    def _record_missing(self, claimed: list[int], rows: list[Any]) -> None:
+        """Claimed deliveries whose member row vanished from the program's table since planning."""
+        found = {row.id for row in rows}
+        missing = [i for i in claimed if i not in found]
+        if missing:
+            self._record([Outcome(i, Status.FAILED, "member no longer exists", holds_slot=False) for i in missing], [])
+
+    def _load_expiring(self, conn: Connection, rows: list[Any]) -> dict[int, list[tuple[datetime, float]]]:
         """Point lots of the batch's members expiring within the widest horizon any row needs."""
         if not rows:
             return {}
@@ -209,9 +213,8 @@ class Deliverer:
             .order_by(point_expirations.c.member_id, point_expirations.c.expires_at)
         )
         found: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
-        with self.engine.connect() as conn:
-            for member_id, expires_at, points in conn.execute(query):
-                found[member_id].append((expires_at, float(points)))
+        for member_id, expires_at, points in conn.execute(query):
+            found[member_id].append((expires_at, float(points)))
         return found
 
     @staticmethod
@@ -358,14 +361,14 @@ class Deliverer:
         for expires_at, points in lots:
             if not as_of < expires_at <= horizon:
                 continue
-            per_date[expires_at.astimezone(ZoneInfo(zone)).date()] += points
+            per_date[expires_at.astimezone(zone_info(zone)).date()] += points
         dates = [{"date": day, "points": _tidy(points)} for day, points in sorted(per_date.items())]
         reminder = None
         if steps is not None:
             spec = self.settings.campaigns.get(row.campaign or "")
             minimum = spec.min_points if spec else 0
-            today = as_of.astimezone(ZoneInfo(zone)).date()
-            now_by_date = ladder.points_by_date(lots, ZoneInfo(zone), as_of)
+            today = as_of.astimezone(zone_info(zone)).date()
+            now_by_date = ladder.points_by_date(lots, zone_info(zone), as_of)
             due = [
                 {"date": day, "points": _tidy(now_by_date.get(day, 0)), "stage": stage, "days_left": (day - today).days}
                 for day, stage in steps if now_by_date.get(day, 0) >= max(minimum, 0.01)
@@ -404,31 +407,52 @@ class Deliverer:
         now = datetime.now(timezone.utc)
         with self.engine.begin() as conn:
             if outcomes:
-                conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id == bindparam("b_id"))
-                    .values(
-                        status=bindparam("b_status"),
-                        reason=func.coalesce(bindparam("b_reason", type_=String), deliveries.c.reason),
-                        holds_slot=bindparam("b_holds_slot"),
-                        sent_at=bindparam("b_sent_at"),
-                        provider_message_id=bindparam("b_provider_message_id"),
-                        updated_at=now,
-                    ),
-                    [
-                        {
-                            "b_id": o.id,
-                            "b_status": o.status.value,
-                            "b_reason": None if o.reason is None else o.reason[:500],
-                            "b_holds_slot": o.holds_slot,
-                            "b_sent_at": o.sent_at,
-                            "b_provider_message_id": o.provider_message_id,
-                        }
-                        for o in outcomes
-                    ],
-                )
+                record_outcomes(conn, outcomes, now)
             if suppress:
                 add_suppressions(conn, suppress, now)
+
+
+# PostgreSQL: the outcomes of a flush in one statement (arrays unnested into rows)
+# instead of one UPDATE per delivery.
+_OUTCOMES_FROM_ARRAYS = text("""
+    UPDATE deliveries AS d
+    SET status = o.status, reason = coalesce(o.reason, d.reason), holds_slot = o.holds_slot,
+        sent_at = o.sent_at, provider_message_id = o.provider_message_id, updated_at = :now
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS varchar[]), CAST(:reasons AS varchar[]),
+                CAST(:holds AS boolean[]), CAST(:sent AS timestamptz[]), CAST(:provider_ids AS varchar[]))
+         AS o(id, status, reason, holds_slot, sent_at, provider_message_id)
+    WHERE d.id = o.id
+""")
+
+
+def record_outcomes(conn: Connection, outcomes: list[Outcome], now: datetime) -> None:
+    """Write each outcome's status, reason (None keeps the row's), slot, sent time and
+    provider id to its ledger row."""
+    reasons = [None if o.reason is None else o.reason[:500] for o in outcomes]
+    if conn.dialect.name == "postgresql":
+        conn.execute(_OUTCOMES_FROM_ARRAYS, {
+            "ids": [o.id for o in outcomes], "statuses": [o.status.value for o in outcomes], "reasons": reasons,
+            "holds": [o.holds_slot for o in outcomes], "sent": [o.sent_at for o in outcomes],
+            "provider_ids": [o.provider_message_id for o in outcomes], "now": now,
+        })
+        return
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("b_id"))
+        .values(
+            status=bindparam("b_status"),
+            reason=func.coalesce(bindparam("b_reason", type_=String), deliveries.c.reason),
+            holds_slot=bindparam("b_holds_slot"),
+            sent_at=bindparam("b_sent_at"),
+            provider_message_id=bindparam("b_provider_message_id"),
+            updated_at=now,
+        ),
+        [
+            {"b_id": o.id, "b_status": o.status.value, "b_reason": reason, "b_holds_slot": o.holds_slot,
+             "b_sent_at": o.sent_at, "b_provider_message_id": o.provider_message_id}
+            for o, reason in zip(outcomes, reasons)
+        ],
+    )
 
 
 def add_suppressions(conn: Connection, entries: list[dict[str, Any]], now: datetime) -> None:
@@ -439,10 +463,11 @@ def add_suppressions(conn: Connection, entries: list[dict[str, Any]], now: datet
     )
 
 
+@lru_cache(maxsize=1024)
 def _zone(member_zone: str | None, program_zone: str) -> str:
     if member_zone:
         try:
-            ZoneInfo(member_zone)
+            zone_info(member_zone)
             return member_zone
         except (ZoneInfoNotFoundError, ValueError):
             log.warning("unknown member time zone %r; using %s", member_zone, program_zone)

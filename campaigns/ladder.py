@@ -28,6 +28,7 @@ from campaigns.db import upsert_insert
 from campaigns.models import deliveries, ladder_marks, point_expirations
 from campaigns.segments import segment_query
 from campaigns.settings import CampaignSettings, Settings
+from campaigns.zones import zone_info
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def candidates(
         marked[member_id].add((expires_on, stage))
     found = {}
     for member_id, member_lots in lots.items():
-        steps = due_steps(member_lots, ZoneInfo(zone_of[member_id]), as_of, campaign, marked[member_id])
+        steps = due_steps(member_lots, zone_info(zone_of[member_id]), as_of, campaign, marked[member_id])
         if steps:
             found[member_id] = steps
     return found

@@ -22,12 +22,13 @@ Filters (the member's locale and time zone come from the render context):
 from __future__ import annotations
 
 import os
+import threading
 import traceback
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from babel import Locale
 from babel.dates import format_date, format_skeleton, format_timedelta
@@ -43,11 +44,13 @@ from jinja2 import (
     pass_context,
     select_autoescape,
 )
+from jinja2 import Template
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from campaigns.errors import TemplateError
 from campaigns.settings import ProgramSettings
+from campaigns.zones import zone_info
 
 CHANNEL_PARTS: dict[str, tuple[str, ...]] = {
     "email": ("email.subject", "email.txt", "email.html"),
@@ -77,11 +80,18 @@ def template_channels(templates_dir: Path, name: str, locales: list[str]) -> lis
 
 
 class Renderer:
-    """Renders templates for members. Thread-safe; compiled templates are cached."""
+    """Renders templates for members. Thread-safe; compiled templates are cached.
+
+    Templates are read once per process: which file serves a (template, part, locale)
+    is looked up once and kept, with the compiled template (a running worker does not
+    see edits; restart it, as after any settings change).
+    """
 
     def __init__(self, templates_dir: Path, program: ProgramSettings) -> None:
         self.templates_dir = templates_dir
         self.program = program
+        self._found: dict[tuple[str, str, str], Template | None] = {}
+        self._found_lock = threading.Lock()
         self.env = SandboxedEnvironment(
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
@@ -116,14 +126,14 @@ class Renderer:
         parts: dict[str, str | None] = {}
         files = []
         for part in CHANNEL_PARTS[channel]:
-            template_name = self._find(name, part, locale)
-            if template_name is None:
+            template = self._template(name, part, locale)
+            if template is None:
                 if part in REQUIRED_PARTS:
                     raise TemplateError(f"no {part} for locale {locale!r}", file=f"{name}/{part}")
                 parts[part] = None
                 continue
-            parts[part] = self._render_file(template_name, context)
-            files.append(template_name)
+            parts[part] = self._render_template(template, context)
+            files.append(template.name)
         if channel == "email":
             if parts["email.txt"] is None and parts["email.html"] is None:
                 raise TemplateError("needs email.txt or email.html", file=f"{name}/email.txt")
@@ -132,23 +142,36 @@ class Renderer:
         body = parts[CHANNEL_PARTS[channel][0]]
         return Rendered(channel, None, (body or "").strip(), None, tuple(files))
 
-    def _find(self, name: str, part: str, locale: str) -> str | None:
+    def _template(self, name: str, part: str, locale: str) -> Template | None:
+        """The compiled template serving ``part`` for ``locale`` (None when there is none).
+
+        Cached per process: without it every render asked the file system about each
+        missing locale variant and took Jinja's cache lock (a fifth of a worker's time).
+        A syntax error is not cached, so it is reported on every render.
+        """
+        key = (name, part, locale)
         try:
-            return self.env.select_template(self.candidates(name, part, locale)).name
+            return self._found[key]
+        except KeyError:
+            pass
+        try:
+            template: Template | None = self.env.select_template(self.candidates(name, part, locale))
         except (TemplatesNotFound, TemplateNotFound):
-            return None
+            template = None
         except TemplateSyntaxError as exc:
             raise TemplateError(f"syntax error: {exc.message}", file=exc.name or exc.filename, line=exc.lineno) from None
+        with self._found_lock:
+            self._found[key] = template
+        return template
 
-    def _render_file(self, template_name: str, context: dict[str, Any]) -> str:
-        template = self.env.get_template(template_name)
+    def _render_template(self, template: Template, context: dict[str, Any]) -> str:
         try:
             return template.render(context)
         except JinjaTemplateError as exc:
-            raise TemplateError(_describe(exc), file=template_name, line=_template_line(exc, template.filename)) from None
+            raise TemplateError(_describe(exc), file=template.name, line=_template_line(exc, template.filename)) from None
         except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
             raise TemplateError(
-                f"{type(exc).__name__}: {exc}", file=template_name, line=_template_line(exc, template.filename)
+                f"{type(exc).__name__}: {exc}", file=template.name, line=_template_line(exc, template.filename)
             ) from None
 
 
@@ -171,32 +194,48 @@ def _template_line(exc: BaseException, filename: str | None) -> int | None:
     return line
 
 
+@lru_cache(maxsize=64)
+def babel_locale(identifier: str) -> Locale:
+    """A parsed Babel locale, one per identifier and process: Babel's formatting
+    functions parse the identifier and reload its data under a global lock on every
+    call when given a string."""
+    return Locale.parse(identifier)
+
+
 def _number(value: Any) -> float | int:
     number = float(value)
     return int(number) if number.is_integer() else number
 
 
+@lru_cache(maxsize=16_384)
+def _decimal(amount: float | int, locale: str) -> str:
+    # Balances repeat a lot across members (a few thousand distinct values per 100,000
+    # in the demo data), and Babel's formatting is a good part of a render.
+    return format_decimal(amount, locale=babel_locale(locale))
+
+
 def _points_filter(program: ProgramSettings):  # type: ignore[no-untyped-def]
+    @lru_cache(maxsize=16_384)
+    def spelled(amount: float | int, locale: str) -> str:
+        words = program.points_word.get(locale) or program.points_word[program.default_locale]
+        return f"{_decimal(amount, locale)} {words.form(babel_locale(locale).plural_form(amount))}"
+
     @pass_context
     def points(context: Context, value: Any) -> str:
-        locale = context["locale"]
-        amount = _number(value)
-        words = program.points_word.get(locale) or program.points_word[program.default_locale]
-        category = Locale.parse(locale).plural_form(amount)
-        return f"{format_decimal(amount, locale=locale)} {words.form(category)}"
+        return spelled(_number(value), context["locale"])
 
     return points
 
 
 @pass_context
 def _number_filter(context: Context, value: Any) -> str:
-    return format_decimal(_number(value), locale=context["locale"])
+    return _decimal(_number(value), context["locale"])
 
 
 def _money_filter(program: ProgramSettings):  # type: ignore[no-untyped-def]
     @pass_context
     def money(context: Context, value: Any, currency: str | None = None) -> str:
-        return format_currency(float(value), currency or program.currency, locale=context["locale"])
+        return format_currency(float(value), currency or program.currency, locale=babel_locale(context["locale"]))
 
     return money
 
@@ -210,7 +249,7 @@ RELATIVE_DAYS = {
 
 
 def _local_date(value: date | datetime, zone: str) -> date:
-    return value.astimezone(ZoneInfo(zone)).date() if isinstance(value, datetime) else value
+    return value.astimezone(zone_info(zone)).date() if isinstance(value, datetime) else value
 
 
 @pass_context
@@ -219,17 +258,23 @@ def _relative_date_filter(context: Context, value: date | datetime) -> str:
     member's today (both in the member's time zone)."""
     zone, locale = context["timezone"], context["locale"]
     days = (_local_date(value, zone) - _local_date(context["now"], zone)).days
-    word = RELATIVE_DAYS.get(Locale.parse(locale).language, {}).get(days)
+    parsed = babel_locale(locale)
+    word = RELATIVE_DAYS.get(parsed.language, {}).get(days)
     if word is not None:
         return word
-    return format_timedelta(timedelta(days=days), granularity="day", threshold=10_000, add_direction=True, locale=locale)
+    return format_timedelta(timedelta(days=days), granularity="day", threshold=10_000, add_direction=True, locale=parsed)
 
 
 @pass_context
 def _date_filter(context: Context, value: date | datetime, pattern: str | None = None) -> str:
     """Day and month as the locale writes them ("30 ноября", "November 30"), or ``pattern``."""
     if isinstance(value, datetime):
-        value = value.astimezone(ZoneInfo(context["timezone"])).date()
+        value = value.astimezone(zone_info(context["timezone"])).date()
+    return _formatted_date(value, context["locale"], pattern)
+
+
+@lru_cache(maxsize=4096)
+def _formatted_date(value: date, locale: str, pattern: str | None) -> str:
     if pattern is None:
-        return format_skeleton("MMMMd", value, locale=context["locale"])
-    return format_date(value, format=pattern, locale=context["locale"])
+        return format_skeleton("MMMMd", value, locale=babel_locale(locale))
+    return format_date(value, format=pattern, locale=babel_locale(locale))

@@ -21,6 +21,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
+from campaigns import metrics
 from campaigns.db import make_engine
 from campaigns.delivery import Deliverer
 from campaigns.rendering import Renderer
@@ -34,9 +35,12 @@ _app: "App | None" = None
 class App:
     settings: Settings
 
+    def __post_init__(self) -> None:
+        metrics.set_enabled(self.settings.metrics.enabled)
+
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url, pool_size=self.settings.database.pool_size)
 
     @cached_property
     def renderer(self) -> Renderer:

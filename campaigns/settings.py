@@ -151,6 +151,9 @@ class ProgramSettings(_Section):
 class DatabaseSettings(_Section):
     url: str | None = None
     url_env: str | None = None
+    pool_size: int = Field(default=10, ge=1, le=200)
+    """Connections each process keeps open (PostgreSQL): at least a worker's threads,
+    plus ``delivery.plan_connections`` for the one planning."""
 
 
 class BrokerSettings(_Section):
