@@ -252,7 +252,7 @@ def start_profiles(worker: subprocess.Popen, folder: Path, stem: str) -> list[tu
     for child in psutil.Process(worker.pid).children():
         out = folder / f"{stem}-{child.pid}.collapsed"
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(child.pid),
-                                "--rate", "50", "--format", "raw", "--output", str(out), "--nonblocking"],
+                                "--rate", "50", "--gil", "--format", "raw", "--output", str(out), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         spies.append((spy, out))
     return spies
@@ -394,8 +394,8 @@ def ceiling_worker(config: Path, messages: int, threads: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=100_000)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--skip-references", action="store_true", help="Only loyalcast's runs.")
     parser.add_argument("--runs", default="loyalcast,null,ceiling,naive",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -582,8 +583,8 @@ def scheduler(
 @app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
-    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = 2,
-    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 8,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes (default: 2 per core).")] = 2 * (os.cpu_count() or 1),
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 4,
     queues: Annotated[Optional[list[str]], typer.Option("--queue", "-Q", help="Serve only this queue (repeat for more): triggered, plans, batches.")] = None,
 ) -> None:
     """Run Dramatiq worker processes for loyalcast's actors (extra options go to `dramatiq`)."""

