@@ -278,7 +278,7 @@ def write_profile(spies: list[tuple[subprocess.Popen, Path]], stem: str, top: in
             own[frames[-1]] = own.get(frames[-1], 0) + n
             for frame in set(frames):
                 total[frame] = total.get(frame, 0) + n
-    lines = [f"py-spy, {samples} samples of the worker processes ({len(spies)}) while delivering", "",
+    lines = [f"py-spy --gil, {samples} samples of the worker processes ({len(spies)}) while delivering", "",
              "own time (%)  function"]
     lines += [f"{100 * n / max(samples, 1):6.1f}  {name}" for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
     lines += ["", "total time (%)  function (with what it calls)"]
@@ -344,13 +344,16 @@ def ceiling_run(sinks: dict, config: Path, messages: int, processes: int, thread
         for _ in range(processes)
     ]
     spans = [json.loads(child.communicate(timeout=1800)[0].strip().splitlines()[-1]) for child in children]
-    seconds = max(end for _, end in spans) - min(start for start, _ in spans)
-    sent = per_process * processes
+    seconds = max(span[1] for span in spans) - min(span[0] for span in spans)
+    sent = sum(span[2] for span in spans)
+    if sent != per_process * processes:
+        raise RuntimeError(f"transport ceiling: {sent} of {per_process * processes} messages sent; see the errors above")
     return {"messages": sent, "seconds": round(seconds, 2), "messages_per_second": round(sent / seconds, 1)}
 
 
 def ceiling_worker(config: Path, messages: int, threads: int) -> None:
-    """One process of the transport ceiling; prints ``[start, end]`` (epoch seconds)."""
+    """One process of the transport ceiling; prints ``[start, end, sent]`` (epoch seconds,
+    messages that reached a sink)."""
     from campaigns.settings import load_settings
     from channels import build_transport
     from channels.base import OutgoingMessage
@@ -365,8 +368,9 @@ def ceiling_worker(config: Path, messages: int, threads: int) -> None:
     counter = iter(range(messages))
     lock = threading.Lock()
     ready = threading.Barrier(threads + 1)
+    sent = [0] * threads
 
-    def work() -> None:
+    def work(index: int) -> None:
         transports = {c: build_transport(c, s.transport, outbox_dir=settings.outbox_path, options=s.model_dump())
                       for c, s in settings.channels.items()}
         channels = list(texts)
@@ -378,17 +382,18 @@ def ceiling_worker(config: Path, messages: int, threads: int) -> None:
                 break
             channel = channels[number % 3]
             transports[channel].send(texts[channel])
+            sent[index] += 1
         for transport in transports.values():
             transport.close()
 
-    pool = [threading.Thread(target=work) for _ in range(threads)]
+    pool = [threading.Thread(target=work, args=(index,)) for index in range(threads)]
     for thread in pool:
         thread.start()
     ready.wait()
     started = time.time()
     for thread in pool:
         thread.join()
-    print(json.dumps([started, time.time()]), flush=True)
+    print(json.dumps([started, time.time(), sum(sent)]), flush=True)
 
 
 def main() -> int:
@@ -430,6 +435,14 @@ def main() -> int:
             runs -= {"ceiling", "naive"}
         result: dict = {}
         label = args.profile
+        reference_members = min(args.members, REFERENCE_CAP)
+        ceilings = []
+        if "ceiling" in runs:
+            # Measured before and after loyalcast's runs: a 1,000,000-member run takes half
+            # an hour, and what else the machine's host runs changes over that time.
+            log("transport ceiling (before)")
+            ceilings.append(ceiling_run(sinks, real, reference_members, args.processes, args.threads))
+            log(f"transport ceiling (before): {ceilings[-1]}")
         if "loyalcast" in runs:
             result["loyalcast"] = loyalcast_run(url, real, args.processes, args.threads,
                                                 profile=label and f"{label}-real")
@@ -439,11 +452,14 @@ def main() -> int:
             result["null_transport"] = loyalcast_run(url, null, args.processes, args.threads,
                                                      profile=label and f"{label}-null")
             log(f"null transport: {result['null_transport']}")
-        reference_members = min(args.members, REFERENCE_CAP)
         if "ceiling" in runs:
-            log("transport ceiling")
-            result["transport_ceiling"] = ceiling_run(sinks, real, reference_members, args.processes, args.threads)
-            log(f"transport ceiling: {result['transport_ceiling']}")
+            log("transport ceiling (after)")
+            ceilings.append(ceiling_run(sinks, real, reference_members, args.processes, args.threads))
+            log(f"transport ceiling (after): {ceilings[-1]}")
+            result["transport_ceiling"] = {
+                "before": ceilings[0], "after": ceilings[1],
+                "messages_per_second": round(sum(c["messages_per_second"] for c in ceilings) / len(ceilings), 1),
+            }
         if "naive" in runs:
             log(f"naive design over {reference_members} members")
             result["naive"] = naive_run(url, real, reference_members, args.processes, args.threads)
@@ -536,7 +552,9 @@ def print_table(report: dict) -> None:
     ]
     if "transport_ceiling" in report:
         rows += [
-            ("transport ceiling", f"{report['transport_ceiling']['messages_per_second']:,} msg/s"),
+            ("transport ceiling (mean)", f"{report['transport_ceiling']['messages_per_second']:,} msg/s "
+                                          f"(before {report['transport_ceiling']['before']['messages_per_second']:,}, "
+                                          f"after {report['transport_ceiling']['after']['messages_per_second']:,})"),
             ("naive design", f"{report['naive']['messages_per_second']:,} msg/s"),
             ("loyalcast / ceiling", f"{report['ratios']['of_transport_ceiling']:.0%}"),
             ("loyalcast / naive", f"{report['ratios']['times_naive']}x"),
