@@ -34,19 +34,19 @@ def make_engine(url: str, *, pool: bool = True, pool_size: int = 10) -> Engine:
     database = make_url(url).database
     if url.startswith("sqlite") and database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    if url.startswith("sqlite"):
+    dialect = engine_dialect(url)
+    if dialect == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
-    elif engine_dialect(url) == "postgresql":
+    else:
         kwargs["pool_pre_ping"] = True
-        kwargs["pool_size"] = pool_size
+    if dialect == "postgresql":
         # Every loyalcast query is chunked and short: JIT compilation (about 70 ms for a
         # planning chunk, measured with EXPLAIN ANALYZE) costs more than it ever saves.
         kwargs["connect_args"] = {"options": "-c jit=off"}
-    else:
-        kwargs["pool_pre_ping"] = True
     if not pool:
         kwargs["poolclass"] = NullPool
-        kwargs.pop("pool_size", None)
+    elif dialect != "sqlite":
+        kwargs["pool_size"] = pool_size
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)

@@ -18,8 +18,8 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 

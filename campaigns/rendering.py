@@ -22,7 +22,6 @@ Filters (the member's locale and time zone come from the render context):
 from __future__ import annotations
 
 import os
-import threading
 import traceback
 from dataclasses import dataclass
 from functools import lru_cache
@@ -90,8 +89,8 @@ class Renderer:
     def __init__(self, templates_dir: Path, program: ProgramSettings) -> None:
         self.templates_dir = templates_dir
         self.program = program
+        # Filled as renders ask; two threads may compile the same template once each.
         self._found: dict[tuple[str, str, str], Template | None] = {}
-        self._found_lock = threading.Lock()
         self.env = SandboxedEnvironment(
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
@@ -160,8 +159,7 @@ class Renderer:
             template = None
         except TemplateSyntaxError as exc:
             raise TemplateError(f"syntax error: {exc.message}", file=exc.name or exc.filename, line=exc.lineno) from None
-        with self._found_lock:
-            self._found[key] = template
+        self._found[key] = template
         return template
 
     def _render_template(self, template: Template, context: dict[str, Any]) -> str:
