@@ -15,9 +15,8 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
@@ -27,10 +26,19 @@ from channels.errors import (
     OutcomeUnknown,
     ProviderUnavailable,
 )
-from channels.mime import build_email, parse_sender
+from channels.mime import build_email, flatten, parse_sender
 from channels.options import seconds, secret
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
+
+
+class Envelope(NamedTuple):
+    """What one SMTP transaction sends: envelope addresses and the message's bytes."""
+
+    sender: str
+    recipient: str
+    data: bytes
+    message_id: str
 
 
 class SmtpTransport(Transport):
@@ -99,16 +107,19 @@ class SmtpTransport(Transport):
 
     # -- steps -------------------------------------------------------------------------
 
-    def prepare(self, message: OutgoingMessage) -> Message:
-        return build_email(message, sender=self.sender, provider=self.name, mailto_unsubscribe=self.unsubscribe_mailto)
+    def prepare(self, message: OutgoingMessage) -> Envelope:
+        email = build_email(message, sender=self.sender, provider=self.name, mailto_unsubscribe=self.unsubscribe_mailto)
+        # Flattened here and sent with sendmail(): send_message() would parse the
+        # addresses back out of the headers we just wrote.
+        return Envelope(self.sender.addr_spec, message.to, flatten(email, linesep="\r\n"), str(email["Message-ID"]))
 
-    def transmit(self, payload: Message) -> str:
+    def transmit(self, payload: Envelope) -> str:
         for attempt in (1, 2):
             self.open()
             assert self._connection is not None
             try:
-                self._connection.send_message(payload)
-                return str(payload["Message-ID"])
+                self._connection.sendmail(payload.sender, [payload.recipient], payload.data)
+                return payload.message_id
             except smtplib.SMTPServerDisconnected as exc:
                 self._connection = None
                 if attempt == 2:

@@ -83,11 +83,13 @@ class _SmtpHandler:
         parsed = message_from_bytes(envelope.content, policy=policy.default)
         with self.server.lock:
             self.server.messages.append(parsed)  # type: ignore[arg-type]
+            self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 2.0.0 Queued"
 
 
 class FakeSmtpServer:
-    """An SMTP server on loopback (no TLS); ``messages`` holds every accepted message.
+    """An SMTP server on loopback (no TLS); ``messages`` holds every accepted message and
+    ``envelopes`` its ``(MAIL FROM, [RCPT TO, ...])``.
 
     With ``login=(user, password)`` it requires AUTH (PLAIN or LOGIN) before mail.
     """
@@ -95,6 +97,7 @@ class FakeSmtpServer:
     def __init__(self, port: int = 0, faults: Faults | None = None, login: tuple[str, str] | None = None) -> None:
         self.faults = faults or Faults()
         self.messages: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
         self.lock = threading.Lock()
         options: dict[str, Any] = {}
         if login is not None:

@@ -7,13 +7,17 @@ flattened to one line (CR, LF and other control characters become spaces) before
 
 from __future__ import annotations
 
+import io
 import re
+import secrets
 from email.charset import QP, Charset
+from email.generator import BytesGenerator
 from email.header import Header
 from email.headerregistry import Address
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.policy import Compat32
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from datetime import datetime, timezone
 
@@ -46,9 +50,41 @@ _UTF8_QP.body_encoding = QP
 _LONGEST_8BIT_LINE = 900
 
 
+class _Policy(Compat32):
+    """``compat32``, except that a header value that is short, one line and ASCII is
+    written as it is instead of going through ``email.header.Header``'s folding (which
+    returns it unchanged, at ~20 us per header; a message has about fourteen)."""
+
+    def _fold(self, name: str, value: object, sanitize: bool) -> str:
+        if (isinstance(value, str) and value.isascii() and "\n" not in value and "\r" not in value
+                and len(name) + 2 + len(value) <= self.max_line_length):
+            return f"{name}: {value}{self.linesep}"
+        return super()._fold(name, value, sanitize)
+
+
+POLICY = _Policy()
+
+
 def _text_part(text: str, subtype: str) -> MIMEText:
     too_long = any(len(line.encode()) > _LONGEST_8BIT_LINE for line in text.splitlines())
-    return MIMEText(text, subtype, _UTF8_QP if too_long else _UTF8_8BIT)
+    return MIMEText(text, subtype, _UTF8_QP if too_long else _UTF8_8BIT, policy=POLICY)
+
+
+def _boundary(*bodies: str) -> str:
+    """A multipart boundary found in none of ``bodies``. Chosen here because the
+    generator's own choice compiles a new regular expression for every message."""
+    while True:
+        boundary = f"=_lc{secrets.token_hex(12)}"
+        if not any(boundary in body for body in bodies):
+            return boundary
+
+
+def flatten(email: Message, *, linesep: str = "\n") -> bytes:
+    """The message's bytes (``linesep`` ``"\r\n"`` for SMTP); ``From `` lines in bodies
+    are left alone (quoting them is for mbox files, not for SMTP)."""
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, mangle_from_=False, policy=email.policy).flatten(email, linesep=linesep)
+    return buffer.getvalue()
 
 
 def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mailto_unsubscribe: str | None = None) -> Message:
@@ -62,8 +98,11 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
     """
     if message.to.count("@") != 1 or _CONTROL.search(message.to):
         raise InvalidRecipient(f"not an email address: {message.to!r}", provider=provider, reached_provider=False)
+    if not message.to.isascii():
+        raise InvalidRecipient(f"internationalized email addresses are not supported: {message.to!r}",
+                               provider=provider, reached_provider=False)
     if message.text is not None and message.html is not None:
-        email: Message = MIMEMultipart("alternative")
+        email: Message = MIMEMultipart("alternative", boundary=_boundary(message.text, message.html), policy=POLICY)
         email.attach(_text_part(message.text, "plain"))
         email.attach(_text_part(message.html, "html"))
     elif message.html is not None:

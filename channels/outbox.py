@@ -18,7 +18,7 @@ from typing import Any
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import ChannelConfigError, ProviderUnavailable
-from channels.mime import build_email, parse_sender
+from channels.mime import build_email, flatten, parse_sender
 
 
 class OutboxTransport(Transport):
@@ -41,7 +41,7 @@ class OutboxTransport(Transport):
         folder = self.directory / message.channel
         if message.channel == "email":
             email = build_email(message, sender=self.sender, provider=self.name)
-            return folder / f"{message.reference}.eml", bytes(email)
+            return folder / f"{message.reference}.eml", flatten(email)
         document: dict[str, Any] = {"reference": message.reference, "to": message.to, "text": message.text}
         if message.channel == "telegram":
             document["parse_mode"] = "HTML"

@@ -21,6 +21,7 @@ number is ``InvalidRecipient``, other 4xx ``MessageRejected``.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ TWILIO_INVALID_NUMBER = {21211, 21214, 21217, 21401, 21407, 21421, 21614}
 TWILIO_BLOCKED = {21610}  # the recipient replied STOP
 
 
+@lru_cache(maxsize=256)  # check() and prepare() both need it for the same message
 def normalize_number(raw: str, default_region: str = "RU") -> str:
     """E.164 form of ``raw``; ValueError when it cannot be a valid number."""
     try:

@@ -4,6 +4,7 @@ and configuration errors, each against a fake provider speaking the real protoco
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
     for server in fakes.values():
         server.faults.__init__()  # a clean fault plan for every test
         server.messages.clear()
+        getattr(server, "envelopes", []).clear()
     smtp, sms, telegram = fakes["smtp"], fakes["sms"], fakes["telegram"]
     if name == "smtp":
         transport = build_transport("email", "smtp", outbox_dir=tmp_path, options={
@@ -160,6 +162,61 @@ def test_telegram_length_limit(fakes, tmp_path) -> None:
     with pytest.raises(MessageRejected):
         provider.transport.send(message(provider, "ж" * 4097))
     assert len(provider.accepted()) == 1
+
+
+def test_telegram_sends_from_many_threads_each_on_its_own_loop(fakes, tmp_path) -> None:
+    # Given one Telegram transport shared by worker threads, as in a worker process
+    provider = make("telegram", fakes, tmp_path)
+    results: list[SendResult] = []
+    errors: list[BaseException] = []
+
+    def send_five() -> None:
+        try:
+            for _ in range(5):
+                results.append(provider.transport.send(message(provider)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    # When two waves of four threads send (the first wave's threads and loops are gone
+    # before the second starts)
+    for _wave in range(2):
+        threads = [threading.Thread(target=send_five) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    # Then every message reached the Bot API once, with no "Event loop is closed"
+    assert errors == []
+    assert len(results) == 40 and all(r.status is SendStatus.SENT for r in results)
+    assert len(provider.accepted()) == 40
+
+
+def test_smtp_envelope_comes_from_the_message_and_the_body_travels_unchanged(fakes, tmp_path) -> None:
+    # Given a two-part email whose text has a line starting with "From " and a line that
+    # looks like a MIME boundary
+    provider = make("smtp", fakes, tmp_path)
+    text = "Hello\nFrom the team\n--=_lc0123\n"
+    outgoing = OutgoingMessage(channel="email", reference=5, to="anna@example.com", to_name="Анна",
+                               subject="Баллы", text=text, html="<p>Hello</p>")
+    # When it goes over SMTP
+    with provider.transport as transport:
+        transport.send(outgoing)
+    # Then the envelope names the sender and the member, the body is unchanged (no mbox
+    # ">From" quoting), and both parts decode
+    [received] = fakes["smtp"].messages
+    assert fakes["smtp"].envelopes == [("bonus@example.com", ["anna@example.com"])]
+    assert received.get_body(("plain",)).get_content().replace("\r\n", "\n") == text
+    assert received.get_body(("html",)).get_content().strip() == "<p>Hello</p>"
+    assert received["To"].addresses[0].display_name == "Анна"
+
+
+def test_an_internationalized_email_address_fails_before_the_provider(fakes, tmp_path) -> None:
+    provider = make("smtp", fakes, tmp_path)
+    with pytest.raises(InvalidRecipient) as caught, provider.transport as transport:
+        transport.send(OutgoingMessage(channel="email", reference=1, to="анна@пример.рф", text="x"))
+    assert caught.value.reached_provider is False
+    assert provider.accepted() == []
 
 
 def test_smtp_reuses_one_connection_and_reopens_a_dropped_one(fakes, tmp_path) -> None:
