@@ -7,12 +7,12 @@ is production. Anything dialect-specific in loyalcast's SQL lives here.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hashlib
-
-from sqlalchemy import Engine, Integer, Table, create_engine, event
+from sqlalchemy import ColumnElement, Engine, Integer, Table, any_, bindparam, create_engine, event
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.dialects import postgresql, sqlite
@@ -109,3 +109,16 @@ def upsert_insert(conn: Connection, table: Table):  # type: ignore[no-untyped-de
         return sqlite.insert(table)
     raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
 
+
+
+def in_ids(conn: Connection, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``column IN (ids)``; on PostgreSQL ``column = ANY(:array)``.
+
+    One array parameter keeps the statement's text the same for every batch, so psycopg
+    parses it once and has the server prepare it; an IN list of 500 ids is 500
+    parameters in a statement that differs in length from batch to batch (its parsing
+    alone was 3% of a sending worker's time).
+    """
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(column.type)))
+    return column.in_(ids)

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, String, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from campaigns import ladder, metrics
-from campaigns.db import upsert_insert
+from campaigns.db import in_ids, upsert_insert
 from campaigns.errors import TemplateError
 from campaigns.ledger import Status
 from campaigns.models import balances, campaign_runs, deliveries, members, point_expirations, suppressions
@@ -108,7 +108,8 @@ class Deliverer:
                 return report
             rows = self._load(conn, claimed)
             expiring = self._load_expiring(conn, rows)
-            reminded = ladder.marks_for(conn, claimed)
+            ladders = [row.id for row in rows if self._is_ladder(row.campaign)]
+            reminded = ladder.marks_for(conn, ladders) if ladders else {}
         self._record_missing(claimed, rows)
         transports = Transports(self.settings)
         pending: list[Outcome] = []
@@ -138,17 +139,23 @@ class Deliverer:
         now = datetime.now(timezone.utc)
         result = conn.execute(
             update(deliveries)
-            .where(deliveries.c.id.in_(ids), deliveries.c.status == Status.QUEUED.value)
+            .where(in_ids(conn, deliveries.c.id, ids), deliveries.c.status == Status.QUEUED.value)
             .values(status=Status.SENDING.value, attempts=deliveries.c.attempts + 1, updated_at=now)
             .returning(deliveries.c.id)
         )
         return sorted(row[0] for row in result)
+
+    def _is_ladder(self, campaign: str | None) -> bool:
+        spec = self.settings.campaigns.get(campaign or "")
+        return spec is not None and spec.kind == "expiring_ladder"
 
     @staticmethod
     def _observe(row: Any, outcome: Outcome) -> None:
         metrics.outcome(row.channel, outcome.status.value)
         if outcome.status == Status.QUEUED:
             metrics.retry(row.channel)
+        if not log.isEnabledFor(logging.INFO):  # skip building the record's fields
+            return
         # The address is masked by the logging filter; the text is never logged.
         log.info(
             "delivery %s to %s on %s: %s", row.id, row.address, row.channel, outcome.status.value,
@@ -184,7 +191,7 @@ class Deliverer:
                 .outerjoin(balances, balances.c.member_id == deliveries.c.member_id)
                 .outerjoin(campaign_runs, campaign_runs.c.id == deliveries.c.run_id)
             )
-            .where(deliveries.c.id.in_(ids))
+            .where(in_ids(conn, deliveries.c.id, ids))
             .order_by(deliveries.c.id)
         )
         return conn.execute(query).all()
@@ -201,12 +208,13 @@ class Deliverer:
         if not rows:
             return {}
         as_of = min(self._as_of(row) for row in rows)
-        horizon = max(self._as_of(row) + timedelta(days=self.horizon_days(row.campaign)) for row in rows)
+        horizons = {campaign: timedelta(days=self.horizon_days(campaign)) for campaign in {row.campaign for row in rows}}
+        horizon = max(self._as_of(row) + horizons[row.campaign] for row in rows)
         member_ids = sorted({row.member_id for row in rows})
         query = (
             select(point_expirations.c.member_id, point_expirations.c.expires_at, point_expirations.c.points)
             .where(
-                point_expirations.c.member_id.in_(member_ids),
+                in_ids(conn, point_expirations.c.member_id, member_ids),
                 point_expirations.c.expires_at > as_of,
                 point_expirations.c.expires_at <= horizon,
             )

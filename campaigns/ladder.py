@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from campaigns.db import upsert_insert
+from campaigns.db import in_ids, upsert_insert
 from campaigns.models import deliveries, ladder_marks, point_expirations
 from campaigns.segments import segment_query
 from campaigns.settings import CampaignSettings, Settings
@@ -138,7 +138,7 @@ def marks_for(conn: Connection, delivery_ids: list[int]) -> dict[int, list[tuple
     found: dict[int, list[tuple[date, int]]] = defaultdict(list)
     for delivery_id, expires_on, stage in conn.execute(
         select(ladder_marks.c.delivery_id, ladder_marks.c.expires_on, ladder_marks.c.stage)
-        .where(ladder_marks.c.delivery_id.in_(delivery_ids))
+        .where(in_ids(conn, ladder_marks.c.delivery_id, delivery_ids))
         .order_by(ladder_marks.c.expires_on)
     ):
         found[delivery_id].append((expires_on, stage))
