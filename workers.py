@@ -59,31 +59,42 @@ def send_triggered(
 
 @dramatiq.actor(queue_name=PLANS_QUEUE, priority=50, max_retries=5, time_limit=3_600_000)
 def plan_campaign(run_id: int, now: str | None = None) -> None:
-    """Decide every member of a claimed run, then enqueue its queued deliveries in batches.
+    """Decide every member of a claimed run and enqueue its queued deliveries in batches,
+    each chunk of members as soon as it is decided (delivery overlaps planning).
 
     ``now`` (ISO-8601) is the instant the run was started for (``--now``; default: the
     run's ``as_of``): batches are delayed until their deliveries are due relative to it,
     so a trial keeps the spacing quiet hours and caps gave it.
+
+    Planned again after a crash, every chunk's queued deliveries are enqueued again;
+    a batch that arrives twice sends nothing twice (the ledger claim decides).
     """
     app = runtime.app()
-    plan_run(app.engine, app.settings, run_id, on_decided=metrics.decisions)
     reference = datetime.fromisoformat(now) if now else load_run(app.engine, run_id).as_of
-    # The in-memory broker lives only as long as `loyalcast run`: it gets what is due
-    # now; the rest waits in the ledger for the occasion to be run again.
-    enqueue_batches(run_id, reference, due_only=app.in_memory)
+    batches = 0
+
+    def enqueue_chunk(members: tuple[int, int]) -> None:
+        nonlocal batches
+        # The in-memory broker lives only as long as `loyalcast run`: it gets what is
+        # due now; the rest waits in the ledger for the occasion to be run again.
+        batches += enqueue_batches(run_id, reference, due_only=app.in_memory, members=members)
+
+    plan_run(app.engine, app.settings, run_id, on_decided=metrics.decisions, on_planned=enqueue_chunk)
+    log.info("run %s: %d batches enqueued", run_id, batches)
 
 
-def enqueue_batches(run_id: int, now: datetime, *, due_only: bool = False) -> int:
-    """Send one ``deliver_batch`` message per batch of the run's queued deliveries,
-    delayed until the batch is due (relative to ``now``)."""
+def enqueue_batches(run_id: int, now: datetime, *, due_only: bool = False, members: tuple[int, int] | None = None) -> int:
+    """Send one ``deliver_batch`` message per batch of the run's queued deliveries (of
+    ``members``, first and last id, if given), delayed until the batch is due (relative
+    to ``now``); return how many were sent."""
     app = runtime.app()
     sent = 0
     due_by = now if due_only else None
-    for send_at, ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size, due_by=due_by):
+    for send_at, ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size, due_by=due_by,
+                                       members=members):
         delay_ms = max(int((send_at - now).total_seconds() * 1000), 0)
         deliver_batch.send_with_options(args=(ids,), delay=delay_ms or None)
         sent += 1
-    log.info("run %s: %d batches enqueued", run_id, sent)
     return sent
 
 

@@ -111,22 +111,27 @@ def plan_run(
     settings: Settings,
     run_id: int,
     on_decided: Callable[[str, Counter[tuple[str, str]]], None] | None = None,
+    on_planned: Callable[[tuple[int, int]], None] | None = None,
 ) -> int:
     """Decide every member of the run's segment; return how many new decisions were made.
 
     Idempotent: planning a run again (after a crash, or concurrently) adds only the
     decisions that are missing. ``on_decided(campaign, {(status, channel): n})`` hears
-    about each committed chunk's new decisions (metrics).
+    about each committed chunk's new decisions (metrics); ``on_planned((first_id,
+    last_id))`` hears that a chunk of members is decided and committed, in member order,
+    so its deliveries can start while later chunks are being planned.
     """
     run = load_run(engine, run_id)
     campaign_settings(settings, run.campaign)
     with engine.connect() as conn:
         ctx = run_context(conn, settings, run.id, run.campaign, run.as_of)
     decided = 0
-    for counts in _plan_chunks(engine, settings, ctx, member_chunks(engine, settings.delivery.plan_chunk_size)):
+    for member_range, counts in _plan_chunks(engine, settings, ctx, member_chunks(engine, settings.delivery.plan_chunk_size)):
         decided += sum(counts.values())
         if on_decided is not None and counts:
             on_decided(run.campaign, counts)
+        if on_planned is not None:
+            on_planned(member_range)
     with engine.begin() as conn:
         considered = conn.execute(
             select(func.count()).select_from(deliveries).where(deliveries.c.run_id == run.id)
@@ -167,9 +172,10 @@ def member_chunks(engine: Engine, chunk_size: int) -> list[tuple[int, int]]:
 
 def _plan_chunks(
     engine: Engine, settings: Settings, ctx: RunContext, ranges: list[tuple[int, int]]
-) -> Iterator[Counter[tuple[str, str]]]:
-    """Each chunk's new decisions, in order, planned ``delivery.plan_connections`` at a
-    time (chunks are independent: each locks only its own members).
+) -> Iterator[tuple[tuple[int, int], Counter[tuple[str, str]]]]:
+    """Each chunk's member range and new decisions, in order, planned
+    ``delivery.plan_connections`` at a time (chunks are independent: each locks only its
+    own members).
 
     The database does the work of a chunk; planning two at once keeps both cores of a
     small database server busy while Python waits on one of them.
@@ -177,13 +183,13 @@ def _plan_chunks(
     connections = settings.delivery.plan_connections if engine.dialect.name == "postgresql" else 1
     if connections == 1 or len(ranges) < 2:
         for member_range in ranges:
-            yield _plan_chunk(engine, settings, ctx, member_range)
+            yield member_range, _plan_chunk(engine, settings, ctx, member_range)
         return
     with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="plan") as pool:
         futures = [pool.submit(_plan_chunk, engine, settings, ctx, member_range) for member_range in ranges]
         try:
-            for future in futures:
-                yield future.result()
+            for member_range, future in zip(ranges, futures):
+                yield member_range, future.result()
         finally:
             # A failed chunk stops the rest; planning the run again completes it.
             for future in futures:
@@ -236,16 +242,20 @@ def lock_members(conn: Connection, member_range: tuple[int, int]) -> None:
 
 
 def queued_batches(
-    engine: Engine, run_id: int, batch_size: int, *, due_by: datetime | None = None
+    engine: Engine, run_id: int, batch_size: int, *, due_by: datetime | None = None,
+    members: tuple[int, int] | None = None,
 ) -> Iterator[tuple[datetime, list[int]]]:
     """``(send_at, ids)`` of the run's ``queued`` deliveries, streamed from the database.
 
     A batch never mixes send times: all its deliveries are due at ``send_at``.
-    ``due_by`` leaves out deliveries due later.
+    ``due_by`` leaves out deliveries due later; ``members`` (first and last id,
+    inclusive) keeps only those members' deliveries.
     """
     query = select(deliveries.c.id, deliveries.c.send_at).where(
         deliveries.c.run_id == run_id, deliveries.c.status == Status.QUEUED.value
     )
+    if members is not None:
+        query = query.where(deliveries.c.member_id.between(*members))
     if due_by is not None:
         query = query.where(deliveries.c.send_at <= due_by)
     with engine.connect() as conn:

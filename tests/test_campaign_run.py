@@ -226,3 +226,41 @@ def test_chunks_planned_on_two_connections_decide_like_one(configured) -> None:
     assert decided == decided_serially == len(parallel) == segment_size > 1000
     assert parallel == serial
     assert sum(heard) == 2 * segment_size and len(heard) >= 2 * 12
+
+
+def test_each_chunk_is_enqueued_as_soon_as_it_is_planned(configured) -> None:
+    # Given 1,200 demo members planned in chunks of 100, batches of up to 500
+    import workers
+
+    application = configured({"quiet_hours": {"default": "off", "telegram": "off"},
+                              "delivery": {"plan_chunk_size": 100, "batch_size": 500}})
+    engine = application.engine
+    demo.seed(engine, 1200, now=START)
+    broker = workers.use_broker(runtime.build_broker(application.settings))
+    run = claim_run(engine, application.settings, "balance_reminder", as_of=START)
+
+    # When the plan actor runs
+    workers.plan_campaign.fn(run.id, START.isoformat())
+
+    # Then every queued delivery is in exactly one batch, no batch spans two chunks
+    # (each chunk's batches were sent when that chunk was committed), and the batches
+    # come in member order
+    batches = [message.args[0] for message in _messages(broker, "batches")]
+    with engine.connect() as conn:
+        queued = dict(conn.execute(
+            select(deliveries.c.id, deliveries.c.member_id).where(deliveries.c.run_id == run.id,
+                                                                 deliveries.c.status == "queued")
+        ).all())
+    assert sorted(i for batch in batches for i in batch) == sorted(queued)
+    chunks_of = [{(queued[i] - 1) // 100 for i in batch} for batch in batches]
+    assert all(len(chunks) == 1 for chunks in chunks_of)
+    assert len(batches) >= 12 > 1200 // 500
+    assert [min(c) for c in chunks_of] == sorted(min(c) for c in chunks_of)
+
+
+def _messages(broker, queue_name: str) -> list:
+    """The messages waiting on a StubBroker queue, in order (``dramatiq.Message``)."""
+    from dramatiq import Message
+
+    queue = broker.queues[queue_name]
+    return [Message.decode(data) for data in list(queue.queue)]
