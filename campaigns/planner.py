@@ -185,6 +185,15 @@ def _plan_chunks(
         for member_range in ranges:
             yield member_range, _plan_chunk(engine, settings, ctx, member_range)
         return
+    # The first chunk is decided and committed alone. On an empty ledger (a new
+    # installation; statistics that say "no rows") PostgreSQL plans the cap-window
+    # lookups as a scan of all of `deliveries` per member, which costs nothing while
+    # the table is empty; a second chunk planned at the same moment kept that plan
+    # while the first filled the table, and checked each of its members against every
+    # row of a transaction still in progress: 224 s for one 20,000-member chunk, against
+    # 0.2 s for the chunks planned once the first had committed and the table had pages.
+    yield ranges[0], _plan_chunk(engine, settings, ctx, ranges[0])
+    ranges = ranges[1:]
     with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="plan") as pool:
         futures = [pool.submit(_plan_chunk, engine, settings, ctx, member_range) for member_range in ranges]
         try:
