@@ -110,7 +110,6 @@ def upsert_insert(conn: Connection, table: Table):  # type: ignore[no-untyped-de
     raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
-
 def in_ids(conn: Connection, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
     """``column IN (ids)``; on PostgreSQL ``column = ANY(:array)``.
 

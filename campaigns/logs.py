@@ -76,7 +76,8 @@ def configure(log_format: str = "text", level: int | str = logging.WARNING, stre
 
 
 def quiet_libraries() -> None:
-    """httpx (under python-telegram-bot) logs every request at INFO with its URL, and a
-    Bot API URL carries the bot token: keep such libraries at WARNING."""
-    for name in ("httpx", "httpcore", "telegram", "urllib3"):
+    """HTTP clients (httpx, PTB's default, and urllib3 under requests) log requests at
+    INFO with their URL, and a Bot API URL carries the bot token: keep such libraries,
+    and python-telegram-bot's own loggers, at WARNING."""
+    for name in ("httpx", "httpcore", "telegram", "urllib3", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -78,7 +78,7 @@ class AiohttpRequest(BaseRequest):
             async with self._session.request(method, url, data=request_data.json_parameters if request_data else None,
                                              timeout=timeout) as response:
                 return response.status, await response.read()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
             raise TimedOut(f"no answer in time: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc

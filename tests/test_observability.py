@@ -97,8 +97,8 @@ def test_mask() -> None:
 
 
 def test_the_bot_token_never_reaches_the_logs(tmp_path) -> None:
-    # Given INFO logging and a Telegram send (httpx logs each request URL at INFO, and a
-    # Bot API URL carries the token)
+    # Given INFO logging and a Telegram send (HTTP clients log request URLs at INFO, and
+    # a Bot API URL carries the token)
     import io
     import os
 
