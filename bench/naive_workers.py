@@ -21,7 +21,7 @@ _state = threading.local()  # transports are per thread, as in loyalcast's batch
 
 def _app():  # type: ignore[no-untyped-def]
     if not hasattr(_state, "app"):
-        from campaigns import runtime
+        from campaigns.app import runtime
         from channels import build_transport
 
         app = runtime.app()
@@ -36,7 +36,7 @@ def _app():  # type: ignore[no-untyped-def]
 
 @dramatiq.actor(queue_name="naive", max_retries=0)
 def naive_send(member_id: int, run_id: int) -> None:
-    from campaigns.models import balances, deliveries, members
+    from campaigns.store.models import balances, deliveries, members
     from channels.base import OutgoingMessage
     from channels.errors import ChannelError
 

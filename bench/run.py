@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from campaigns import demo  # noqa: E402
+from campaigns.tools import demo  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DATABASE = "loyalcast_bench"
@@ -195,7 +195,7 @@ def environment(config: Path) -> dict[str, str]:
 
 
 def loyalcast(config: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], cwd=REPO, env=environment(config),
+    done = subprocess.run([sys.executable, "-m", "campaigns.app.cli", *args], cwd=REPO, env=environment(config),
                           capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"loyalcast {' '.join(args)} failed: {done.stderr[-2000:]}")
@@ -251,7 +251,7 @@ def loyalcast_run(url: str, config: Path, processes: int, threads: int, profile:
     """
     reset_ledger(url)
     # Worker logs go to a file: an undrained pipe would block the workers once full.
-    worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "worker", "-p", str(processes), "-t", str(threads)],
+    worker = subprocess.Popen([sys.executable, "-m", "campaigns.app.cli", "worker", "-p", str(processes), "-t", str(threads)],
                               cwd=REPO, env=environment(config), stdout=subprocess.DEVNULL,
                               stderr=open(config.parent / "worker.log", "ab"))
     sampler = Sampler(psutil.Process(worker.pid)).start()
@@ -388,8 +388,8 @@ def ceiling_messages(config: Path, members: int) -> Path:
     campaign's first channel with a contact and consent; a fresh ledger has no caps) and
     sizes as loyalcast's run, so the ceiling pushes the same bytes without the database,
     the queue or the rendering. Written as JSON lines next to ``config``."""
-    from campaigns import runtime
-    from campaigns.preview import CONTACT_COLUMN, lots_by_member, member_rows, render_channel
+    from campaigns.app import runtime
+    from campaigns.tools.preview import CONTACT_COLUMN, lots_by_member, member_rows, render_channel
 
     os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
     app = runtime.configure(config)
@@ -455,7 +455,7 @@ def ceiling_worker(config: Path, share: str, threads: int) -> None:
     process sends every PROCESSES-th message of FILE starting at INDEX. Prints
     ``[start, end, sent, cpu]`` (epoch seconds, messages that reached a sink, CPU seconds
     of this process while sending)."""
-    from campaigns.settings import load_settings
+    from campaigns.config.settings import load_settings
     from channels import build_transport
     from channels.base import OutgoingMessage
     from channels.errors import ChannelError
@@ -631,9 +631,10 @@ def time_plans(config: Path, occasions: tuple[str, ...]) -> dict[str, dict]:
     """Plan the balance reminder once per occasion, in this process with nothing else
     running (segment through every ledger row, timed around ``plan_run``)."""
     os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
-    from campaigns.db import make_engine
-    from campaigns.planner import claim_run, plan_run
-    from campaigns.settings import load_settings
+    from campaigns.store.engine import make_engine
+    from campaigns.planning.planner import plan_run
+    from campaigns.store.runs import claim_run
+    from campaigns.config.settings import load_settings
 
     settings = load_settings(config)
     engine = make_engine(settings.database_url)

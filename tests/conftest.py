@@ -20,8 +20,10 @@ import pytest
 import tomli_w
 from sqlalchemy import create_engine, text
 
-from campaigns import runtime, schema
-from campaigns.settings import Settings, load_settings
+from campaigns.app import runtime
+
+from campaigns.store import schema
+from campaigns.config.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_SETTINGS = REPO / "settings.toml"

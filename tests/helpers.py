@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 from typer.testing import CliRunner
 
-from campaigns.cli import app as cli_app
-from campaigns.models import balances, deliveries, members, point_expirations
+from campaigns.app.cli import app as cli_app
+from campaigns.store.models import balances, deliveries, members, point_expirations
 
 UTC = timezone.utc
 

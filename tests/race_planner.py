@@ -10,11 +10,12 @@ import sys
 import threading
 from datetime import datetime, timedelta, timezone
 
-from campaigns.db import make_engine
-from campaigns import triggered
-from campaigns.planner import claim_run, plan_run
-from campaigns.rendering import Renderer
-from campaigns.settings import load_settings
+from campaigns.store.engine import make_engine
+from campaigns.planning import triggered
+from campaigns.planning.planner import plan_run
+from campaigns.store.runs import claim_run
+from campaigns.delivery.rendering import Renderer
+from campaigns.config.settings import load_settings
 
 BASE = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
 MEMBERS = 2000

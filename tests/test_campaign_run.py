@@ -9,10 +9,13 @@ from email import policy
 
 from sqlalchemy import delete, func, select
 
-from campaigns import demo, runtime
-from campaigns.models import deliveries, suppressions
-from campaigns.planner import claim_run, plan_run
-from campaigns.segments import segment_query
+from campaigns.app import runtime
+
+from campaigns.tools import demo
+from campaigns.store.models import deliveries, suppressions
+from campaigns.planning.planner import plan_chunks, plan_run
+from campaigns.store.runs import claim_run
+from campaigns.planning.segments import segment_query
 
 from helpers import add_expiration, add_member, cli, ledger, run_json
 
@@ -151,8 +154,10 @@ def test_a_reminder_no_longer_true_at_send_time_is_stale(configured) -> None:
     # Given two members with points expiring, planned for the expiring-points campaign
     from sqlalchemy import update
 
-    from campaigns.models import balances, point_expirations
-    from campaigns.planner import claim_run, plan_run, queued_batches
+    from campaigns.store.models import balances, point_expirations
+    from campaigns.planning.batches import queued_batches
+    from campaigns.planning.planner import plan_run
+    from campaigns.store.runs import claim_run
 
     application = configured({
         "quiet_hours": {"default": "off", "telegram": "off"},
@@ -207,7 +212,9 @@ def test_chunks_planned_on_two_connections_decide_like_one(configured) -> None:
         settings = application.settings
         settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"plan_connections": connections})})
         run = claim_run(engine, settings, "balance_reminder", as_of=START, occasion=occasion)
-        decided = plan_run(engine, settings, run.id, on_decided=lambda _c, counts: heard.append(sum(counts.values())))
+        chunks = [sum(chunk.counts.values()) for chunk in plan_chunks(engine, settings, run.id)]
+        heard.extend(chunks)
+        decided = sum(chunks)
         return decided, ledger(engine, run.id)
 
     # When the occasion is planned that way, and planned again from scratch one chunk at a time
@@ -230,17 +237,17 @@ def test_chunks_planned_on_two_connections_decide_like_one(configured) -> None:
 
 def test_each_chunk_is_enqueued_as_soon_as_it_is_planned(configured) -> None:
     # Given 1,200 demo members planned in chunks of 100, batches of up to 500
-    import workers
+    from campaigns.app import actors
 
     application = configured({"quiet_hours": {"default": "off", "telegram": "off"},
                               "delivery": {"plan_chunk_size": 100, "batch_size": 500}})
     engine = application.engine
     demo.seed(engine, 1200, now=START)
-    broker = workers.use_broker(runtime.build_broker(application.settings))
+    broker = actors.use_broker(runtime.build_broker(application.settings))
     run = claim_run(engine, application.settings, "balance_reminder", as_of=START)
 
     # When the plan actor runs
-    workers.plan_campaign.fn(run.id, START.isoformat())
+    actors.plan_campaign.fn(run.id, START.isoformat())
 
     # Then every queued delivery is in exactly one batch, no batch spans two chunks
     # (each chunk's batches were sent when that chunk was committed), and the batches

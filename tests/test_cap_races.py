@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from campaigns import schema
-from campaigns.db import make_engine
+from campaigns.store import schema
+from campaigns.store.engine import make_engine
 
 from conftest import REPO
 from helpers import add_members

@@ -8,10 +8,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from campaigns import runtime
+from campaigns.app import runtime
 from campaigns.errors import ConfigError
-from campaigns.models import deliveries
-from campaigns.planner import claim_run, dry_run, plan_run
+from campaigns.store.models import deliveries
+from campaigns.planning.dry_run import dry_run
+from campaigns.planning.planner import plan_run
+from campaigns.store.runs import claim_run
 
 from helpers import add_member, add_members, decided, run_json
 
@@ -202,7 +204,7 @@ def test_quiet_hours_end_in_each_members_own_zone(configured) -> None:
 
 
 def test_plan_reserves_nothing_and_matches_the_run(configured) -> None:
-    from campaigns import demo
+    from campaigns.tools import demo
 
     application = configured()
     config = runtime.config_file()
@@ -249,7 +251,7 @@ def test_plan_reserves_nothing_and_matches_the_run(configured) -> None:
     ],
 )
 def test_meaningless_rules_are_rejected(write_settings, rule, expected) -> None:
-    from campaigns.settings import load_settings
+    from campaigns.config.settings import load_settings
 
     with pytest.raises(ConfigError) as caught:
         load_settings(write_settings({"caps": [rule]}))
@@ -257,7 +259,7 @@ def test_meaningless_rules_are_rejected(write_settings, rule, expected) -> None:
 
 
 def test_contradictory_rules_are_rejected(write_settings) -> None:
-    from campaigns.settings import load_settings
+    from campaigns.config.settings import load_settings
 
     path = write_settings({"caps": [
         {"channel": "sms", "per": "30d"},

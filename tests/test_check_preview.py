@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from campaigns import runtime, schema
-from campaigns.cli import app as cli_app
+from campaigns.app import runtime
+
+from campaigns.store import schema
+from campaigns.app.cli import app as cli_app
 
 from conftest import REPO
 from helpers import add_expiration, add_member, cli, ledger, run_json

@@ -15,8 +15,10 @@ import pytest
 import tomli_w
 from sqlalchemy import func, select
 
-from campaigns import runtime, schema
-from campaigns.models import deliveries, suppressions
+from campaigns.app import runtime
+
+from campaigns.store import schema
+from campaigns.store.models import deliveries, suppressions
 from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
 
 from conftest import REPO, deep_merge
@@ -141,13 +143,13 @@ def test_the_demo_runs_against_loyalcast_fakes(tmp_path) -> None:
     config.write_text(tomli_w.dumps(example))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
     env.update(LC_FAKE_TELEGRAM_TOKEN="123:fake", LC_FAKE_SMS_TOKEN="Bearer fake")
-    fakes = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "fakes"], cwd=REPO, env=env,
+    fakes = subprocess.Popen([sys.executable, "-m", "campaigns.app.cli", "fakes"], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert fakes.stdout is not None and fakes.stdout.readline().startswith("smtp")
 
         def loyalcast(*args: str) -> str:
-            done = subprocess.run([sys.executable, "-m", "campaigns.cli", "--config", str(config), *args],
+            done = subprocess.run([sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
             return done.stdout
@@ -192,8 +194,10 @@ def test_throughput_limit_is_shared_by_workers_through_redis(real_transports, pr
     # Given Telegram limited to 10 messages per second, counted in Redis
     import threading
 
-    from campaigns.delivery import Deliverer
-    from campaigns.planner import claim_run, plan_run, queued_batches
+    from campaigns.delivery.deliverer import Deliverer
+    from campaigns.planning.batches import queued_batches
+    from campaigns.planning.planner import plan_run
+    from campaigns.store.runs import claim_run
 
     application = real_transports(channels={"telegram": {"rate_per_second": 10}}, broker={"url": redis_url})
     add_members(application.engine, [{"id": i, "telegram_chat_id": 5000 + i, "telegram_consent": True} for i in range(1, 41)])

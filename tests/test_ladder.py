@@ -7,10 +7,12 @@ from datetime import date, datetime, timedelta, timezone
 
 from sqlalchemy import select, update
 
-from campaigns import runtime
-from campaigns.models import deliveries, point_expirations
-from campaigns.planner import claim_run, plan_run, queued_batches
-from campaigns.ladder import current_stage
+from campaigns.app import runtime
+from campaigns.store.models import deliveries, point_expirations
+from campaigns.planning.batches import queued_batches
+from campaigns.planning.planner import plan_run
+from campaigns.store.runs import claim_run
+from campaigns.planning.ladder import current_stage
 
 from helpers import add_expiration, add_member
 

@@ -11,13 +11,15 @@ import sys
 import time
 import urllib.request
 
-from campaigns import logs, runtime
+from campaigns import logs
+
+from campaigns.app import runtime
 from campaigns.logs import mask
 
 from conftest import REPO
 from typer.testing import CliRunner
 
-from campaigns.cli import app as cli_app
+from campaigns.app.cli import app as cli_app
 from helpers import add_member
 
 
@@ -39,14 +41,14 @@ def test_metrics_endpoint_answers_with_our_counters(write_settings, pg_url, redi
     env["dramatiq_prom_db"] = str(tmp_path / "prometheus")
 
     def loyalcast(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], cwd=REPO, env=env,
+        done = subprocess.run([sys.executable, "-m", "campaigns.app.cli", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
     loyalcast("db", "upgrade")
     loyalcast("demo", "seed", "--members", "60")
-    worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "worker", "-p", "1", "-t", "2"],
+    worker = subprocess.Popen([sys.executable, "-m", "campaigns.app.cli", "worker", "-p", "1", "-t", "2"],
                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # When a campaign runs through it

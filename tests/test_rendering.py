@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from campaigns.errors import TemplateError
-from campaigns.rendering import Renderer
-from campaigns.settings import load_settings
+from campaigns.delivery.rendering import Renderer
+from campaigns.config.settings import load_settings
 
 from conftest import REPO, SHIPPED_SETTINGS
 

@@ -9,9 +9,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from campaigns import runtime, schema
-from campaigns.db import make_engine
-from campaigns.scheduler import Scheduler, occasions
+from campaigns.app import runtime
+
+from campaigns.store import schema
+from campaigns.store.engine import make_engine
+from campaigns.app.scheduler import Scheduler, occasions
 
 from conftest import REPO
 
@@ -36,7 +38,7 @@ def test_two_schedulers_start_each_occasion_exactly_once(write_settings, pg_url,
     schema.upgrade(make_engine(pg_url))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
     # When two scheduler processes replay the same ten minutes at once, ticking every 5 s
-    command = [sys.executable, "-m", "campaigns.cli", "--config", str(config), "scheduler",
+    command = [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), "scheduler",
                "--replay-from", "2026-11-23T10:00:00+03:00", "--replay-until", "2026-11-23T10:10:00+03:00", "--step", "5"]
     racers = [subprocess.Popen([*command, "--name", f"s{n}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for n in (1, 2)]
@@ -92,7 +94,7 @@ def test_a_scheduled_occasion_runs_end_to_end_on_the_embedded_default(write_sett
         "quiet_hours": {"default": "off", "telegram": "off"},
         "campaigns": only({"balance_reminder": {"schedule": "0 11 * * *"}}),
     }, drop=("campaigns",))
-    from campaigns import demo
+    from campaigns.tools import demo
     from helpers import cli
 
     cli(config, "db", "upgrade")

@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from campaigns import schema
-from campaigns.db import make_engine
-from campaigns.models import metadata
+from campaigns.store import schema
+from campaigns.store.engine import make_engine
+from campaigns.store.models import metadata
 
 ROW = (
     "INSERT INTO deliveries (run_id, member_id, channel, category, template, status, send_at, created_at, updated_at) "

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import insert
 
-from campaigns.models import segment_members
-from campaigns.segments import segment_query
-from campaigns.settings import SegmentSettings
+from campaigns.store.models import segment_members
+from campaigns.planning.segments import segment_query
+from campaigns.config.settings import SegmentSettings
 
 from helpers import add_expiration, add_member
 

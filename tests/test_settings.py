@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from campaigns.errors import ConfigError
-from campaigns.settings import load_settings, parse_duration
+from campaigns.config.settings import load_settings, parse_duration
 
 from conftest import REPO, SHIPPED_SETTINGS
 
@@ -129,7 +129,7 @@ def test_cli_exits_2_with_one_line_per_problem_and_no_traceback(write_settings) 
     # When any command runs with it
     env = {k: v for k, v in os.environ.items() if k != "LOYALCAST_CONFIG"}
     done = subprocess.run(
-        [sys.executable, "-m", "campaigns.cli", "--config", str(path), "report"],
+        [sys.executable, "-m", "campaigns.app.cli", "--config", str(path), "report"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
     )
     # Then it exits 2 and prints exactly one line naming the key, and no traceback

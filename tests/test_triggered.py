@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from campaigns import runtime, schema
-from campaigns.db import make_engine
-from campaigns.models import deliveries
+from campaigns.app import runtime
+
+from campaigns.store import schema
+from campaigns.store.engine import make_engine
+from campaigns.store.models import deliveries
 
 from conftest import REPO
 from helpers import add_member, add_members, cli, subprocess_env
@@ -24,16 +26,16 @@ NO_QUIET = {"quiet_hours": {"default": "off", "telegram": "off"}}
 
 
 def drain(application) -> None:
-    import workers
+    from campaigns.app import actors
 
-    runtime.drain_in_process(workers.broker, threads=2)
+    runtime.drain_in_process(actors.broker, threads=2)
 
 
 def send(application, *args, **kwargs) -> None:
-    import workers
+    from campaigns.app import actors
 
-    workers.use_broker(runtime.build_broker(application.settings))
-    workers.send_triggered.send(*args, **kwargs)
+    actors.use_broker(runtime.build_broker(application.settings))
+    actors.send_triggered.send(*args, **kwargs)
     drain(application)
 
 
@@ -87,7 +89,7 @@ def test_same_key_sends_once_and_service_is_exempt_from_marketing_caps(configure
 def test_cli_validates_before_enqueueing(configured) -> None:
     from typer.testing import CliRunner
 
-    from campaigns.cli import app as cli_app
+    from campaigns.app.cli import app as cli_app
 
     application = configured(NO_QUIET)
     config = runtime.config_file()

@@ -26,15 +26,17 @@ from zoneinfo import ZoneInfoNotFoundError
 from sqlalchemy import Engine, String, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
-from campaigns import ladder, metrics
-from campaigns.db import in_ids, upsert_insert
+from campaigns import metrics
+
+from campaigns.planning import ladder
+from campaigns.store.engine import in_ids, upsert_insert
 from campaigns.errors import TemplateError
-from campaigns.ledger import Status
-from campaigns.models import balances, campaign_runs, deliveries, members, point_expirations, suppressions
-from campaigns.rendering import Renderer
-from campaigns.settings import Settings
-from campaigns.throughput import Throughput
-from campaigns.zones import zone_info
+from campaigns.store.ledger import Status
+from campaigns.store.models import balances, campaign_runs, deliveries, members, point_expirations, suppressions
+from campaigns.delivery.rendering import Renderer
+from campaigns.config.settings import Settings
+from campaigns.delivery.throughput import Throughput
+from campaigns.config.zones import zone_info
 from channels import build_transport
 from channels.base import OutgoingMessage, SendResult, Transport
 from channels.smstext import measure

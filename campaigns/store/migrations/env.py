@@ -1,12 +1,12 @@
 """Alembic environment: the connection comes from ``loyalcast db upgrade`` (or the URL
-in the Alembic config), the target metadata from ``campaigns.models``."""
+in the Alembic config), the target metadata from ``campaigns.store.models``."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from campaigns.models import metadata
+from campaigns.store.models import metadata
 
 config = context.config
 

@@ -20,7 +20,7 @@ from dramatiq.rate_limits import WindowRateLimiter
 from dramatiq.rate_limits.backends import StubBackend
 
 from campaigns import metrics
-from campaigns.settings import Settings
+from campaigns.config.settings import Settings
 
 POLL_SECONDS = 0.02
 

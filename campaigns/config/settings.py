@@ -42,7 +42,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from campaigns.errors import ConfigError
+from campaigns.errors import ConfigError, UnknownCampaign
 
 CONFIG_ENV = "LOYALCAST_CONFIG"
 DEFAULT_CONFIG = "settings.toml"
@@ -513,6 +513,13 @@ class Settings(_Section):
     @property
     def broker_url(self) -> str:
         return self._secret(self.broker.url, self.broker.url_env) or "memory://"
+
+    def campaign(self, name: str) -> CampaignSettings:
+        """The campaign called ``name``; UnknownCampaign when the settings define none."""
+        try:
+            return self.campaigns[name]
+        except KeyError:
+            raise UnknownCampaign(name, list(self.campaigns)) from None
 
     def channel(self, name: str) -> ChannelSettings:
         return self.channels.get(name) or ChannelSettings()

@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 
-from campaigns import ladder
-from campaigns.delivery import Deliverer
+from campaigns.planning import ladder
+from campaigns.delivery.deliverer import Deliverer
 from campaigns.errors import LoyalcastError, TemplateError
-from campaigns.models import balances, members, point_expirations, suppressions
-from campaigns.rendering import Rendered
-from campaigns.settings import CampaignSettings, Settings
+from campaigns.store.models import balances, members, point_expirations, suppressions
+from campaigns.delivery.rendering import Rendered
+from campaigns.config.settings import CampaignSettings, Settings
 from channels.smstext import SmsLength, measure
 
 CONTACT_COLUMN = {"email": "email", "sms": "phone", "telegram": "telegram_chat_id"}

@@ -22,10 +22,10 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
 from campaigns import metrics
-from campaigns.db import make_engine
-from campaigns.delivery import Deliverer
-from campaigns.rendering import Renderer
-from campaigns.settings import CONFIG_ENV, Settings, config_path, load_settings
+from campaigns.store.engine import make_engine
+from campaigns.delivery.deliverer import Deliverer
+from campaigns.delivery.rendering import Renderer
+from campaigns.config.settings import CONFIG_ENV, Settings, config_path, load_settings
 
 _lock = threading.Lock()
 _app: "App | None" = None

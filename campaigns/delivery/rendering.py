@@ -48,8 +48,8 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from campaigns.errors import TemplateError
-from campaigns.settings import ProgramSettings
-from campaigns.zones import zone_info
+from campaigns.config.settings import ProgramSettings
+from campaigns.config.zones import zone_info
 
 CHANNEL_PARTS: dict[str, tuple[str, ...]] = {
     "email": ("email.subject", "email.txt", "email.html"),

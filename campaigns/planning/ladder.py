@@ -24,11 +24,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from campaigns.db import in_ids, upsert_insert
-from campaigns.models import deliveries, ladder_marks, point_expirations
-from campaigns.segments import segment_query
-from campaigns.settings import CampaignSettings, Settings
-from campaigns.zones import zone_info
+from campaigns.store.engine import in_ids, upsert_insert
+from campaigns.store.models import deliveries, ladder_marks, point_expirations
+from campaigns.planning.segments import segment_query
+from campaigns.config.settings import CampaignSettings, Settings
+from campaigns.config.zones import zone_info
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from sqlalchemy import Engine, select
 
-from campaigns.db import upsert_insert
-from campaigns.models import campaign_runs
-from campaigns.settings import Settings
+from campaigns.store.engine import upsert_insert
+from campaigns.store.models import campaign_runs
+from campaigns.config.settings import Settings
 
 log = logging.getLogger("loyalcast.scheduler")
 

@@ -24,12 +24,12 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection
 
-from campaigns.decisions import decide_chunk, make_context
-from campaigns.ledger import Status
-from campaigns.models import deliveries, members
-from campaigns.planner import lock_members
-from campaigns.rendering import Renderer, template_channels
-from campaigns.settings import CampaignSettings, SegmentSettings, Settings
+from campaigns.planning.decisions import decide_chunk, make_context
+from campaigns.store.ledger import Status
+from campaigns.store.models import deliveries, members
+from campaigns.planning.planner import lock_members
+from campaigns.delivery.rendering import Renderer, template_channels
+from campaigns.config.settings import CampaignSettings, SegmentSettings, Settings
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from campaigns.settings import CapRule, Clock
+from campaigns.config.settings import CapRule, Clock
 
 UTC = timezone.utc
 DEFER_HORIZON = timedelta(days=400)

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from campaigns.ledger import Status
-from campaigns.models import campaign_runs, deliveries
+from campaigns.store.ledger import Status
+from campaigns.store.models import campaign_runs, deliveries
 
 IN_FLIGHT = (Status.QUEUED.value, Status.SENDING.value)
 NO_CHANNEL = "-"

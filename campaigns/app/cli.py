@@ -22,9 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import inspect as sa_inspect, select
 
-from campaigns import logs, runtime
+from campaigns import logs
+
+from campaigns.app import runtime
 from campaigns.errors import ConfigError, LoyalcastError
-from campaigns.report import RunReport, due_in_flight, latest_run_id, member_history, run_report
+from campaigns.tools.report import RunReport, due_in_flight, latest_run_id, member_history, run_report
 
 app = typer.Typer(
     name="loyalcast",
@@ -85,7 +87,7 @@ def _require_schema(application: runtime.App) -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate loyalcast's tables (and the program's, where absent)."""
-    from campaigns import schema
+    from campaigns.store import schema
 
     application = _app()
     schema.upgrade(application.engine)
@@ -102,7 +104,7 @@ def demo_seed(
     force: Annotated[bool, typer.Option("--force", help="Replace existing members.")] = False,
 ) -> None:
     """Fill the program's tables with deterministic demo members."""
-    from campaigns import demo
+    from campaigns.tools import demo
 
     application = _app()
     _require_schema(application)
@@ -128,7 +130,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Plan and deliver one occasion of a campaign."""
-    from campaigns.planner import claim_run, waiting
+    from campaigns.planning.batches import waiting
+    from campaigns.store.runs import claim_run
 
     application = _app()
     _require_schema(application)
@@ -137,10 +140,10 @@ def run(
     if not claimed.created:
         err.print(f"occasion {claimed.occasion!r} of {campaign} was started before (run {claimed.id}): nothing new is decided")
 
-    import workers
+    from campaigns.app import actors
 
-    broker = workers.use_broker(runtime.build_broker(application.settings))
-    workers.plan_campaign.send(claimed.id, as_of.isoformat())
+    broker = actors.use_broker(runtime.build_broker(application.settings))
+    actors.plan_campaign.send(claimed.id, as_of.isoformat())
     if application.in_memory:
         runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
         later, first = waiting(application.engine, claimed.id, as_of)
@@ -166,7 +169,7 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show what `run` would decide now, per decision and channel, without reserving anything."""
-    from campaigns.planner import dry_run
+    from campaigns.planning.dry_run import dry_run
 
     application = _app()
     _require_schema(application)
@@ -175,7 +178,7 @@ def plan(
     sms = None
     recipients = sum(n for status, per in result.counts.items() if status == "queued" for ch, n in per.items() if ch == "sms")
     if recipients:
-        from campaigns.preview import estimate_sms
+        from campaigns.tools.preview import estimate_sms
 
         sms = estimate_sms(application.deliverer, application.settings, campaign, result.sms_sample, recipients, as_of)
     if as_json:
@@ -217,12 +220,11 @@ def preview(
     html_file: Annotated[Optional[str], typer.Option("--html", help="Write a page with every channel side by side.")] = None,
 ) -> None:
     """Show exactly what a member would receive now, on every channel the campaign could use."""
-    from campaigns.planner import campaign_settings
-    from campaigns.preview import preview_member, preview_page
+    from campaigns.tools.preview import preview_member, preview_page
 
     application = _app()
     _require_schema(application)
-    spec = campaign_settings(application.settings, campaign)
+    spec = application.settings.campaign(campaign)
     if channel is not None and channel not in spec.channels:
         raise LoyalcastError(f"campaign {campaign} does not use channel {channel!r} (it uses {', '.join(spec.channels)})")
     as_of = _parse_now(now, application.settings.program.timezone)
@@ -249,7 +251,7 @@ def preview(
 @app.command("check")
 def check() -> None:
     """Render every template for every locale and channel; exit 1 on any problem."""
-    from campaigns.check import check_templates
+    from campaigns.tools.check import check_templates
 
     application = _app()
     _require_schema(application)
@@ -309,7 +311,7 @@ def _print_report(report: RunReport, as_json: bool) -> None:
 
 
 def _status_order(status: str) -> int:
-    from campaigns.ledger import Status
+    from campaigns.store.ledger import Status
 
     order = [s.value for s in Status]
     return order.index(status) if status in order else len(order)
@@ -385,9 +387,9 @@ def send(
     category: Annotated[Optional[str], typer.Option(help="Message category (default: triggered.category).")] = None,
 ) -> None:
     """Send one triggered message (what another service does with send_triggered)."""
-    from campaigns.preview import member_lots, member_row, render_channel
-    from campaigns.report import member_history
-    from campaigns.triggered import triggered_channels
+    from campaigns.tools.preview import member_lots, member_row, render_channel
+    from campaigns.tools.report import member_history
+    from campaigns.planning.triggered import triggered_channels
 
     application = _app()
     _require_schema(application)
@@ -408,10 +410,10 @@ def send(
         if rendered.error:
             raise LoyalcastError(f"the data does not fit the template: {rendered.error}")
 
-    import workers
+    from campaigns.app import actors
 
-    broker = workers.use_broker(runtime.build_broker(application.settings))
-    workers.send_triggered.send(member_id, template, values, key, category)
+    broker = actors.use_broker(runtime.build_broker(application.settings))
+    actors.send_triggered.send(member_id, template, values, key, category)
     if not application.in_memory:
         out.print(f"enqueued send_triggered for member {member_id} ({template}, key {key!r})")
         return
@@ -433,7 +435,7 @@ def suppressions_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List suppressed addresses with their reasons."""
-    from campaigns.models import suppressions
+    from campaigns.store.models import suppressions
 
     application = _app()
     _require_schema(application)
@@ -460,7 +462,7 @@ def suppressions_add(
     reason: Annotated[str, typer.Option(help="Why (kept with the entry).")] = "added by hand",
 ) -> None:
     """Never contact this address on this channel again (e.g. after a complaint)."""
-    from campaigns.delivery import add_suppressions
+    from campaigns.delivery.deliverer import add_suppressions
 
     application = _app()
     _require_schema(application)
@@ -478,7 +480,7 @@ def suppressions_remove(
     """Allow this address again (the member consented anew, the number was fixed)."""
     from sqlalchemy import delete
 
-    from campaigns.models import suppressions
+    from campaigns.store.models import suppressions
 
     application = _app()
     _require_schema(application)
@@ -493,7 +495,7 @@ def suppressions_remove(
 
 
 def _known_channel(channel: str) -> str:
-    from campaigns.settings import CHANNELS
+    from campaigns.config.settings import CHANNELS
 
     if channel not in CHANNELS:
         raise typer.BadParameter(f"unknown channel {channel!r} (known: {', '.join(sorted(CHANNELS))})", param_hint="CHANNEL")
@@ -551,16 +553,16 @@ def scheduler(
     occasion starts once)."""
     import socket
 
-    from campaigns.scheduler import Scheduler
+    from campaigns.app.scheduler import Scheduler
 
     application = _app()
     _require_schema(application)
-    import workers
+    from campaigns.app import actors
 
-    broker = workers.use_broker(runtime.build_broker(application.settings))
+    broker = actors.use_broker(runtime.build_broker(application.settings))
 
     def start(run_id: int, now: datetime) -> None:
-        workers.plan_campaign.send(run_id, now.isoformat())
+        actors.plan_campaign.send(run_id, now.isoformat())
         if application.in_memory:
             runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
 
@@ -595,7 +597,9 @@ def worker(
         raise LoyalcastError("the memory:// broker has no separate workers: `loyalcast run` processes in-process")
     if application.settings.metrics.enabled:
         runtime.configure_prometheus(application.settings)
-    known = {"triggered", "plans", "batches"}
+    from campaigns.app.actors import QUEUES
+
+    known = set(QUEUES)
     for queue in queues or []:
         if queue not in known:
             raise typer.BadParameter(f"unknown queue {queue!r} (known: {', '.join(sorted(known))})", param_hint="--queue")

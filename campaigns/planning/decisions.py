@@ -50,13 +50,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from campaigns import ladder
-from campaigns.caps import leave_quiet_hours, next_local_time, next_opening, window_bounds
-from campaigns.db import BUCKETS, holdout_bucket, upsert_insert
-from campaigns.ledger import Status
-from campaigns.models import UTCDateTime, deliveries, members, suppressions
-from campaigns.segments import segment_query
-from campaigns.settings import ANY_CHANNEL, CampaignSettings, CapRule, SegmentSettings, Settings, parse_clock
+from campaigns.planning import ladder
+from campaigns.planning.caps import leave_quiet_hours, next_local_time, next_opening, window_bounds
+from campaigns.store.engine import BUCKETS, holdout_bucket, upsert_insert
+from campaigns.store.ledger import Status
+from campaigns.store.models import UTCDateTime, deliveries, members, suppressions
+from campaigns.planning.segments import segment_query
+from campaigns.config.settings import ANY_CHANNEL, CampaignSettings, CapRule, SegmentSettings, Settings, parse_clock
 
 STATE_OK = "ok"
 STATE_NO_CONTACT = "no contact"
@@ -168,7 +168,7 @@ def decide_chunk(
     new rows got each (status, channel).
 
     An expiring-points ladder considers only the members with a reminder due (see
-    ``campaigns.ladder``) and records the reminders it queued.
+    ``campaigns.planning.ladder``) and records the reminders it queued.
     """
     steps = None
     if ctx.campaign.kind == "expiring_ladder":

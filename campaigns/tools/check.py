@@ -17,12 +17,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from campaigns.delivery import Deliverer
-from campaigns.models import balances, members
-from campaigns.preview import member_lots, render_channel
-from campaigns.rendering import CHANNEL_PARTS, template_channels
-from campaigns.segments import segment_query
-from campaigns.settings import Settings
+from campaigns.delivery.deliverer import Deliverer
+from campaigns.store.models import balances, members
+from campaigns.tools.preview import member_lots, render_channel
+from campaigns.delivery.rendering import CHANNEL_PARTS, template_channels
+from campaigns.planning.segments import segment_query
+from campaigns.config.settings import Settings
 
 SYNTHETIC_NAMES = {"ru": "Александра-Виктория", "en": "Alexandra-Victoria"}
 

@@ -1,0 +1,1 @@
+"""The running application: process runtime, Dramatiq actors, scheduler, command line."""

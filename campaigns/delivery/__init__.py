@@ -1,0 +1,1 @@
+"""Sending decided ledger rows: claim, build the message, render, send, record."""

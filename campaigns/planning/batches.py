@@ -1,0 +1,57 @@
+"""A run's queued deliveries as batches for ``deliver_batch``, streamed from the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select
+
+from campaigns.store.ledger import Status
+from campaigns.store.models import deliveries
+
+
+def queued_batches(
+    engine: Engine, run_id: int, batch_size: int, *, due_by: datetime | None = None,
+    members: tuple[int, int] | None = None,
+) -> Iterator[tuple[datetime, list[int]]]:
+    """``(send_at, ids)`` of the run's ``queued`` deliveries, streamed from the database.
+
+    A batch never mixes send times: all its deliveries are due at ``send_at``.
+    ``due_by`` leaves out deliveries due later; ``members`` (first and last id,
+    inclusive) keeps only those members' deliveries.
+    """
+    query = select(deliveries.c.id, deliveries.c.send_at).where(
+        deliveries.c.run_id == run_id, deliveries.c.status == Status.QUEUED.value
+    )
+    if members is not None:
+        query = query.where(deliveries.c.member_id.between(*members))
+    if due_by is not None:
+        query = query.where(deliveries.c.send_at <= due_by)
+    with engine.connect() as conn:
+        result = conn.execution_options(yield_per=batch_size).execute(
+            query.order_by(deliveries.c.send_at, deliveries.c.id)
+        )
+        batch: list[int] = []
+        batch_due: datetime | None = None
+        for delivery_id, send_at in result:
+            if batch and (send_at != batch_due or len(batch) >= batch_size):
+                yield batch_due, batch  # type: ignore[misc]
+                batch = []
+            batch_due = send_at
+            batch.append(delivery_id)
+        if batch:
+            yield batch_due, batch  # type: ignore[misc]
+
+
+def waiting(engine: Engine, run_id: int, after: datetime) -> tuple[int, datetime | None]:
+    """How many of the run's queued deliveries are due after ``after``, and the first such time."""
+    with engine.connect() as conn:
+        count, first = conn.execute(
+            select(func.count(), func.min(deliveries.c.send_at)).where(
+                deliveries.c.run_id == run_id,
+                deliveries.c.status == Status.QUEUED.value,
+                deliveries.c.send_at > after,
+            )
+        ).one()
+    return count, first

@@ -1,0 +1,125 @@
+"""``loyalcast plan``: what ``run`` would decide now, computed and rolled back."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from campaigns.config.settings import Settings
+from campaigns.planning.decisions import decide_chunk, run_context
+from campaigns.planning.planner import lock_members, member_chunks
+from campaigns.store.ledger import Status
+from campaigns.store.models import campaign_runs, deliveries
+from campaigns.store.runs import RunState, occasion_for
+
+
+@dataclass
+class PlanLine:
+    status: str
+    channel: str
+    detail: str
+    members: int
+    first_due: datetime | None
+    last_due: datetime | None
+
+
+@dataclass
+class DryRun:
+    """What ``run`` would decide now, computed without keeping anything."""
+
+    campaign: str
+    occasion: str
+    as_of: datetime
+    already_run: int | None
+    """Id of the run that already decided this occasion (a run would decide nothing new)."""
+    lines: list[PlanLine]
+    sms_sample: list[int] = field(default_factory=list)
+    """Members who would get an SMS (up to SMS_SAMPLE), to estimate segments and cost."""
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for line in self.lines:
+            per = counts.setdefault(line.status, {})
+            per[line.channel] = per.get(line.channel, 0) + line.members
+        return counts
+
+
+def dry_run(
+    engine: Engine, settings: Settings, campaign: str, *, as_of: datetime, occasion: str | None = None
+) -> DryRun:
+    """Decide every member exactly as ``run`` would, then roll every chunk back.
+
+    The same SQL runs under the same member locks, so the counts equal those of a run
+    started at the same instant; nothing is reserved, and the ledger is left unchanged.
+    """
+    settings.campaign(campaign)
+    occasion = occasion or occasion_for(settings, as_of)
+    with engine.connect() as conn:
+        existing = conn.execute(
+            select(campaign_runs.c.id).where(campaign_runs.c.campaign == campaign, campaign_runs.c.occasion == occasion)
+        ).scalar()
+        if existing is not None:
+            return DryRun(campaign, occasion, as_of, existing, [])
+        ctx = run_context(conn, settings, 0, campaign, as_of)
+    totals: dict[tuple[str, str, str], list[Any]] = {}
+    sms_sample: list[int] = []
+    for member_range in member_chunks(engine, settings.delivery.plan_chunk_size):
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                run_id = conn.execute(
+                    campaign_runs.insert()
+                    .values(campaign=campaign, occasion=f"{occasion} (dry run {uuid.uuid4().hex[:8]})", as_of=as_of,
+                            started_at=datetime.now(timezone.utc), started_by="plan", dry_run=True, state=RunState.PLANNING.value)
+                    .returning(campaign_runs.c.id)
+                ).scalar_one()
+                lock_members(conn, member_range)
+                decide_chunk(conn, settings, replace(ctx, run_id=run_id), member_range)
+                if len(sms_sample) < SMS_SAMPLE:
+                    sms_sample += conn.execute(
+                        select(deliveries.c.member_id)
+                        .where(deliveries.c.run_id == run_id, deliveries.c.channel == "sms",
+                               deliveries.c.status == Status.QUEUED.value)
+                        .order_by(deliveries.c.member_id)
+                        .limit(SMS_SAMPLE - len(sms_sample))
+                    ).scalars().all()
+                deferred = deliveries.c.deferred_from.is_not(None)
+                later = deliveries.c.send_at > as_of
+                rows = conn.execute(
+                    select(deliveries.c.status, deliveries.c.channel, deliveries.c.reason, deferred, later,
+                           func.count(), func.min(deliveries.c.send_at), func.max(deliveries.c.send_at))
+                    .where(deliveries.c.run_id == run_id)
+                    .group_by(deliveries.c.status, deliveries.c.channel, deliveries.c.reason, deferred, later)
+                ).all()
+            finally:
+                transaction.rollback()
+        for status, channel, reason, is_deferred, is_later, count, first, last in rows:
+            detail = _plan_detail(status, reason, bool(is_deferred), bool(is_later))
+            key = (status, channel or "-", detail)
+            entry = totals.setdefault(key, [0, first, last])
+            entry[0] += count
+            entry[1] = min(entry[1], first)
+            entry[2] = max(entry[2], last)
+    lines = [PlanLine(status, channel, detail, n, first, last) for (status, channel, detail), (n, first, last) in totals.items()]
+    lines.sort(key=lambda line: (_STATUS_ORDER.get(line.status, 99), line.channel, line.detail))
+    return DryRun(campaign, occasion, as_of, None, lines, sms_sample)
+
+
+SMS_SAMPLE = 200
+
+_STATUS_ORDER = {status.value: index for index, status in enumerate(Status)}
+
+
+def _plan_detail(status: str, reason: str, deferred: bool, later: bool) -> str:
+    if status == Status.QUEUED.value:
+        if deferred:
+            return reason.split(" (")[0].split(";")[0]
+        return "due later (quiet hours or send_at_local)" if later else "due now"
+    if status == Status.CAPPED.value:
+        return reason.split(" (")[0].split(";")[0]
+    return ""

@@ -1,0 +1,1 @@
+"""The database: tables, engine and dialect helpers, migrations, the ledger and runs."""

@@ -1,0 +1,2 @@
+"""What marketers and operators ask of the ledger and the templates: preview, check,
+reports, demo data."""
