@@ -28,7 +28,7 @@ def _app():  # type: ignore[no-untyped-def]
         _state.app = app
         _state.transports = {
             channel: build_transport(channel, section.transport, outbox_dir=app.settings.outbox_path,
-                                     options=section.model_dump())
+                                     options=section)
             for channel, section in app.settings.channels.items()
         }
     return _state
@@ -36,6 +36,7 @@ def _app():  # type: ignore[no-untyped-def]
 
 @dramatiq.actor(queue_name="naive", max_retries=0)
 def naive_send(member_id: int, run_id: int) -> None:
+    from campaigns.delivery.rows import Recipient
     from campaigns.store.models import balances, deliveries, members
     from channels.base import OutgoingMessage
     from channels.errors import ChannelError
@@ -72,9 +73,10 @@ def naive_send(member_id: int, run_id: int) -> None:
                                       holds_slot=True, send_at=now, created_at=now, updated_at=now, attempts=1)
             .returning(deliveries.c.id)
         ).scalar_one()
-    row = type("Row", (), dict(member._mapping, member_id=member_id, channel=channel, campaign=None, occasion="naive",
-                               as_of=now, send_at=now))
-    context = app.deliverer.context(row, [])
+    recipient = Recipient(member_id=member_id, first_name=member.first_name, locale=member.locale,
+                          timezone=member.timezone, tier=member.tier, balance=float(member.balance), campaign=None,
+                          occasion="naive", as_of=now)
+    context = app.messages.context(recipient, channel, [])
     rendered = app.renderer.render("balance_reminder", channel, context)
     status = "sent"
     try:

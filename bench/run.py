@@ -389,32 +389,32 @@ def ceiling_messages(config: Path, members: int) -> Path:
     sizes as loyalcast's run, so the ceiling pushes the same bytes without the database,
     the queue or the rendering. Written as JSON lines next to ``config``."""
     from campaigns.app import runtime
-    from campaigns.tools.preview import CONTACT_COLUMN, lots_by_member, member_rows, render_channel
+    from campaigns.tools.preview import lots_by_member, members_by_id, render_channel
 
     os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
     app = runtime.configure(config)
     campaign = app.settings.campaigns["balance_reminder"]
     segment = app.settings.segments[campaign.segment]
     ids = list(range(1, members + 1))
-    rows = member_rows(app.deliverer, ids, "balance_reminder", NOW)
-    lots = lots_by_member(app.deliverer, ids, NOW)
+    found = members_by_id(app.engine, ids, "balance_reminder", NOW)
+    lots = lots_by_member(app.engine, ids, NOW)
     out = config.parent / "ceiling-messages.jsonl"
     written = 0
     with out.open("w", encoding="utf-8") as file:
         for member_id in ids:
-            row = rows.get(member_id)
-            if row is None or row.balance < (segment.min_balance or 0):
+            member = found.get(member_id)
+            if member is None or member.recipient.balance < (segment.min_balance or 0):
                 continue
-            channel = next((c for c in campaign.channels
-                            if getattr(row, CONTACT_COLUMN[c]) and getattr(row, f"{c}_consent")), None)
+            channel = next((c for c in campaign.channels if member.contacts[c] and member.consents[c]), None)
             if channel is None:
                 continue
-            rendered = render_channel(app.deliverer, row, lots[member_id], campaign.template, channel).rendered
+            rendered = render_channel(app.messages, member.recipient, lots[member_id], campaign.template, channel).rendered
             if rendered is None:
                 continue
-            file.write(json.dumps({"channel": channel, "reference": member_id, "to": str(getattr(row, CONTACT_COLUMN[channel])),
+            file.write(json.dumps({"channel": channel, "reference": member_id, "to": member.contacts[channel],
                                    "text": rendered.text, "subject": rendered.subject, "html": rendered.html,
-                                   "to_name": row.first_name, "unsubscribe_url": app.settings.unsubscribe_url(member_id, channel)},
+                                   "to_name": member.recipient.first_name,
+                                   "unsubscribe_url": app.settings.unsubscribe_url(member_id, channel)},
                                   ensure_ascii=False) + "\n")
             written += 1
     app.engine.dispose()

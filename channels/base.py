@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from channels.errors import MessageRejected
+from channels.options import TransportOptions
 
 
 class SendStatus(StrEnum):
@@ -61,17 +62,24 @@ class SendResult:
 
 
 class Transport(ABC):
-    """Base of every transport. Subclasses set ``name`` and ``channel`` and fill the steps."""
+    """Base of every transport. Subclasses set ``name``, ``channels`` and ``Options`` and
+    fill the steps."""
 
     name: ClassVar[str]
     channels: ClassVar[tuple[str, ...]]
+    """Channels (``channels.specs``) this transport can carry."""
+    Options: ClassVar[type[TransportOptions]]
+    """The model of this transport's ``[channels.<name>]`` keys; its ``transport`` field
+    is ``Literal[name]``."""
     max_length: ClassVar[int | None] = None
     """Longest text body the provider accepts, in characters (None: no limit)."""
 
     @classmethod
     @abstractmethod
-    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "Transport":
-        """Build from the channel's settings section; raise ChannelConfigError naming the key."""
+    def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> Transport:
+        """Build from the channel's validated options (an instance of ``Options``); raise
+        ChannelConfigError naming the key for what the model cannot check (secrets in
+        the environment, keys that depend on each other). No network."""
 
     def send(self, message: OutgoingMessage) -> SendResult:
         """Deliver ``message``; return a SendResult or raise a ``channels.errors`` error."""
@@ -103,7 +111,7 @@ class Transport(ABC):
     def close(self) -> None:
         """Release what ``open`` acquired. Must be safe to call twice."""
 
-    def __enter__(self) -> "Transport":
+    def __enter__(self) -> Transport:
         self.open()
         return self
 

@@ -16,7 +16,9 @@ import smtplib
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Literal, NamedTuple
+
+from pydantic import Field
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
@@ -27,7 +29,7 @@ from channels.errors import (
     ProviderUnavailable,
 )
 from channels.mime import build_email, flatten, parse_sender
-from channels.options import seconds, secret
+from channels.options import TransportOptions, secret
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
 
@@ -41,9 +43,25 @@ class Envelope(NamedTuple):
     message_id: str
 
 
+class SmtpOptions(TransportOptions):
+    """``[channels.<name>]`` keys of the ``smtp`` transport."""
+
+    transport: Literal["smtp"]
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Default: 25, 587 or 465 by ``security``."""
+    security: Literal["none", "starttls", "ssl"] = "starttls"
+    from_address: str
+    username_env: str | None = None
+    password_env: str | None = None
+    unsubscribe_mailto: str | None = None
+    """Address for the ``mailto:`` form of ``List-Unsubscribe``."""
+
+
 class SmtpTransport(Transport):
     name = "smtp"
     channels = ("email",)
+    Options = SmtpOptions
 
     def __init__(
         self, host: str, port: int, *, security: str, sender: str, timeout: float,
@@ -56,20 +74,16 @@ class SmtpTransport(Transport):
         self._connection: smtplib.SMTP | None = None
 
     @classmethod
-    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "SmtpTransport":
+    def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> SmtpTransport:
+        assert isinstance(options, SmtpOptions)
         key = f"channels.{channel}"
-        if not options.get("host"):
-            raise ChannelConfigError(f"{key}.host", "required for the smtp transport")
-        if not options.get("from_address"):
-            raise ChannelConfigError(f"{key}.from_address", "required for the smtp transport")
-        username = secret(options.get("username_env"), f"{key}.username_env")
-        password = secret(options.get("password_env"), f"{key}.password_env")
-        security = options.get("security") or "starttls"
+        username = secret(options.username_env, f"{key}.username_env")
+        password = secret(options.password_env, f"{key}.password_env")
         try:
             return cls(
-                options["host"], options.get("port") or DEFAULT_PORTS[security], security=security,
-                sender=options["from_address"], timeout=seconds(options.get("timeout")),
-                username=username, password=password, unsubscribe_mailto=options.get("unsubscribe_mailto"),
+                options.host, options.port or DEFAULT_PORTS[options.security], security=options.security,
+                sender=options.from_address, timeout=options.timeout.total_seconds(),
+                username=username, password=password, unsubscribe_mailto=options.unsubscribe_mailto,
             )
         except ValueError as exc:
             raise ChannelConfigError(f"{key}.from_address", str(exc)) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import secrets
+from datetime import datetime, timezone
 from email.charset import QP, Charset
 from email.generator import BytesGenerator
 from email.header import Header
@@ -19,7 +20,6 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
-from datetime import datetime, timezone
 
 from channels.base import OutgoingMessage
 from channels.errors import InvalidRecipient

@@ -7,17 +7,26 @@ For measuring loyalcast's own cost (rendering, ledger, queue) without any provid
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
+from channels.options import TransportOptions
+from channels.specs import CHANNELS
+
+
+class NullOptions(TransportOptions):
+    """``[channels.<name>]`` keys of the ``null`` transport: only the common ones."""
+
+    transport: Literal["null"]
 
 
 class NullTransport(Transport):
     name = "null"
-    channels = ("email", "sms", "telegram")
+    channels = tuple(CHANNELS)
+    Options = NullOptions
 
     @classmethod
-    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "NullTransport":
+    def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> NullTransport:
         return cls()
 
     def prepare(self, message: OutgoingMessage) -> OutgoingMessage:

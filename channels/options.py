@@ -1,11 +1,77 @@
-"""Reading a transport's options: secrets from environment variables, durations."""
+"""Transport options: the keys of a ``[channels.<name>]`` section, and their value types.
+
+Each transport owns an options model (``Transport.Options``), a subclass of
+:class:`TransportOptions` that adds the keys only it reads; loyalcast's settings accept,
+per channel, whichever model the section's ``transport`` names. Secrets never appear in
+options: a key ending in ``_env`` names the environment variable holding the value,
+read by :func:`secret` when the transport is built.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from channels.errors import ChannelConfigError
+
+_DURATION = re.compile(r"^\s*(\d{1,9})\s*(w|d|h|m|s)\s*$")
+_DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``"30d"``, ``"2w"``, ``"12h"``, ``"90m"``, ``"45s"`` (or a timedelta) -> timedelta;
+    ValueError for anything else."""
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration like '30d' or '12h', got {value!r}")
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"invalid duration {value!r}: use a number and one of w, d, h, m, s (e.g. '30d')")
+    amount, unit = int(match.group(1)), match.group(2)
+    try:
+        return timedelta(**{_DURATION_UNITS[unit]: amount})
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too long") from None
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("duration must be longer than zero")
+    return value
+
+
+def _duration_or_seconds(value: Any) -> timedelta:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return parse_duration(value)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
+"""A positive duration written ``"30d"``, ``"12h"``, ... in settings."""
+
+Timeout = Annotated[timedelta, BeforeValidator(_duration_or_seconds), AfterValidator(_positive)]
+"""A positive duration, or a number of seconds (``timeout = "10s"`` or ``timeout = 10``)."""
+
+
+class TransportOptions(BaseModel):
+    """Keys every channel section may have, whatever its transport."""
+
+    # A misspelt key is a mistake the operator wants to hear about, not a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transport: str
+    rate_per_second: float | None = Field(default=None, gt=0)
+    """Provider throughput shared by all workers (through Redis); None: unlimited."""
+    timeout: Timeout = timedelta(seconds=10)
+    """Longest wait for the provider's answer to one request."""
+    price_per_segment: float = Field(default=0.0, ge=0)
+    """What the provider charges per billed segment, in the program's currency, for
+    channels billed per segment (plan's cost estimate)."""
 
 
 def secret(env_name: str | None, key: str, *, required: bool = False) -> str | None:
@@ -19,10 +85,3 @@ def secret(env_name: str | None, key: str, *, required: bool = False) -> str | N
     if not value:
         raise ChannelConfigError(key, f"environment variable {env_name} is not set")
     return value
-
-
-def seconds(value: Any, default: float = 10.0) -> float:
-    """A duration option (timedelta or number of seconds) in seconds."""
-    if value is None:
-        return default
-    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)

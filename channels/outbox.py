@@ -3,8 +3,9 @@
 Used by the embedded default (``make demo``) and by marketers' previews. Files are named
 by ledger id, so a redelivered batch overwrites rather than duplicates:
 
-- email: ``<dir>/email/<id>.eml`` (the exact MIME message SMTP would send);
-- SMS and Telegram: ``<dir>/<channel>/<id>.json`` with ``to``, ``text`` and ``reference``.
+- letters (email): ``<dir>/<channel>/<id>.eml``, the exact MIME message SMTP would send;
+- text and markup messages: ``<dir>/<channel>/<id>.json`` with ``to``, ``text`` and
+  ``reference`` (and ``parse_mode`` for markup).
 
 Files are written to a temporary name and renamed, so a reader never sees half a file.
 """
@@ -14,36 +15,56 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import ChannelConfigError, ProviderUnavailable
 from channels.mime import build_email, flatten, parse_sender
+from channels.options import TransportOptions
+from channels.specs import CHANNELS, MessageKind, channel_spec
+
+
+class OutboxOptions(TransportOptions):
+    """``[channels.<name>]`` keys of the ``outbox`` transport (the default)."""
+
+    transport: Literal["outbox"] = "outbox"
+    from_address: str | None = None
+    """Sender of letters written to the outbox."""
+    sender: str | None = None
+    """Sender id of text and markup messages, written into their files."""
 
 
 class OutboxTransport(Transport):
     name = "outbox"
-    channels = ("email", "sms", "telegram")
+    channels = tuple(CHANNELS)
+    Options = OutboxOptions
 
-    def __init__(self, directory: Path, *, sender: str = "loyalcast <noreply@localhost>") -> None:
+    def __init__(
+        self, directory: Path, *, sender: str = "loyalcast <noreply@localhost>", text_sender: str | None = None
+    ) -> None:
         self.directory = Path(directory)
         self.sender = parse_sender(sender)
+        self.text_sender = text_sender
 
     @classmethod
-    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "OutboxTransport":
-        sender = options.get("from_address") or "loyalcast <noreply@localhost>"
+    def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> OutboxTransport:
+        assert isinstance(options, OutboxOptions)
+        sender = options.from_address or "loyalcast <noreply@localhost>"
         try:
-            return cls(outbox_dir, sender=sender)
+            return cls(outbox_dir, sender=sender, text_sender=options.sender)
         except ValueError as exc:
             raise ChannelConfigError(f"channels.{channel}.from_address", str(exc)) from None
 
     def prepare(self, message: OutgoingMessage) -> tuple[Path, bytes]:
         folder = self.directory / message.channel
-        if message.channel == "email":
+        kind = channel_spec(message.channel).kind
+        if kind is MessageKind.LETTER:
             email = build_email(message, sender=self.sender, provider=self.name)
             return folder / f"{message.reference}.eml", flatten(email)
         document: dict[str, Any] = {"reference": message.reference, "to": message.to, "text": message.text}
-        if message.channel == "telegram":
+        if self.text_sender:
+            document["sender"] = self.text_sender
+        if kind is MessageKind.MARKUP:
             document["parse_mode"] = "HTML"
         return folder / f"{message.reference}.json", json.dumps(document, ensure_ascii=False, indent=2).encode()
 

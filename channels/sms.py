@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import phonenumbers
 import requests
+from pydantic import Field
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
@@ -38,7 +39,7 @@ from channels.errors import (
     RateLimited,
     RecipientBlocked,
 )
-from channels.options import seconds, secret
+from channels.options import TransportOptions, secret
 from channels.smstext import measure
 
 DEFAULT_FIELDS = {"to": "to", "text": "text", "sender": "sender", "reference": "reference"}
@@ -58,9 +59,32 @@ def normalize_number(raw: str, default_region: str = "RU") -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+class HttpSmsOptions(TransportOptions):
+    """``[channels.<name>]`` keys of the ``http_sms`` transport."""
+
+    transport: Literal["http_sms"]
+    style: Literal["json", "twilio"] = "json"
+    url: str | None = None
+    """json style: the gateway's send URL (required)."""
+    sender: str | None = None
+    """Sender id or From number (required for Twilio)."""
+    auth_header: str = "Authorization"
+    auth_env: str | None = None
+    """json style: environment variable holding the auth header's value."""
+    fields: dict[str, str] = Field(default_factory=dict)
+    """json style: field names for ``to``, ``text``, ``sender``, ``reference``."""
+    default_region: str = "RU"
+    """Region for numbers written without a country code."""
+    account_sid_env: str | None = None
+    auth_token_env: str | None = None
+    base_url: str | None = None
+    """Twilio API base URL (default: Twilio's)."""
+
+
 class HttpSmsTransport(Transport):
     name = "http_sms"
     channels = ("sms",)
+    Options = HttpSmsOptions
 
     def __init__(
         self, *, style: str, url: str, sender: str | None, timeout: float, headers: dict[str, str],
@@ -79,29 +103,30 @@ class HttpSmsTransport(Transport):
             self.session.auth = auth
 
     @classmethod
-    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "HttpSmsTransport":
+    def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> HttpSmsTransport:
+        assert isinstance(options, HttpSmsOptions)
         key = f"channels.{channel}"
-        timeout = seconds(options.get("timeout"))
-        region = options.get("default_region") or "RU"
-        if options.get("style") == "twilio":
-            sid = secret(options.get("account_sid_env"), f"{key}.account_sid_env", required=True)
-            token = secret(options.get("auth_token_env"), f"{key}.auth_token_env", required=True)
-            if not options.get("sender"):
+        timeout = options.timeout.total_seconds()
+        region = options.default_region
+        if options.style == "twilio":
+            sid = secret(options.account_sid_env, f"{key}.account_sid_env", required=True)
+            token = secret(options.auth_token_env, f"{key}.auth_token_env", required=True)
+            if not options.sender:
                 raise ChannelConfigError(f"{key}.sender", "required for Twilio (the From number or sender id)")
-            base = (options.get("base_url") or "https://api.twilio.com").rstrip("/")
-            return cls(style="twilio", url=f"{base}/2010-04-01/Accounts/{sid}/Messages.json", sender=options["sender"],
-                       timeout=timeout, headers={}, fields={}, default_region=region, auth=(sid, token or ""))
-        if not options.get("url"):
+            base = (options.base_url or "https://api.twilio.com").rstrip("/")
+            return cls(style="twilio", url=f"{base}/2010-04-01/Accounts/{sid}/Messages.json", sender=options.sender,
+                       timeout=timeout, headers={}, fields={}, default_region=region, auth=(sid or "", token or ""))
+        if not options.url:
             raise ChannelConfigError(f"{key}.url", "required for the http_sms transport (json style)")
-        unknown = set(options.get("fields") or {}) - set(DEFAULT_FIELDS)
+        unknown = set(options.fields) - set(DEFAULT_FIELDS)
         if unknown:
             raise ChannelConfigError(f"{key}.fields", f"unknown field {sorted(unknown)[0]!r} (known: {', '.join(DEFAULT_FIELDS)})")
         headers = {}
-        token = secret(options.get("auth_env"), f"{key}.auth_env")
+        token = secret(options.auth_env, f"{key}.auth_env")
         if token:
-            headers[options.get("auth_header") or "Authorization"] = token
-        return cls(style="json", url=options["url"], sender=options.get("sender"), timeout=timeout, headers=headers,
-                   fields=options.get("fields") or {}, default_region=region)
+            headers[options.auth_header] = token
+        return cls(style="json", url=options.url, sender=options.sender, timeout=timeout, headers=headers,
+                   fields=options.fields, default_region=region)
 
     def check(self, message: OutgoingMessage) -> None:
         super().check(message)

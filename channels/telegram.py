@@ -23,11 +23,18 @@ import asyncio
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from telegram import Bot
 from telegram.constants import ParseMode
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 from telegram.warnings import PTBDeprecationWarning
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
@@ -39,7 +46,7 @@ from channels.errors import (
     RateLimited,
     RecipientBlocked,
 )
-from channels.options import seconds, secret
+from channels.options import TransportOptions, secret
 from channels.telegram_request import AiohttpRequest
 
 MAX_LENGTH = 4096
@@ -96,18 +103,31 @@ def _this_thread() -> _ThreadLoop:
     return runner
 
 
+class TelegramOptions(TransportOptions):
+    """``[channels.<name>]`` keys of the ``telegram`` transport."""
+
+    transport: Literal["telegram"]
+    token_env: str | None = None
+    """Environment variable holding the bot token (required)."""
+    base_url: str | None = None
+    """Bot API base URL ending in ``/bot`` (default: Telegram's; a local Bot API server
+    or a fake in tests)."""
+
+
 class TelegramTransport(Transport):
     name = "telegram"
     channels = ("telegram",)
     max_length = MAX_LENGTH
+    Options = TelegramOptions
 
     def __init__(self, token: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 10.0) -> None:
         self.token, self.base_url, self.timeout = token, base_url, timeout
 
     @classmethod
-    def from_options(cls, channel: str, options: dict[str, Any], *, outbox_dir: Path) -> "TelegramTransport":
-        token = secret(options.get("token_env"), f"channels.{channel}.token_env", required=True)
-        return cls(token or "", base_url=options.get("base_url") or DEFAULT_BASE_URL, timeout=seconds(options.get("timeout")))
+    def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> TelegramTransport:
+        assert isinstance(options, TelegramOptions)
+        token = secret(options.token_env, f"channels.{channel}.token_env", required=True)
+        return cls(token or "", base_url=options.base_url or DEFAULT_BASE_URL, timeout=options.timeout.total_seconds())
 
     def check(self, message: OutgoingMessage) -> None:
         super().check(message)

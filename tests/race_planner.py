@@ -10,12 +10,11 @@ import sys
 import threading
 from datetime import datetime, timedelta, timezone
 
-from campaigns.store.engine import make_engine
+from campaigns.config.settings import load_settings
 from campaigns.planning import triggered
 from campaigns.planning.planner import plan_run
+from campaigns.store.engine import make_engine
 from campaigns.store.runs import claim_run
-from campaigns.delivery.rendering import Renderer
-from campaigns.config.settings import load_settings
 
 BASE = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
 MEMBERS = 2000
@@ -40,11 +39,10 @@ def main(config: str, seed: int, threads: int) -> int:
 
     def trigger() -> None:
         rng = random.Random(seed)
-        renderer = Renderer(settings.templates_path, settings.program)
         try:
             for n in range(TRIGGERED_PER_PROCESS):
                 member_id = rng.randint(1, MEMBERS)
-                triggered.decide(engine, settings, renderer, member_id, "tier_upgraded", {"tier_name": "Gold"},
+                triggered.decide(engine, settings, member_id, "tier_upgraded", {"tier_name": "Gold"},
                                  f"race-{seed}-{n}", "marketing", now=BASE + timedelta(minutes=rng.randint(0, 60)))
         except BaseException as exc:
             failures.append(exc)

@@ -7,17 +7,15 @@ import json
 from datetime import datetime, timedelta, timezone
 from email import policy
 
+from helpers import add_expiration, add_member, cli, ledger, run_json
 from sqlalchemy import delete, func, select
 
 from campaigns.app import runtime
-
-from campaigns.tools import demo
-from campaigns.store.models import deliveries, suppressions
 from campaigns.planning.planner import plan_chunks, plan_run
-from campaigns.store.runs import claim_run
 from campaigns.planning.segments import segment_query
-
-from helpers import add_expiration, add_member, cli, ledger, run_json
+from campaigns.store.models import deliveries, suppressions
+from campaigns.store.runs import claim_run
+from campaigns.tools import demo
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone(timedelta(hours=3)))
 
@@ -154,9 +152,8 @@ def test_a_reminder_no_longer_true_at_send_time_is_stale(configured) -> None:
     # Given two members with points expiring, planned for the expiring-points campaign
     from sqlalchemy import update
 
-    from campaigns.store.models import balances, point_expirations
     from campaigns.planning.batches import queued_batches
-    from campaigns.planning.planner import plan_run
+    from campaigns.store.models import balances, point_expirations
     from campaigns.store.runs import claim_run
 
     application = configured({

@@ -6,13 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REPO
+from helpers import add_members
 from sqlalchemy import text
 
 from campaigns.store import schema
 from campaigns.store.engine import make_engine
-
-from conftest import REPO
-from helpers import add_members
 
 PROCESSES = 4
 THREADS = 4

@@ -6,16 +6,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers import add_member, add_members, decided, run_json
 from sqlalchemy import func, select
 
 from campaigns.app import runtime
 from campaigns.errors import ConfigError
-from campaigns.store.models import deliveries
 from campaigns.planning.dry_run import dry_run
 from campaigns.planning.planner import plan_run
+from campaigns.store.models import deliveries
 from campaigns.store.runs import claim_run
-
-from helpers import add_member, add_members, decided, run_json
 
 UTC = timezone.utc
 NO_QUIET_HOURS = {"quiet_hours": {"default": "off", "telegram": "off", "email": "off"}}

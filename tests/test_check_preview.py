@@ -7,15 +7,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from helpers import add_expiration, add_member, cli, ledger, run_json
 from typer.testing import CliRunner
 
 from campaigns.app import runtime
-
-from campaigns.store import schema
 from campaigns.app.cli import app as cli_app
-
-from conftest import REPO
-from helpers import add_expiration, add_member, cli, ledger, run_json
+from campaigns.store import schema
 
 
 @pytest.fixture

@@ -13,16 +13,14 @@ from email import policy
 
 import pytest
 import tomli_w
+from conftest import REPO, deep_merge
+from helpers import add_member, add_members, ledger, run_json
 from sqlalchemy import func, select
 
 from campaigns.app import runtime
-
 from campaigns.store import schema
 from campaigns.store.models import deliveries, suppressions
 from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
-
-from conftest import REPO, deep_merge
-from helpers import add_member, add_members, ledger, run_json
 
 
 @pytest.fixture
@@ -206,7 +204,7 @@ def test_throughput_limit_is_shared_by_workers_through_redis(real_transports, pr
     plan_run(application.engine, application.settings, run.id)
     batches = [ids for _, ids in queued_batches(application.engine, run.id, 10)]
     # When two independent workers (each its own Deliverer and limiter) send at once
-    workers = [Deliverer(application.settings, application.engine, application.renderer) for _ in range(2)]
+    workers = [Deliverer(application.settings, application.engine, application.messages) for _ in range(2)]
     threads = [threading.Thread(target=lambda w=w, b=b: [w.deliver(ids) for ids in b])
                for w, b in zip(workers, (batches[::2], batches[1::2]))]
     for thread in threads:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta, timezone
 
+from helpers import add_expiration, add_member
 from sqlalchemy import select, update
 
 from campaigns.app import runtime
-from campaigns.store.models import deliveries, point_expirations
 from campaigns.planning.batches import queued_batches
-from campaigns.planning.planner import plan_run
-from campaigns.store.runs import claim_run
 from campaigns.planning.ladder import current_stage
-
-from helpers import add_expiration, add_member
+from campaigns.planning.planner import plan_run
+from campaigns.store.models import deliveries, point_expirations
+from campaigns.store.runs import claim_run
 
 UTC = timezone.utc
 D = date(2026, 12, 20)

@@ -11,16 +11,14 @@ import sys
 import time
 import urllib.request
 
-from campaigns import logs
-
-from campaigns.app import runtime
-from campaigns.logs import mask
-
 from conftest import REPO
+from helpers import add_member
 from typer.testing import CliRunner
 
+from campaigns import logs
+from campaigns.app import runtime
 from campaigns.app.cli import app as cli_app
-from helpers import add_member
+from campaigns.logs import mask
 
 
 def free_port() -> int:

@@ -6,12 +6,11 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
-
-from campaigns.errors import TemplateError
-from campaigns.delivery.rendering import Renderer
-from campaigns.config.settings import load_settings
-
 from conftest import REPO, SHIPPED_SETTINGS
+
+from campaigns.config.settings import load_settings
+from campaigns.delivery.rendering import Renderer
+from campaigns.errors import TemplateError
 
 
 @pytest.fixture

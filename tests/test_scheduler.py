@@ -8,14 +8,12 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from conftest import REPO
 
 from campaigns.app import runtime
-
+from campaigns.app.scheduler import Scheduler, occasions
 from campaigns.store import schema
 from campaigns.store.engine import make_engine
-from campaigns.app.scheduler import Scheduler, occasions
-
-from conftest import REPO
 
 UTC = timezone.utc
 EVERY_MINUTE = {"schedule": "* * * * *"}
@@ -94,8 +92,9 @@ def test_a_scheduled_occasion_runs_end_to_end_on_the_embedded_default(write_sett
         "quiet_hours": {"default": "off", "telegram": "off"},
         "campaigns": only({"balance_reminder": {"schedule": "0 11 * * *"}}),
     }, drop=("campaigns",))
-    from campaigns.tools import demo
     from helpers import cli
+
+    from campaigns.tools import demo
 
     cli(config, "db", "upgrade")
     demo.seed(runtime.app().engine, 50, now=datetime(2026, 11, 20, tzinfo=UTC))

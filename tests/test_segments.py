@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from helpers import add_expiration, add_member
 from sqlalchemy import insert
 
-from campaigns.store.models import segment_members
+from campaigns.config.sections import SegmentSettings
 from campaigns.planning.segments import segment_query
-from campaigns.config.settings import SegmentSettings
-
-from helpers import add_expiration, add_member
+from campaigns.store.models import segment_members
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
 

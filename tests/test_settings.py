@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from campaigns.errors import ConfigError
-from campaigns.config.settings import load_settings, parse_duration
-
 from conftest import REPO, SHIPPED_SETTINGS
+
+from campaigns.config.settings import load_settings
+from campaigns.config.values import parse_duration
+from campaigns.errors import ConfigError
 
 
 def problems_of(path: Path) -> list[str]:

@@ -11,16 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from helpers import add_member, add_members, cli, subprocess_env
 from sqlalchemy import func, select
 
 from campaigns.app import runtime
-
 from campaigns.store import schema
 from campaigns.store.engine import make_engine
 from campaigns.store.models import deliveries
-
-from conftest import REPO
-from helpers import add_member, add_members, cli, subprocess_env
 
 NO_QUIET = {"quiet_hours": {"default": "off", "telegram": "off"}}
 

@@ -28,9 +28,7 @@ from typing import Any
 import dramatiq
 
 from campaigns import logs, metrics
-
 from campaigns.app import runtime
-
 from campaigns.planning import triggered
 from campaigns.planning.batches import queued_batches
 from campaigns.planning.planner import plan_chunks
@@ -55,7 +53,7 @@ def send_triggered(
 ) -> None:
     """Decide and deliver one triggered message (see ``campaigns.planning.triggered``)."""
     app = runtime.app()
-    decided = triggered.decide(app.engine, app.settings, app.renderer, int(member_id), str(template),
+    decided = triggered.decide(app.engine, app.settings, int(member_id), str(template),
                                {} if data is None else data, idempotency_key, category)
     if decided.status != "queued":
         log.info("triggered %s for member %s: %s (%s)", template, member_id, decided.status, decided.reason)

@@ -22,10 +22,11 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
 from campaigns import metrics
-from campaigns.store.engine import make_engine
-from campaigns.delivery.deliverer import Deliverer
-from campaigns.delivery.rendering import Renderer
 from campaigns.config.settings import CONFIG_ENV, Settings, config_path, load_settings
+from campaigns.delivery.deliverer import Deliverer
+from campaigns.delivery.message import MessageBuilder
+from campaigns.delivery.rendering import Renderer
+from campaigns.store.engine import make_engine
 
 _lock = threading.Lock()
 _app: "App | None" = None
@@ -47,8 +48,12 @@ class App:
         return Renderer(self.settings.templates_path, self.settings.program)
 
     @cached_property
+    def messages(self) -> MessageBuilder:
+        return MessageBuilder(self.settings, self.renderer)
+
+    @cached_property
     def deliverer(self) -> Deliverer:
-        return Deliverer(self.settings, self.engine, self.renderer)
+        return Deliverer(self.settings, self.engine, self.messages)
 
     @property
     def in_memory(self) -> bool:

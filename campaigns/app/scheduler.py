@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from sqlalchemy import Engine, select
 
-from campaigns.store.engine import upsert_insert
-from campaigns.store.models import campaign_runs
 from campaigns.config.settings import Settings
+from campaigns.store.models import campaign_runs
+from campaigns.store.runs import RunState, insert_run
 
 log = logging.getLogger("loyalcast.scheduler")
 
@@ -69,17 +69,19 @@ class Scheduler:
             occasion = fire.astimezone(self.zone).isoformat()
             late = now - fire
             if late <= self.settings.scheduler.grace:
-                state, reason = "planning", ""
+                state, reason = RunState.PLANNING, ""
             elif campaign.catch_up == "latest" and late <= campaign.catch_up_max_age:
-                state, reason = "planning", f"caught up {_age(late)} late"
+                state, reason = RunState.PLANNING, f"caught up {_age(late)} late"
             elif campaign.catch_up == "latest":
-                state, reason = "skipped", f"missed by {_age(late)}, older than catch_up_max_age"
+                state, reason = RunState.SKIPPED, f"missed by {_age(late)}, older than catch_up_max_age"
             else:
-                state, reason = "skipped", f"missed by {_age(late)}; catch_up = skip"
-            run_id = self._claim(campaign_name, occasion, now, state, reason)
+                state, reason = RunState.SKIPPED, f"missed by {_age(late)}; catch_up = skip"
+            with self.engine.begin() as conn:
+                run_id = insert_run(conn, campaign_name, occasion, as_of=now, started_by=self.name, state=state,
+                                    note=reason)
             if run_id is None:
                 continue  # already decided, here or by another scheduler
-            if state == "skipped":
+            if state is RunState.SKIPPED:
                 log.warning("skipped %s occasion %s: %s", campaign_name, occasion, reason)
                 decisions.append(Decision(campaign_name, occasion, "skipped", run_id, reason))
                 continue
@@ -87,16 +89,6 @@ class Scheduler:
             self.start(run_id, now)
             decisions.append(Decision(campaign_name, occasion, "started", run_id, reason))
         return decisions
-
-    def _claim(self, campaign: str, occasion: str, now: datetime, state: str, note: str) -> int | None:
-        with self.engine.begin() as conn:
-            return conn.execute(
-                upsert_insert(conn, campaign_runs)
-                .values(campaign=campaign, occasion=occasion, as_of=now, started_at=datetime.now(timezone.utc),
-                        started_by=self.name, dry_run=False, state=state, note=note)
-                .on_conflict_do_nothing()
-                .returning(campaign_runs.c.id)
-            ).scalar()
 
     def run_forever(self, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         tick = self.settings.scheduler.tick.total_seconds()

@@ -1,13 +1,14 @@
 """Rendering member messages from ``templates/`` with Jinja2.
 
-Layout: ``templates/<name>/<part>`` with parts ``email.subject``, ``email.txt``,
-``email.html``, ``sms.txt`` and ``telegram.html``. A locale variant lives in
+Layout: ``templates/<name>/<part>``, the parts of each channel named by its spec
+(``channels.specs``: ``<channel>.subject``, ``.txt`` and ``.html`` for a letter, one
+``.txt`` or ``.html`` body otherwise). A locale variant lives in
 ``templates/<name>/<locale>/<part>``; lookup tries the member's locale, then the
 program's default locale, then the unlocalized file.
 
 The environment is sandboxed (a template cannot reach Python internals) and uses
 ``StrictUndefined`` (a misspelt variable is an error, never an empty string). ``.html``
-parts are autoescaped, so member data cannot inject markup into email or Telegram.
+parts are autoescaped, so member data cannot inject markup into any message.
 
 Filters (the member's locale and time zone come from the render context):
 
@@ -24,39 +25,34 @@ from __future__ import annotations
 import os
 import traceback
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from babel import Locale
 from babel.dates import format_date, format_skeleton, format_timedelta
-from babel.numbers import format_currency
-from babel.numbers import format_decimal
+from babel.numbers import format_currency, format_decimal
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
-    TemplateError as JinjaTemplateError,
+    Template,
     TemplateNotFound,
-    TemplateSyntaxError,
     TemplatesNotFound,
+    TemplateSyntaxError,
     pass_context,
     select_autoescape,
 )
-from jinja2 import Template
+from jinja2 import (
+    TemplateError as JinjaTemplateError,
+)
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-from campaigns.errors import TemplateError
-from campaigns.config.settings import ProgramSettings
+from campaigns.config.sections import ProgramSettings
 from campaigns.config.zones import zone_info
-
-CHANNEL_PARTS: dict[str, tuple[str, ...]] = {
-    "email": ("email.subject", "email.txt", "email.html"),
-    "sms": ("sms.txt",),
-    "telegram": ("telegram.html",),
-}
-REQUIRED_PARTS = {"email.subject", "sms.txt", "telegram.html"}
+from campaigns.errors import TemplateError
+from channels.specs import MessageKind, channel_spec
 
 
 @dataclass(frozen=True)
@@ -69,13 +65,6 @@ class Rendered:
     html: str | None
     files: tuple[str, ...]
     """Template files used, relative to the templates folder (for previews and errors)."""
-
-
-def template_channels(templates_dir: Path, name: str, locales: list[str]) -> list[str]:
-    """Channels the template has at least one file for, unlocalized or in a locale folder."""
-    folders = [templates_dir / name, *(templates_dir / name / locale for locale in locales)]
-    return [channel for channel, parts in CHANNEL_PARTS.items()
-            if any((folder / part).is_file() for folder in folders for part in parts)]
 
 
 class Renderer:
@@ -108,9 +97,6 @@ class Renderer:
             relative_date=_relative_date_filter,
         )
 
-    def template_exists(self, name: str) -> bool:
-        return (self.templates_dir / name).is_dir()
-
     def candidates(self, name: str, part: str, locale: str) -> list[str]:
         names = [f"{name}/{locale}/{part}", f"{name}/{self.program.default_locale}/{part}", f"{name}/{part}"]
         return list(dict.fromkeys(names))
@@ -122,24 +108,24 @@ class Renderer:
         whatever the templates use. Raises TemplateError naming file and line.
         """
         locale = context["locale"]
-        parts: dict[str, str | None] = {}
+        spec = channel_spec(channel)
+        rendered: list[str | None] = []
         files = []
-        for part in CHANNEL_PARTS[channel]:
+        for part in spec.parts:
             template = self._template(name, part, locale)
             if template is None:
-                if part in REQUIRED_PARTS:
-                    raise TemplateError(f"no {part} for locale {locale!r}", file=f"{name}/{part}")
-                parts[part] = None
+                rendered.append(None)
                 continue
-            parts[part] = self._render_template(template, context)
-            files.append(template.name)
-        if channel == "email":
-            if parts["email.txt"] is None and parts["email.html"] is None:
-                raise TemplateError("needs email.txt or email.html", file=f"{name}/email.txt")
-            subject = " ".join((parts["email.subject"] or "").split())
-            return Rendered(channel, subject, parts["email.txt"], parts["email.html"], tuple(files))
-        body = parts[CHANNEL_PARTS[channel][0]]
-        return Rendered(channel, None, (body or "").strip(), None, tuple(files))
+            rendered.append(self._render_template(template, context))
+            files.append(template.name or part)
+        for group in spec.required_parts:
+            if all(rendered[spec.parts.index(part)] is None for part in group):
+                problem = f"no {group[0]} for locale {locale!r}" if len(group) == 1 else f"needs {' or '.join(group)}"
+                raise TemplateError(problem, file=f"{name}/{group[0]}")
+        if spec.kind is MessageKind.LETTER:
+            subject, text, html = rendered
+            return Rendered(channel, " ".join((subject or "").split()), text, html, tuple(files))
+        return Rendered(channel, None, (rendered[0] or "").strip(), None, tuple(files))
 
     def _template(self, name: str, part: str, locale: str) -> Template | None:
         """The compiled template serving ``part`` for ``locale`` (None when there is none).

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from campaigns.config.settings import CapRule, Clock
+from campaigns.config.rules import CapRule
+from campaigns.config.values import Clock
 
 UTC = timezone.utc
 DEFER_HORIZON = timedelta(days=400)

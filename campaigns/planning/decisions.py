@@ -50,13 +50,26 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from campaigns.config.rules import CapRule
+from campaigns.config.sections import CampaignSettings, SegmentSettings
+from campaigns.config.settings import Settings
+from campaigns.config.values import ANY_CHANNEL, parse_clock
 from campaigns.planning import ladder
-from campaigns.planning.caps import leave_quiet_hours, next_local_time, next_opening, window_bounds
-from campaigns.store.engine import BUCKETS, holdout_bucket, upsert_insert
-from campaigns.store.ledger import Status
-from campaigns.store.models import UTCDateTime, deliveries, members, suppressions
+from campaigns.planning.caps import (
+    leave_quiet_hours,
+    next_local_time,
+    next_opening,
+    window_bounds,
+)
 from campaigns.planning.segments import segment_query
-from campaigns.config.settings import ANY_CHANNEL, CampaignSettings, CapRule, SegmentSettings, Settings, parse_clock
+from campaigns.store.engine import BUCKETS, holdout_bucket, upsert_insert
+from campaigns.store.ledger import ReasonCode, Status
+from campaigns.store.models import UTCDateTime, deliveries, members, suppressions
+from channels.specs import channel_spec
+
+CAPPED_PREFIX = "cap "
+DEFERRED_PREFIX = "deferred by cap "
+"""How a capped or deferred row's reason starts, before the rule's name."""
 
 STATE_OK = "ok"
 STATE_NO_CONTACT = "no contact"
@@ -64,7 +77,7 @@ STATE_NO_CONSENT = "no consent"
 STATE_SUPPRESSED = "suppressed"
 
 INSERTED_COLUMNS = [
-    "run_id", "member_id", "channel", "category", "template", "status", "reason", "address",
+    "run_id", "member_id", "channel", "category", "template", "status", "reason", "reason_code", "cap_rule", "address",
     "holds_slot", "send_at", "deferred_from", "created_at", "updated_at", "attempts",
     "idempotency_key", "data",
 ]
@@ -147,11 +160,9 @@ def _per_zone(zone: ColumnElement[str], values: dict[str, Any], program_zone: st
 
 
 def _contact(segment: Any, channel: str) -> ColumnElement[str]:
-    if channel == "email":
-        return segment.c.email
-    if channel == "sms":
-        return segment.c.phone
-    return cast(segment.c.telegram_chat_id, String)
+    """The member's address on ``channel`` as text (the column its spec names)."""
+    column: ColumnElement[Any] = segment.c[channel_spec(channel).contact]
+    return column if isinstance(column.type, String) else cast(column, String)
 
 
 def _joined(parts: list[ColumnElement[str]], separator: str) -> ColumnElement[str]:
@@ -221,7 +232,7 @@ def decision_insert(
         contact = _contact(segment, channel)
         state = case(
             (or_(contact.is_(None), contact == ""), STATE_NO_CONTACT),
-            (not_(segment.c[f"{channel}_consent"]), STATE_NO_CONSENT),
+            (not_(segment.c[channel_spec(channel).consent]), STATE_NO_CONSENT),
             (exists().where(suppressions.c.channel == channel, suppressions.c.address == contact), STATE_SUPPRESSED),
             else_=STATE_OK,
         )
@@ -288,8 +299,19 @@ def decision_insert(
         (is_deferred, literal(Status.QUEUED.value, String)),
         else_=literal(Status.CAPPED.value, String),
     )
+    code = case(
+        (capped.c.channel.is_(None), capped.c.unreachable),
+        (capped.c.held, literal(ReasonCode.HELD_OUT.value, String)),
+        (capped.c.cap_hit.is_(None), literal(ReasonCode.ELIGIBLE.value, String)),
+        (is_deferred, literal(ReasonCode.CAP_DEFERRED.value, String)),
+        else_=literal(ReasonCode.CAPPED.value, String),
+    )
+    cap_rule = case(
+        *((capped.c.cap_hit == i, literal(rule.name, String)) for i, rule in enumerate(settings.caps)),
+        else_=literal(None, String),
+    ) if settings.caps else literal(None, String)
     rule_names = [
-        (capped.c.cap_hit == i, literal(("deferred by cap " if rule.action == "defer" else "cap ") + rule.name, String))
+        (capped.c.cap_hit == i, literal((DEFERRED_PREFIX if rule.action == "defer" else CAPPED_PREFIX) + rule.name, String))
         for i, rule in enumerate(settings.caps)
     ]
     reason = case(
@@ -308,6 +330,8 @@ def decision_insert(
         literal(campaign.template, String),
         status,
         reason,
+        code,
+        cap_rule,
         capped.c.address,
         status == Status.QUEUED.value,
         capped.c.send_at,
@@ -409,18 +433,20 @@ def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_ra
 
         opening = next_opening(rules, row.send_at, zone, counted, adjust=lambda t, z=zone, q=quiet: leave_quiet_hours(t, z, q))
         if opening is None:
-            reason = row.reason.replace("deferred by cap ", "cap ", 1) + "; no window opens within 400 days"
+            # The row's reason was written by decision_insert as DEFERRED_PREFIX + the rest.
+            reason = CAPPED_PREFIX + row.reason.removeprefix(DEFERRED_PREFIX) + "; no window opens within 400 days"
             updates.append({"b_id": row.id, "b_status": Status.CAPPED.value, "b_holds": False,
-                            "b_send_at": row.send_at, "b_reason": reason[:500]})
+                            "b_send_at": row.send_at, "b_reason": reason[:500],
+                            "b_code": ReasonCode.CAP_NO_WINDOW.value})
         else:
             reason = f"{row.reason}; due {opening.isoformat(timespec='minutes')}"
             updates.append({"b_id": row.id, "b_status": Status.QUEUED.value, "b_holds": True,
-                            "b_send_at": opening, "b_reason": reason[:500]})
+                            "b_send_at": opening, "b_reason": reason[:500], "b_code": ReasonCode.CAP_DEFERRED.value})
     conn.execute(
         update(deliveries)
         .where(deliveries.c.id == bindparam("b_id"))
         .values(status=bindparam("b_status"), holds_slot=bindparam("b_holds"),
-                send_at=bindparam("b_send_at"), reason=bindparam("b_reason")),
+                send_at=bindparam("b_send_at"), reason=bindparam("b_reason"), reason_code=bindparam("b_code")),
         updates,
     )
     return len(updates)

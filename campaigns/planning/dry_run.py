@@ -10,11 +10,17 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from campaigns.config.settings import Settings
-from campaigns.planning.decisions import decide_chunk, run_context
+from campaigns.planning.decisions import (
+    CAPPED_PREFIX,
+    DEFERRED_PREFIX,
+    decide_chunk,
+    run_context,
+)
 from campaigns.planning.planner import lock_members, member_chunks
 from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries
 from campaigns.store.runs import RunState, occasion_for
+from channels.specs import channel_spec
 
 
 @dataclass
@@ -37,8 +43,9 @@ class DryRun:
     already_run: int | None
     """Id of the run that already decided this occasion (a run would decide nothing new)."""
     lines: list[PlanLine]
-    sms_sample: list[int] = field(default_factory=list)
-    """Members who would get an SMS (up to SMS_SAMPLE), to estimate segments and cost."""
+    samples: dict[str, list[int]] = field(default_factory=dict)
+    """Per channel billed per segment: members who would get a message there (up to
+    SAMPLE each), to estimate segments and cost."""
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
@@ -67,7 +74,8 @@ def dry_run(
             return DryRun(campaign, occasion, as_of, existing, [])
         ctx = run_context(conn, settings, 0, campaign, as_of)
     totals: dict[tuple[str, str, str], list[Any]] = {}
-    sms_sample: list[int] = []
+    measured = [channel for channel in settings.campaign(campaign).channels if channel_spec(channel).measure]
+    samples: dict[str, list[int]] = {channel: [] for channel in measured}
     for member_range in member_chunks(engine, settings.delivery.plan_chunk_size):
         with engine.connect() as conn:
             transaction = conn.begin()
@@ -80,26 +88,27 @@ def dry_run(
                 ).scalar_one()
                 lock_members(conn, member_range)
                 decide_chunk(conn, settings, replace(ctx, run_id=run_id), member_range)
-                if len(sms_sample) < SMS_SAMPLE:
-                    sms_sample += conn.execute(
-                        select(deliveries.c.member_id)
-                        .where(deliveries.c.run_id == run_id, deliveries.c.channel == "sms",
-                               deliveries.c.status == Status.QUEUED.value)
-                        .order_by(deliveries.c.member_id)
-                        .limit(SMS_SAMPLE - len(sms_sample))
-                    ).scalars().all()
+                for channel, sample in samples.items():
+                    if len(sample) < SAMPLE:
+                        sample += conn.execute(
+                            select(deliveries.c.member_id)
+                            .where(deliveries.c.run_id == run_id, deliveries.c.channel == channel,
+                                   deliveries.c.status == Status.QUEUED.value)
+                            .order_by(deliveries.c.member_id)
+                            .limit(SAMPLE - len(sample))
+                        ).scalars().all()
                 deferred = deliveries.c.deferred_from.is_not(None)
                 later = deliveries.c.send_at > as_of
                 rows = conn.execute(
-                    select(deliveries.c.status, deliveries.c.channel, deliveries.c.reason, deferred, later,
+                    select(deliveries.c.status, deliveries.c.channel, deliveries.c.cap_rule, deferred, later,
                            func.count(), func.min(deliveries.c.send_at), func.max(deliveries.c.send_at))
                     .where(deliveries.c.run_id == run_id)
-                    .group_by(deliveries.c.status, deliveries.c.channel, deliveries.c.reason, deferred, later)
+                    .group_by(deliveries.c.status, deliveries.c.channel, deliveries.c.cap_rule, deferred, later)
                 ).all()
             finally:
                 transaction.rollback()
-        for status, channel, reason, is_deferred, is_later, count, first, last in rows:
-            detail = _plan_detail(status, reason, bool(is_deferred), bool(is_later))
+        for status, channel, cap_rule, is_deferred, is_later, count, first, last in rows:
+            detail = _plan_detail(status, cap_rule, bool(is_deferred), bool(is_later))
             key = (status, channel or "-", detail)
             entry = totals.setdefault(key, [0, first, last])
             entry[0] += count
@@ -107,19 +116,19 @@ def dry_run(
             entry[2] = max(entry[2], last)
     lines = [PlanLine(status, channel, detail, n, first, last) for (status, channel, detail), (n, first, last) in totals.items()]
     lines.sort(key=lambda line: (_STATUS_ORDER.get(line.status, 99), line.channel, line.detail))
-    return DryRun(campaign, occasion, as_of, None, lines, sms_sample)
+    return DryRun(campaign, occasion, as_of, None, lines, samples)
 
 
-SMS_SAMPLE = 200
+SAMPLE = 200
 
 _STATUS_ORDER = {status.value: index for index, status in enumerate(Status)}
 
 
-def _plan_detail(status: str, reason: str, deferred: bool, later: bool) -> str:
+def _plan_detail(status: str, cap_rule: str | None, deferred: bool, later: bool) -> str:
     if status == Status.QUEUED.value:
         if deferred:
-            return reason.split(" (")[0].split(";")[0]
+            return f"{DEFERRED_PREFIX}{cap_rule}"
         return "due later (quiet hours or send_at_local)" if later else "due now"
     if status == Status.CAPPED.value:
-        return reason.split(" (")[0].split(";")[0]
+        return f"{CAPPED_PREFIX}{cap_rule}"
     return ""

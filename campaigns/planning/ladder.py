@@ -24,11 +24,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from campaigns.config.sections import CampaignSettings
+from campaigns.config.settings import Settings
+from campaigns.config.zones import zone_info
+from campaigns.planning.segments import segment_query
 from campaigns.store.engine import in_ids, upsert_insert
 from campaigns.store.models import deliveries, ladder_marks, point_expirations
-from campaigns.planning.segments import segment_query
-from campaigns.config.settings import CampaignSettings, Settings
-from campaigns.config.zones import zone_info
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, select, true
 
+from campaigns.config.sections import SegmentSettings
 from campaigns.store.models import balances, members, point_expirations, segment_members
-from campaigns.config.settings import SegmentSettings
 
 
 def expiring_points_subquery(as_of: datetime, within_days: int, member_range: tuple[int, int] | None = None):  # type: ignore[no-untyped-def]

@@ -21,15 +21,16 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, insert, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
+from campaigns.config.sections import CampaignSettings, SegmentSettings
+from campaigns.config.settings import Settings
+from campaigns.config.templates import template_channels
 from campaigns.planning.decisions import decide_chunk, make_context
-from campaigns.store.ledger import Status
-from campaigns.store.models import deliveries, members
 from campaigns.planning.planner import lock_members
-from campaigns.delivery.rendering import Renderer, template_channels
-from campaigns.config.settings import CampaignSettings, SegmentSettings, Settings
+from campaigns.store.ledger import ReasonCode, Status
+from campaigns.store.models import deliveries, members
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +51,22 @@ def triggered_channels(settings: Settings, template: str) -> list[str]:
     return [channel for channel in settings.triggered.channels if channel in available]
 
 
-def problem(settings: Settings, renderer: Renderer, conn: Connection, member_id: int, template: str, data: Any) -> str | None:
-    """Why the message cannot be sent at all, or None."""
+def problem(
+    settings: Settings, conn: Connection, member_id: int, template: str, data: Any
+) -> tuple[ReasonCode, str] | None:
+    """Why the message cannot be sent at all (code and text), or None."""
     if not isinstance(data, dict):
-        return f"data must be a JSON object, got {type(data).__name__}"
-    if not renderer.template_exists(template) or not triggered_channels(settings, template):
-        return f"unknown template {template!r} (no texts in {settings.templates_path / template})"
+        return ReasonCode.BAD_DATA, f"data must be a JSON object, got {type(data).__name__}"
+    if not (settings.templates_path / template).is_dir() or not triggered_channels(settings, template):
+        return ReasonCode.UNKNOWN_TEMPLATE, f"unknown template {template!r} (no texts in {settings.templates_path / template})"
     if conn.execute(select(members.c.id).where(members.c.id == member_id)).first() is None:
-        return f"unknown member {member_id}"
+        return ReasonCode.UNKNOWN_MEMBER, f"unknown member {member_id}"
     return None
 
 
 def decide(
     engine: Engine,
     settings: Settings,
-    renderer: Renderer,
     member_id: int,
     template: str,
     data: Any,
@@ -77,17 +79,17 @@ def decide(
     category = category or settings.triggered.category
     key = str(idempotency_key)[:MAX_KEY_LENGTH]
     try:
-        return _decide(engine, settings, renderer, member_id, template, data, key, category, now)
+        return _decide(engine, settings, member_id, template, data, key, category, now)
     except IntegrityError:
         # The same key for another member (or an unknown one) won the unique index.
         with engine.begin() as conn:
             first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).one()
-            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE,
+            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE, ReasonCode.DUPLICATE_KEY,
                               f"idempotency key {key!r} was used by delivery {first.id} ({first.status})", None)
 
 
 def _decide(
-    engine: Engine, settings: Settings, renderer: Renderer, member_id: int, template: str, data: Any, key: str,
+    engine: Engine, settings: Settings, member_id: int, template: str, data: Any, key: str,
     category: str, now: datetime,
 ) -> Decided:
     with engine.begin() as conn:
@@ -96,12 +98,13 @@ def _decide(
             select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)
         ).first()
         if first is not None:
-            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE,
+            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE, ReasonCode.DUPLICATE_KEY,
                               f"idempotency key {key!r} was used by delivery {first.id} ({first.status})", None)
-        why_not = problem(settings, renderer, conn, member_id, template, data)
+        why_not = problem(settings, conn, member_id, template, data)
         if why_not is not None:
-            log.warning("triggered %s for member %s not sent: %s", template, member_id, why_not)
-            return _plain_row(conn, member_id, template, category, now, Status.FAILED, why_not, key)
+            code, text = why_not
+            log.warning("triggered %s for member %s not sent: %s", template, member_id, text)
+            return _plain_row(conn, member_id, template, category, now, Status.FAILED, code, text, key)
         member_zone = conn.execute(select(members.c.timezone).where(members.c.id == member_id)).scalar()
         campaign = CampaignSettings(
             segment="(every member)", template=template, category=category,
@@ -115,7 +118,7 @@ def _decide(
             .where(deliveries.c.idempotency_key == key)
         ).one()
         if row.member_id != member_id:
-            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE,
+            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE, ReasonCode.DUPLICATE_KEY,
                               f"idempotency key {key!r} was used by delivery {row.id} ({row.status})", None)
     return Decided(row.id, row.status, row.reason, row.send_at)
 
@@ -132,13 +135,13 @@ def _zones(member_zone: str | None, program_zone: str) -> tuple[str, ...]:
 
 
 def _plain_row(
-    conn: Connection, member_id: int, template: str, category: str, now: datetime, status: Status, reason: str,
-    key: str | None,
+    conn: Connection, member_id: int, template: str, category: str, now: datetime, status: Status,
+    code: ReasonCode, reason: str, key: str | None,
 ) -> Decided:
     delivery_id = conn.execute(
         insert(deliveries)
         .values(run_id=None, member_id=member_id, channel=None, category=category, template=template[:100],
-                status=status.value, reason=reason[:500], holds_slot=False, send_at=now, created_at=now,
+                status=status.value, reason=reason[:500], reason_code=code.value, holds_slot=False, send_at=now, created_at=now,
                 updated_at=now, attempts=0, idempotency_key=key)
         .returning(deliveries.c.id)
     ).scalar_one()

@@ -12,12 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Integer, Table, any_, bindparam, create_engine, event
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Integer,
+    Table,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.functions import FunctionElement
 
 SQLITE_BUSY_TIMEOUT_S = 30
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -25,7 +26,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    JSON,
     MetaData,
     Numeric,
     String,
@@ -148,6 +148,9 @@ deliveries = Table(
     Column("template", String(100), nullable=False),
     Column("status", String(16), nullable=False),
     Column("reason", String(500), nullable=False, server_default=""),
+    Column("reason_code", String(32), nullable=False, server_default="legacy",
+           comment="closed set: campaigns.store.ledger.ReasonCode"),
+    Column("cap_rule", String(200), nullable=True, comment="the cap rule that capped or deferred the row"),
     Column("address", String(320), nullable=True, comment="email, E.164 phone or chat id used"),
     Column("holds_slot", Boolean, nullable=False, server_default=text("false"),
            comment="counts against frequency caps"),

@@ -3,7 +3,7 @@ campaign does it at 3 a.m.
 
 Sample members: for each locale, a real member from the database when it has one, and
 always a synthetic worst case (a long name, a six-digit balance, three expiry dates),
-because the SMS budget is broken by the longest text, not the typical one.
+because a segment budget is broken by the longest text, not the typical one.
 
 Findings are plain lines naming the template file (and line, for template errors).
 """
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import SimpleNamespace
-from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
-from campaigns.delivery.deliverer import Deliverer
+from campaigns.config.settings import Settings
+from campaigns.config.templates import template_channels
+from campaigns.delivery.message import Lots, MessageBuilder
+from campaigns.delivery.rows import Recipient
+from campaigns.planning.segments import segment_query
 from campaigns.store.models import balances, members
 from campaigns.tools.preview import member_lots, render_channel
-from campaigns.delivery.rendering import CHANNEL_PARTS, template_channels
-from campaigns.planning.segments import segment_query
-from campaigns.config.settings import Settings
+from channels.specs import channel_spec
 
 SYNTHETIC_NAMES = {"ru": "Александра-Виктория", "en": "Alexandra-Victoria"}
 
@@ -30,7 +30,8 @@ SYNTHETIC_NAMES = {"ru": "Александра-Виктория", "en": "Alexand
 @dataclass(frozen=True)
 class Finding:
     kind: str
-    """``error``, ``sms_budget`` or ``missing_locale``."""
+    """``error``, ``missing_locale``, or ``<channel>_budget`` (a text over the
+    campaign's segment budget)."""
     where: str
     message: str
 
@@ -43,15 +44,16 @@ def template_names(settings: Settings) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def sample_rows(
-    deliverer: Deliverer, settings: Settings, locale: str, as_of: datetime, campaign: str | None
-) -> list[tuple[Any, list | None]]:
-    """``(row, lots)`` pairs to render for ``locale``: a real member if any (from the
-    campaign's segment when there is a campaign), and a synthetic one."""
+def sample_recipients(
+    engine: Engine, settings: Settings, locale: str, as_of: datetime, campaign: str | None
+) -> list[tuple[Recipient, Lots | None]]:
+    """``(recipient, lots)`` pairs to render for ``locale``: a real member if any (from
+    the campaign's segment when there is a campaign), and a synthetic one. The real
+    member's lots are None (``check`` loads them)."""
     program = settings.program
-    samples: list[tuple[Any, list | None]] = []
+    samples: list[tuple[Recipient, Lots | None]] = []
     if campaign is not None:
-        segment = settings.segments[settings.campaigns[campaign].segment]
+        segment = settings.segments[settings.campaign(campaign).segment]
         source = segment_query(segment, as_of=as_of, default_locale=program.default_locale).subquery()
         query = select(source).where(func.coalesce(source.c.locale, program.default_locale) == locale)
         longest = func.length(source.c.first_name).desc()
@@ -63,23 +65,25 @@ def sample_rows(
             .where(func.coalesce(members.c.locale, program.default_locale) == locale)
         )
         order = (func.length(members.c.first_name).desc(), members.c.id)
-    with deliverer.engine.connect() as conn:
+    with engine.connect() as conn:
         found = conn.execute(query.order_by(*order).limit(1)).first()
     if found is not None:
-        data = dict(found._mapping)
-        data.update(member_id=data["id"], locale=locale, as_of=as_of, occasion="check")
-        samples.append((SimpleNamespace(**data), None))
-    synthetic = SimpleNamespace(
-        member_id=0, id=0, first_name=SYNTHETIC_NAMES.get(locale, "Alexandra-Victoria"), locale=locale,
-        timezone=program.timezone, tier="gold", balance=123_456.5, as_of=as_of, occasion="check",
+        samples.append((Recipient(
+            member_id=found.id, first_name=found.first_name, locale=locale, timezone=found.timezone, tier=found.tier,
+            balance=float(found.balance), campaign=campaign, occasion="check", as_of=as_of,
+        ), None))
+    synthetic = Recipient(
+        member_id=0, first_name=SYNTHETIC_NAMES.get(locale, "Alexandra-Victoria"), locale=locale,
+        timezone=program.timezone, tier="gold", balance=123_456.5, campaign=campaign, occasion="check", as_of=as_of,
     )
-    lots = [(as_of + timedelta(days=d), points) for d, points in ((3, 1_250), (17, 12_345), (29, 101))]
+    lots: Lots = [(as_of + timedelta(days=d), points) for d, points in ((3, 1_250), (17, 12_345), (29, 101))]
     samples.append((synthetic, lots))
     return samples
 
 
-def check_templates(deliverer: Deliverer, settings: Settings, as_of: datetime) -> list[Finding]:
+def check_templates(engine: Engine, messages: MessageBuilder, as_of: datetime) -> list[Finding]:
     """Every problem found rendering every template, locale and channel."""
+    settings = messages.settings
     root = settings.templates_path
     program = settings.program
     findings: list[Finding] = []
@@ -90,36 +94,42 @@ def check_templates(deliverer: Deliverer, settings: Settings, as_of: datetime) -
         channels = template_channels(root, name, program.locales)
         for locale in program.locales:
             for channel in channels:
-                for part in CHANNEL_PARTS[channel]:
+                for part in channel_spec(channel).parts:
                     localized = root / name / locale / part
                     fallback = root / name / program.default_locale / part
                     if locale != program.default_locale and not localized.is_file() and fallback.is_file():
                         findings.append(Finding("missing_locale", f"{name}/{locale}/{part}",
                                                 f"missing; {locale} members get {name}/{program.default_locale}/{part}"))
-            for campaign_name in users.get(name) or [None]:
-                for row, lots in sample_rows(deliverer, settings, locale, as_of, campaign_name):
-                    row.campaign = campaign_name
+            campaign_names: list[str | None] = list(users.get(name, [])) or [None]
+            for campaign_name in campaign_names:
+                for recipient, lots in sample_recipients(engine, settings, locale, as_of, campaign_name):
                     if lots is None:
-                        lots = member_lots(deliverer, row.member_id, as_of)
-                    findings += _render_findings(deliverer, row, lots, name, channels, locale)
+                        lots = member_lots(engine, recipient.member_id, as_of)
+                    findings += _render_findings(messages, recipient, lots, name, channels, locale)
     return _unique(findings)
 
 
-def _render_findings(deliverer: Deliverer, row: Any, lots: list, name: str, channels: list[str], locale: str) -> list[Finding]:
-    root = deliverer.settings.templates_path
-    who = f"member {row.member_id}" if row.member_id else "synthetic member"
+def _render_findings(
+    messages: MessageBuilder, recipient: Recipient, lots: Lots, name: str, channels: list[str], locale: str
+) -> list[Finding]:
+    root = messages.settings.templates_path
+    who = f"member {recipient.member_id}" if recipient.member_id else "synthetic member"
     findings = []
     for channel in channels:
-        preview = render_channel(deliverer, row, lots, name, channel)
-        if preview.error and preview.error.startswith("no reminder of"):
+        preview = render_channel(messages, recipient, lots, name, channel)
+        if preview.nothing_due:
             continue  # a real member with nothing due; the synthetic one covers the template
         if preview.error:
-            where, _, message = preview.error.partition(": ")
-            findings.append(Finding("error", where, f"{message} ({locale}, {who})"))
+            where = preview.error.file or name
+            if preview.error.line:
+                where += f":{preview.error.line}"
+            findings.append(Finding("error", where, f"{preview.error.message} ({locale}, {who})"))
         elif preview.over_budget:
-            localized = root / name / locale / "sms.txt"
-            where = f"{name}/{locale}/sms.txt" if localized.is_file() else f"{name}/sms.txt"
-            findings.append(Finding("sms_budget", where, f"{preview.over_budget} ({row.campaign or 'no campaign'}, {who})"))
+            part = channel_spec(channel).parts[0]
+            localized = root / name / locale / part
+            where = f"{name}/{locale}/{part}" if localized.is_file() else f"{name}/{part}"
+            findings.append(Finding(f"{channel}_budget", where,
+                                    f"{preview.over_budget} ({recipient.campaign or 'no campaign'}, {who})"))
     return findings
 
 

@@ -19,7 +19,14 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, select
 
 from campaigns.store.engine import upsert_insert
-from campaigns.store.models import SOURCE_TABLES, balances, members, point_expirations, segment_members, suppressions
+from campaigns.store.models import (
+    SOURCE_TABLES,
+    balances,
+    members,
+    point_expirations,
+    segment_members,
+    suppressions,
+)
 
 RU_FIRST_NAMES = (
     "Анна", "Мария", "Елена", "Ольга", "Наталья", "Екатерина", "Татьяна", "Юлия", "Ирина", "Светлана",

@@ -1,69 +1,90 @@
-"""What a member would receive now: the marketer's ``preview``, ``check`` and the SMS
-cost estimate of ``plan`` all render through the same path as a real delivery
-(``Deliverer.context`` and ``Renderer``), so a preview is exactly the message.
+"""What a member would receive now: the marketer's ``preview``, ``check`` and the
+segment cost estimate of ``plan`` all build messages through the same path as a real
+delivery (``MessageBuilder``), so a preview is exactly the message.
 """
 
 from __future__ import annotations
 
-import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from sqlalchemy import Engine, func, select
 
-from sqlalchemy import func, select
-
-from campaigns.planning import ladder
-from campaigns.delivery.deliverer import Deliverer
-from campaigns.errors import LoyalcastError, TemplateError
-from campaigns.store.models import balances, members, point_expirations, suppressions
+from campaigns.config.sections import CampaignSettings
+from campaigns.config.settings import Settings
+from campaigns.config.zones import zone_info
+from campaigns.delivery.message import Lots, MessageBuilder, Steps, member_zone
 from campaigns.delivery.rendering import Rendered
-from campaigns.config.settings import CampaignSettings, Settings
-from channels.smstext import SmsLength, measure
-
-CONTACT_COLUMN = {"email": "email", "sms": "phone", "telegram": "telegram_chat_id"}
+from campaigns.delivery.rows import Recipient
+from campaigns.errors import LoyalcastError, TemplateError
+from campaigns.planning import ladder
+from campaigns.store.models import balances, members, point_expirations, suppressions
+from channels.smstext import SmsLength
+from channels.specs import CHANNELS, channel_spec
 
 
 @dataclass(frozen=True)
 class ChannelPreview:
     channel: str
     reachable: str
-    """``"yes"`` or why not (``"no consent"``, ``"no contact"``, ``"suppressed"``)."""
+    """``"yes"`` or why not (``"no consent"``, ``"no contact"``, ``"suppressed (...)"``)."""
     rendered: Rendered | None
-    error: str | None
-    sms: SmsLength | None = None
+    error: TemplateError | None
+    length: SmsLength | None = None
+    """Billing length, on channels billed per segment."""
     over_budget: str | None = None
+    nothing_due: str | None = None
+    """Why nothing would be sent now although the template renders (a ladder campaign
+    with no reminder due for the member)."""
+
+    @property
+    def problem(self) -> str | None:
+        """What stops this message, in one line (None: it would go out)."""
+        return self.nothing_due or (str(self.error) if self.error else None)
 
 
-def member_rows(deliverer: Deliverer, member_ids: list[int], campaign: str | None, as_of: datetime) -> dict[int, Any]:
+@dataclass(frozen=True)
+class Member:
+    """A member as a preview shows them: the recipient, and their contacts and consents."""
+
+    recipient: Recipient
+    contacts: dict[str, str | None]
+    consents: dict[str, bool]
+
+
+def members_by_id(engine: Engine, member_ids: list[int], campaign: str | None, as_of: datetime) -> dict[int, Member]:
     """The members as a delivery sees them, in one query (unknown ids are left out)."""
-    with deliverer.engine.connect() as conn:
+    with engine.connect() as conn:
         found = conn.execute(
             select(members, func.coalesce(balances.c.points, 0).label("balance"))
             .select_from(members.outerjoin(balances, balances.c.member_id == members.c.id))
             .where(members.c.id.in_(member_ids))
         ).all()
     return {
-        row.id: SimpleNamespace(**row._mapping, member_id=row.id, campaign=campaign, occasion="preview", as_of=as_of)
+        row.id: Member(
+            Recipient(member_id=row.id, first_name=row.first_name, locale=row.locale, timezone=row.timezone,
+                      tier=row.tier, balance=float(row.balance), campaign=campaign, occasion="preview", as_of=as_of),
+            contacts={spec.name: _text(row._mapping[spec.contact]) for spec in CHANNELS.values()},
+            consents={spec.name: bool(row._mapping[spec.consent]) for spec in CHANNELS.values()},
+        )
         for row in found
     }
 
 
-def member_row(deliverer: Deliverer, member_id: int, campaign: str | None, as_of: datetime) -> Any:
+def member_by_id(engine: Engine, member_id: int, campaign: str | None, as_of: datetime) -> Member:
     """One member as a delivery sees them, or LoyalcastError if unknown."""
-    row = member_rows(deliverer, [member_id], campaign, as_of).get(member_id)
-    if row is None:
+    member = members_by_id(engine, [member_id], campaign, as_of).get(member_id)
+    if member is None:
         raise LoyalcastError(f"no member {member_id} in the members table")
-    return row
+    return member
 
 
-def lots_by_member(deliverer: Deliverer, member_ids: list[int], as_of: datetime) -> dict[int, list[tuple[datetime, float]]]:
+def lots_by_member(engine: Engine, member_ids: list[int], as_of: datetime) -> dict[int, Lots]:
     """Point lots expiring after ``as_of`` of these members, in one query."""
-    found: dict[int, list[tuple[datetime, float]]] = {member_id: [] for member_id in member_ids}
-    with deliverer.engine.connect() as conn:
+    found: dict[int, Lots] = {member_id: [] for member_id in member_ids}
+    with engine.connect() as conn:
         for member_id, expires_at, points in conn.execute(
             select(point_expirations.c.member_id, point_expirations.c.expires_at, point_expirations.c.points)
             .where(point_expirations.c.member_id.in_(member_ids), point_expirations.c.expires_at > as_of)
@@ -73,21 +94,18 @@ def lots_by_member(deliverer: Deliverer, member_ids: list[int], as_of: datetime)
     return found
 
 
-def member_lots(deliverer: Deliverer, member_id: int, as_of: datetime) -> list[tuple[datetime, float]]:
-    return lots_by_member(deliverer, [member_id], as_of)[member_id]
+def member_lots(engine: Engine, member_id: int, as_of: datetime) -> Lots:
+    return lots_by_member(engine, [member_id], as_of)[member_id]
 
 
-def ladder_steps(settings: Settings, row: Any, lots: list[tuple[datetime, float]], as_of: datetime) -> list | None:
+def ladder_steps(settings: Settings, recipient: Recipient, lots: Lots) -> Steps | None:
     """For an expiring-points ladder campaign, the (date, stage) pairs due for the member
     now, as if none had been given yet; None for other campaigns."""
-    campaign = settings.campaigns.get(row.campaign or "")
+    campaign = settings.campaigns.get(recipient.campaign or "")
     if campaign is None or campaign.kind != "expiring_ladder":
         return None
-    try:
-        zone = ZoneInfo(row.timezone or settings.program.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo(settings.program.timezone)
-    return [(step.expires_on, step.stage) for step in ladder.due_steps(lots, zone, as_of, campaign, set())]
+    zone = zone_info(member_zone(recipient.timezone, settings.program.timezone))
+    return [(step.expires_on, step.stage) for step in ladder.due_steps(lots, zone, recipient.as_of, campaign, set())]
 
 
 def sample_data(settings: Settings, template: str) -> dict[str, Any] | None:
@@ -106,57 +124,60 @@ def sample_data(settings: Settings, template: str) -> dict[str, Any] | None:
 
 
 def render_channel(
-    deliverer: Deliverer, row: Any, lots: list[tuple[datetime, float]], template: str, channel: str,
+    messages: MessageBuilder, recipient: Recipient, lots: Lots, template: str, channel: str,
     data: dict[str, Any] | None = None,
 ) -> ChannelPreview:
-    """Render one channel for a member row; errors become part of the preview. A row
-    without a campaign renders with ``data``, else the template's ``sample.json``."""
-    row = SimpleNamespace(**{**vars(row), "channel": channel})
-    steps = ladder_steps(deliverer.settings, row, lots, row.as_of)
+    """Render one channel for a recipient; errors become part of the preview. A
+    recipient without a campaign renders with ``data``, else the template's ``sample.json``."""
+    steps = ladder_steps(messages.settings, recipient, lots)
     if steps == []:
-        return ChannelPreview(channel, "", None, f"no reminder of {row.campaign} is due for this member now")
+        return ChannelPreview(channel, "", None, None,
+                              nothing_due=f"no reminder of {recipient.campaign} is due for this member now")
     try:
-        if data is None and not row.campaign:
-            data = sample_data(deliverer.settings, template)
-        rendered = deliverer.renderer.render(template, channel, deliverer.context(row, lots, steps, data))
+        if data is None and not recipient.campaign:
+            data = sample_data(messages.settings, template)
+        rendered = messages.render(template, channel, messages.context(recipient, channel, lots, steps, data))
     except TemplateError as exc:
-        return ChannelPreview(channel, "", None, str(exc))
-    sms = measure(rendered.text or "") if channel == "sms" else None
-    over = deliverer.sms_over_budget(row.campaign, channel, rendered.text)
-    return ChannelPreview(channel, "", rendered, None, sms, over)
+        return ChannelPreview(channel, "", None, exc)
+    measure = channel_spec(channel).measure
+    length = measure(rendered.text or "") if measure else None
+    over = messages.over_budget(recipient.campaign, channel, rendered.text)
+    return ChannelPreview(channel, "", rendered, None, length, over)
 
 
-def reachability(deliverer: Deliverer, row: Any, channel: str) -> str:
-    address = getattr(row, CONTACT_COLUMN[channel])
+def reachability(engine: Engine, member: Member, channel: str) -> str:
+    address = member.contacts[channel]
     if address in (None, ""):
         return "no contact"
-    if not getattr(row, f"{channel}_consent"):
+    if not member.consents[channel]:
         return "no consent"
-    with deliverer.engine.connect() as conn:
+    with engine.connect() as conn:
         suppressed = conn.execute(
-            select(suppressions.c.reason).where(suppressions.c.channel == channel, suppressions.c.address == str(address))
+            select(suppressions.c.reason).where(suppressions.c.channel == channel, suppressions.c.address == address)
         ).scalar()
     return f"suppressed ({suppressed})" if suppressed else "yes"
 
 
 def preview_member(
-    deliverer: Deliverer, settings: Settings, campaign_name: str, member_id: int, as_of: datetime,
+    engine: Engine, messages: MessageBuilder, campaign_name: str, member_id: int, as_of: datetime,
     channels: list[str] | None = None,
 ) -> list[ChannelPreview]:
     """Every channel of the campaign (or ``channels``), rendered for the member as of ``as_of``."""
-    campaign: CampaignSettings = settings.campaigns[campaign_name]
-    row = member_row(deliverer, member_id, campaign_name, as_of)
-    lots = member_lots(deliverer, member_id, as_of)
+    campaign: CampaignSettings = messages.settings.campaign(campaign_name)
+    member = member_by_id(engine, member_id, campaign_name, as_of)
+    lots = member_lots(engine, member_id, as_of)
     previews = []
     for channel in channels or campaign.channels:
-        preview = render_channel(deliverer, row, lots, campaign.template, channel)
-        previews.append(ChannelPreview(channel, reachability(deliverer, row, channel), preview.rendered,
-                                       preview.error, preview.sms, preview.over_budget))
+        preview = render_channel(messages, member.recipient, lots, campaign.template, channel)
+        previews.append(replace(preview, reachable=reachability(engine, member, channel)))
     return previews
 
 
 @dataclass(frozen=True)
-class SmsEstimate:
+class SegmentEstimate:
+    """Billed segments and cost of one channel's messages in a plan."""
+
+    channel: str
     recipients: int
     sampled: int
     segments: int
@@ -165,73 +186,25 @@ class SmsEstimate:
     currency: str
 
 
-def estimate_sms(
-    deliverer: Deliverer, settings: Settings, campaign_name: str, member_ids: list[int], recipients: int, as_of: datetime
-) -> SmsEstimate:
-    """Render the SMS for ``member_ids`` (a sample of ``recipients``) and extrapolate."""
-    campaign = settings.campaigns[campaign_name]
-    rows = member_rows(deliverer, member_ids, campaign_name, as_of)
-    lots = lots_by_member(deliverer, list(rows), as_of)
+def estimate_segments(
+    engine: Engine, messages: MessageBuilder, campaign_name: str, channel: str, member_ids: list[int],
+    recipients: int, as_of: datetime,
+) -> SegmentEstimate:
+    """Render ``channel``'s message for ``member_ids`` (a sample of ``recipients``) and
+    extrapolate its segments and cost."""
+    settings = messages.settings
+    campaign = settings.campaign(campaign_name)
+    found = members_by_id(engine, member_ids, campaign_name, as_of)
+    lots = lots_by_member(engine, list(found), as_of)
     total = 0
-    for member_id, row in rows.items():
-        preview = render_channel(deliverer, row, lots[member_id], campaign.template, "sms")
-        total += preview.sms.segments if preview.sms else 0
+    for member_id, member in found.items():
+        preview = render_channel(messages, member.recipient, lots[member_id], campaign.template, channel)
+        total += preview.length.segments if preview.length else 0
     sampled = len(member_ids)
     segments = round(total * recipients / sampled) if sampled else 0
-    price = settings.channel("sms").price_per_segment
-    return SmsEstimate(recipients, sampled, segments, round(segments * price, 2), settings.program.currency)
+    price = settings.channel(channel).price_per_segment
+    return SegmentEstimate(channel, recipients, sampled, segments, round(segments * price, 2), settings.program.currency)
 
 
-def preview_page(member_id: int, campaign: str, previews: list[ChannelPreview]) -> str:
-    """One HTML page with the email as it renders, the SMS and the Telegram message side by side."""
-    e = html.escape
-    cards = []
-    for preview in previews:
-        body: str
-        if preview.error:
-            body = f'<p class="error">{e(preview.error)}</p>'
-        elif preview.channel == "email" and preview.rendered:
-            inner = preview.rendered.html or f"<pre>{e(preview.rendered.text or '')}</pre>"
-            body = (f'<p class="subject">{e(preview.rendered.subject or "")}</p>'
-                    f'<iframe title="email" sandbox="" srcdoc="{e(inner, quote=True)}"></iframe>')
-            if preview.rendered.text:
-                body += f"<details><summary>text part</summary><pre>{e(preview.rendered.text)}</pre></details>"
-        elif preview.channel == "sms" and preview.rendered and preview.sms:
-            note = (f"{preview.sms.segments} segment(s), {preview.sms.encoding}, {preview.sms.characters} characters")
-            body = f'<div class="bubble">{e(preview.rendered.text or "")}</div><p class="meta">{e(note)}</p>'
-            if preview.over_budget:
-                body += f'<p class="error">{e(preview.over_budget)}</p>'
-        elif preview.rendered:
-            # Telegram's HTML subset is already escaped where it holds member data.
-            body = f'<div class="bubble telegram">{preview.rendered.text or ""}</div>'
-        else:
-            body = ""
-        cards.append(
-            f'<section class="channel" id="{e(preview.channel)}"><h2>{e(preview.channel)}</h2>'
-            f'<p class="meta">reachable: {e(preview.reachable)}</p>{body}</section>'
-        )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>loyalcast preview: {e(campaign)} for member {member_id}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; background: #f4f4f4; }}
-main {{ display: flex; gap: 1rem; align-items: flex-start; }}
-.channel {{ background: #fff; border-radius: 8px; padding: 1rem; flex: 1; min-width: 0; }}
-iframe {{ width: 100%; height: 420px; border: 1px solid #ddd; }}
-.bubble {{ background: #e7f3ff; border-radius: 12px; padding: .75rem; white-space: pre-wrap; }}
-.telegram {{ background: #effdde; }}
-.meta {{ color: #666; font-size: .85rem; }}
-.error {{ color: #b00020; }}
-.subject {{ font-weight: bold; }}
-</style>
-</head>
-<body>
-<h1>{e(campaign)} for member {member_id}</h1>
-<main>
-{"".join(cards)}
-</main>
-</body>
-</html>
-"""
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

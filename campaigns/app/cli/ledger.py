@@ -1,0 +1,136 @@
+"""Commands that read and amend the ledger: report, why, suppressions."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from campaigns.app.cli.common import (
+    app,
+    configured_app,
+    json_default,
+    known_channel,
+    out,
+    print_report,
+    require_schema,
+    suppressions_app,
+    when,
+)
+from campaigns.errors import LoyalcastError
+from campaigns.tools.report import latest_run_id, member_history, run_report
+from channels.specs import CHANNELS
+
+
+@app.command("report")
+def report_command(
+    run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    campaign: Annotated[Optional[str], typer.Option(help="Latest run of this campaign.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: run_id, campaign, counts {status: {channel: n}}.")] = False,
+) -> None:
+    """Counts per status and channel of a campaign run."""
+    application = configured_app()
+    require_schema(application)
+    if run_id is None:
+        run_id = latest_run_id(application.engine, campaign)
+        if run_id is None:
+            raise LoyalcastError("no campaign has run yet")
+    report = run_report(application.engine, run_id)
+    if report is None:
+        raise LoyalcastError(f"no run {run_id}")
+    print_report(report, as_json)
+
+
+@app.command("why")
+def why(
+    member_id: Annotated[int, typer.Argument(help="Member id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every decision loyalcast made about one member, with its reason."""
+    application = configured_app()
+    require_schema(application)
+    rows = member_history(application.engine, member_id)
+    if as_json:
+        out.print_json(json.dumps({"member_id": member_id, "deliveries": rows}, default=json_default, ensure_ascii=False))
+        return
+    if not rows:
+        out.print(f"member {member_id}: no campaign has considered this member yet")
+        return
+    table = Table(title=f"member {member_id}")
+    for column in ("campaign", "occasion", "channel", "status", "reason", "send at", "sent at", "attempts"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["campaign"] or f"{row['template']} (triggered)", row["occasion"] or "", row["channel"] or "-", row["status"],
+            row["reason"], when(row["send_at"]), when(row["sent_at"]), str(row["attempts"]),
+        )
+    out.print(table)
+
+
+@suppressions_app.command("list")
+def suppressions_list(
+    channel: Annotated[Optional[str], typer.Option(help="Only this channel.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List suppressed addresses with their reasons."""
+    from campaigns.store.models import suppressions
+
+    application = configured_app()
+    require_schema(application)
+    query = select(suppressions).order_by(suppressions.c.channel, suppressions.c.address)
+    if channel:
+        query = query.where(suppressions.c.channel == channel)
+    with application.engine.connect() as conn:
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+    if as_json:
+        out.print_json(json.dumps(rows, default=json_default, ensure_ascii=False))
+        return
+    table = Table(title=f"suppressions ({len(rows)})")
+    for column in ("channel", "address", "reason", "since"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["channel"], row["address"], row["reason"], when(row["created_at"]))
+    out.print(table)
+
+
+@suppressions_app.command("add")
+def suppressions_add(
+    channel: Annotated[str, typer.Argument(help=f"One of {', '.join(CHANNELS)}.")],
+    address: Annotated[str, typer.Argument(help="The address as the channel writes it (as in the members table).")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the entry).")] = "added by hand",
+) -> None:
+    """Never contact this address on this channel again (e.g. after a complaint)."""
+    from campaigns.store.ledger import add_suppressions
+
+    application = configured_app()
+    require_schema(application)
+    channel = known_channel(channel)
+    with application.engine.begin() as conn:
+        add_suppressions(conn, [{"channel": channel, "address": address, "reason": reason}], datetime.now(timezone.utc))
+    out.print(f"suppressed {channel} {address}", markup=False, highlight=False)
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(
+    channel: Annotated[str, typer.Argument(help=f"One of {', '.join(CHANNELS)}.")],
+    address: Annotated[str, typer.Argument(help="The suppressed address.")],
+) -> None:
+    """Allow this address again (the member consented anew, the number was fixed)."""
+    from sqlalchemy import delete
+
+    from campaigns.store.models import suppressions
+
+    application = configured_app()
+    require_schema(application)
+    channel = known_channel(channel)
+    with application.engine.begin() as conn:
+        removed = conn.execute(
+            delete(suppressions).where(suppressions.c.channel == channel, suppressions.c.address == address)
+        ).rowcount
+    if not removed:
+        raise LoyalcastError(f"{channel} {address} is not suppressed")
+    out.print(f"removed {channel} {address}", markup=False, highlight=False)

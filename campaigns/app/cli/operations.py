@@ -1,0 +1,166 @@
+"""Commands an operator runs: db, demo, fakes, scheduler, worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime, timedelta
+from typing import Annotated, Optional
+
+import typer
+
+from campaigns.app import runtime
+from campaigns.app.cli.common import (
+    app,
+    configured_app,
+    db_app,
+    demo_app,
+    out,
+    parse_now,
+    require_schema,
+)
+from campaigns.errors import LoyalcastError
+
+# --- db -------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate loyalcast's tables (and the program's, where absent)."""
+    from campaigns.store import schema
+
+    application = configured_app()
+    schema.upgrade(application.engine)
+    out.print(f"database at revision {schema.current_revision(application.engine)}")
+
+
+# --- demo -----------------------------------------------------------------------------
+
+
+@demo_app.command("seed")
+def demo_seed(
+    members: Annotated[int, typer.Option("--members", "-n", min=1, help="How many members to create.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same members.")] = 42,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing members.")] = False,
+) -> None:
+    """Fill the program's tables with deterministic demo members."""
+    from campaigns.tools import demo
+
+    application = configured_app()
+    require_schema(application)
+    result = demo.seed(application.engine, members, seed_value=seed, force=force)
+    if result.skipped:
+        out.print(f"the database already has {result.members} members; nothing seeded (use --force to replace)")
+        return
+    out.print(
+        f"seeded {result.members} members, {result.expirations} expiring point lots, "
+        f"{result.segment_rows} segment memberships, {result.suppressions} suppressed addresses"
+    )
+
+
+# --- fakes ------------------------------------------------------------------------------
+
+
+@app.command("fakes")
+def fakes(
+    smtp_port: Annotated[int, typer.Option(help="SMTP port.")] = 2525,
+    sms_port: Annotated[int, typer.Option(help="SMS gateway port.")] = 8025,
+    telegram_port: Annotated[int, typer.Option(help="Telegram Bot API port.")] = 8081,
+    transient_rate: Annotated[float, typer.Option(help="Share of requests failing transiently (0-1).")] = 0.0,
+    rate_limit_rate: Annotated[float, typer.Option(help="Share answered 'slow down' (429, retry after).")] = 0.0,
+    slow_seconds: Annotated[float, typer.Option(help="Delay every answer by this long.")] = 0.0,
+    reject: Annotated[Optional[list[str]], typer.Option(help="Address, number or chat id to refuse as invalid (repeat).")] = None,
+    block: Annotated[Optional[list[str]], typer.Option(help="Telegram chat id that blocked the bot (repeat).")] = None,
+) -> None:
+    """Run fake SMTP, SMS gateway and Telegram Bot API servers on loopback until Ctrl-C
+    (try real transports with examples/settings.fakes.toml)."""
+    from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+
+    faults = Faults(transient_rate=transient_rate, rate_limit_rate=rate_limit_rate, slow_seconds=slow_seconds,
+                    rejected=set(reject or []), blocked=set(block or []))
+    smtp = FakeSmtpServer(smtp_port, faults).start()
+    sms = FakeSmsGateway(sms_port, faults).start()
+    telegram = FakeTelegramApi(telegram_port, faults).start()
+    out.print(f"smtp      {smtp.address[0]}:{smtp.address[1]}  (no TLS)")
+    out.print(f"sms       {sms.url}/send  (JSON)   {sms.url}/2010-04-01/Accounts/<sid>/Messages.json  (Twilio)")
+    out.print(f"telegram  {telegram.url}/bot<token>/sendMessage")
+    out.print("Ctrl-C stops them.")
+    try:
+        while True:
+            time.sleep(5)
+            out.print(f"accepted: {len(smtp.messages)} emails, {len(sms.messages)} SMS, {len(telegram.messages)} Telegram")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        smtp.stop(); sms.stop(); telegram.stop()  # noqa: E702
+
+
+# --- scheduler ------------------------------------------------------------------------
+
+
+@app.command("scheduler")
+def scheduler(
+    name: Annotated[str, typer.Option(help="Name recorded as started_by (default: scheduler@host).")] = "",
+    replay_from: Annotated[Optional[str], typer.Option(help="Replay a simulated timeline from this ISO instant ...")] = None,
+    replay_until: Annotated[Optional[str], typer.Option(help="... until this one, as fast as possible.")] = None,
+    step: Annotated[int, typer.Option(help="Replay step in seconds.")] = 30,
+) -> None:
+    """Start campaign occasions when their cron schedules fire (run one or more; each
+    occasion starts once)."""
+    import socket
+
+    from campaigns.app.scheduler import Scheduler
+
+    application = configured_app()
+    require_schema(application)
+    from campaigns.app import actors
+
+    broker = actors.use_broker(runtime.build_broker(application.settings))
+
+    def start(run_id: int, now: datetime) -> None:
+        actors.plan_campaign.send(run_id, now.isoformat())
+        if application.in_memory:
+            runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
+
+    runner = Scheduler(application.settings, application.engine, start, name or f"scheduler@{socket.gethostname()}")
+    if replay_from is None:
+        runner.run_forever()
+        return
+    zone = application.settings.program.timezone
+    start_at = parse_now(replay_from, zone)
+    until = parse_now(replay_until, zone) if replay_until else start_at
+    for decisions in runner.replay(start_at, until, timedelta(seconds=step)):
+        for decision in decisions:
+            out.print(f"{decision.action} {decision.campaign} {decision.occasion} run {decision.run_id}"
+                      + (f" ({decision.reason})" if decision.reason else ""), markup=False, highlight=False)
+
+
+# --- worker ---------------------------------------------------------------------------
+
+
+@app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes (default: 2 per core).")] = 2 * (os.cpu_count() or 1),
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 4,
+    queues: Annotated[Optional[list[str]], typer.Option("--queue", "-Q", help="Serve only this queue (repeat for more): triggered, plans, batches.")] = None,
+) -> None:
+    """Run Dramatiq worker processes for loyalcast's actors (extra options go to `dramatiq`)."""
+    from dramatiq.cli import main as dramatiq_main
+
+    application = configured_app()
+    if application.in_memory:
+        raise LoyalcastError("the memory:// broker has no separate workers: `loyalcast run` processes in-process")
+    if application.settings.metrics.enabled:
+        runtime.configure_prometheus(application.settings)
+    from campaigns.app.actors import QUEUES
+
+    known = set(QUEUES)
+    for queue in queues or []:
+        if queue not in known:
+            raise typer.BadParameter(f"unknown queue {queue!r} (known: {', '.join(sorted(known))})", param_hint="--queue")
+    sys.argv = ["dramatiq", "workers", "--processes", str(processes), "--threads", str(threads), *ctx.args]
+    if queues:
+        sys.argv += ["--queues", *queues]
+    raise SystemExit(dramatiq_main())

@@ -1,0 +1,200 @@
+"""The tables of ``settings.toml`` other than caps, quiet hours and channels: program,
+database, broker, delivery, segments, campaigns, triggered messages, scheduler,
+metrics and logging."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from croniter import croniter
+from pydantic import Field, ValidationInfo, field_validator
+
+from campaigns.config.values import (
+    ChannelName,
+    Duration,
+    LocaleName,
+    Section,
+    TimeZoneName,
+    parse_clock,
+)
+from channels.specs import CHANNELS
+
+
+class PluralWords(Section):
+    """Word forms of "point" per CLDR plural category (``one``, ``few``, ``many``, ``other``)."""
+
+    one: str | None = None
+    two: str | None = None
+    few: str | None = None
+    many: str | None = None
+    zero: str | None = None
+    other: str
+
+    def form(self, category: str) -> str:
+        return getattr(self, category, None) or self.other
+
+
+class ProgramSettings(Section):
+    name: str
+    timezone: TimeZoneName = "Europe/Moscow"
+    default_locale: LocaleName = "ru"
+    locales: list[LocaleName] = Field(default_factory=lambda: ["ru", "en"], min_length=1)
+    currency: str = "RUB"
+    """ISO 4217 code for the ``money`` filter and SMS cost estimates."""
+    site_url: str = "https://example.com"
+    unsubscribe_url: str = "https://example.com/unsubscribe?member={member_id}"
+    """One-click unsubscribe link; placeholders ``{member_id}``, ``{channel}``, ``{signature}``."""
+    unsubscribe_secret_env: str | None = None
+    """Environment variable holding the key that signs ``{signature}`` (HMAC-SHA256)."""
+    points_word: dict[str, PluralWords] = Field(default_factory=dict)
+
+
+class DatabaseSettings(Section):
+    url: str | None = None
+    url_env: str | None = None
+    pool_size: int = Field(default=10, ge=1, le=200)
+    """Connections each process keeps open (PostgreSQL): at least a worker's threads,
+    plus ``delivery.plan_connections`` for the one planning."""
+
+
+class BrokerSettings(Section):
+    url: str | None = "memory://"
+    url_env: str | None = None
+
+
+class OutboxSettings(Section):
+    dir: str = "var/outbox"
+
+
+class DeliverySettings(Section):
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    """Deliveries per ``deliver_batch`` message."""
+    plan_chunk_size: int = Field(default=20_000, ge=100, le=100_000)
+    """Members per planning transaction (each chunk locks its members in id order)."""
+    plan_connections: int = Field(default=2, ge=1, le=16)
+    """Chunks planned at once, each on its own database connection (PostgreSQL; SQLite
+    has one writer and always plans one chunk at a time)."""
+    memory_worker_threads: int = Field(default=2, ge=1, le=32)
+    """Threads of the in-process worker used with the ``memory://`` broker."""
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    """Attempts per delivery before a transient failure becomes ``failed``."""
+    min_backoff: Duration = timedelta(seconds=15)
+    max_backoff: Duration = timedelta(minutes=10)
+    expiring_horizon_days: int = Field(default=60, ge=1, le=3660)
+    """How far ahead templates see expiring points when the segment sets no horizon."""
+
+
+class SegmentSettings(Section):
+    """Filters that together (AND) select members. Every filter is optional."""
+
+    min_balance: float | None = Field(default=None, ge=0)
+    max_balance: float | None = Field(default=None, ge=0)
+    expiring_within_days: int | None = Field(default=None, ge=1, le=3660)
+    min_expiring_points: float | None = Field(default=None, ge=0)
+    tiers: list[str] | None = None
+    min_days_since_purchase: int | None = Field(default=None, ge=0)
+    max_days_since_purchase: int | None = Field(default=None, ge=0)
+    in_segment: str | None = None
+    locales: list[LocaleName] | None = None
+
+
+class CampaignSettings(Section):
+    segment: str
+    template: str
+    channels: list[ChannelName] = Field(min_length=1)
+    category: str = "marketing"
+    schedule: str | None = None
+    description: str = ""
+    max_segments: int = Field(default=2, ge=1, le=10)
+    """Longest SMS the campaign may send, in segments; a longer one fails before sending."""
+    holdout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of eligible members kept as a control group (recorded ``held_out``)."""
+    holdout_salt: str | None = None
+    """Changing the salt draws a new control group (default: the campaign name)."""
+    send_at_local: str | None = None
+    """``"HH:MM"``: deliver at the next such time in each member's own time zone."""
+    kind: Literal["standard", "expiring_ladder"] = "standard"
+    """``expiring_ladder``: remind of points expiring at several lead times (``stages``)."""
+    stages: list[int] | None = None
+    """Ladder lead times in days before the expiry date, e.g. ``[30, 7, 1]``."""
+    min_points: float = Field(default=1, ge=0)
+    """Ladder: points expiring on one date below which no reminder goes."""
+    data: dict[str, Any] = Field(default_factory=dict)
+    """Free values the campaign's templates see as ``data`` (a promo code, a deadline)."""
+    catch_up: Literal["latest", "skip"] = "latest"
+    """After scheduler downtime: run the latest missed occasion (if younger than
+    ``catch_up_max_age``) or skip it; either way the decision is recorded."""
+    catch_up_max_age: Duration = timedelta(hours=6)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or any(stage < 0 or stage > 366 for stage in value):
+            raise ValueError("stages are days before expiry, each from 0 to 366, e.g. [30, 7, 1]")
+        if len(set(value)) != len(value):
+            raise ValueError(f"stages {value} list a day twice")
+        return sorted(value, reverse=True)
+
+    @field_validator("send_at_local")
+    @classmethod
+    def _clock(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_clock(value)
+        return value
+
+    # References to other keys are checked here, with the raw file as context, so that
+    # they are reported together with every other problem of the file.
+    @field_validator("segment")
+    @classmethod
+    def _segment_exists(cls, value: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("segments")
+        if known is not None and value not in known:
+            raise ValueError(f"unknown segment {value!r} (known: {', '.join(sorted(known)) or 'none defined'})")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_exists(cls, value: str, info: ValidationInfo) -> str:
+        templates = (info.context or {}).get("templates")
+        if templates is not None and templates.is_dir() and not (templates / value).is_dir():
+            raise ValueError(f"template {value!r} does not exist (no folder {str(templates / value)!r})")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"invalid cron expression {value!r} (minute hour day-of-month month day-of-week)")
+        return value
+
+
+class TriggeredSettings(Section):
+    """Messages developers send one at a time (``send_triggered``)."""
+
+    channels: list[ChannelName] = Field(default_factory=lambda: list(CHANNELS), min_length=1)
+    """Priority list; channels the template has no text for are left out."""
+    category: str = "service"
+    """Category when the caller names none (``service`` is exempt from marketing caps)."""
+
+
+class MetricsSettings(Section):
+    """Prometheus exposition of worker processes (Redis broker only)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9191, ge=1, le=65535)
+
+
+class LoggingSettings(Section):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SchedulerSettings(Section):
+    tick: Duration = timedelta(seconds=30)
+    """How often the scheduler looks at the clock."""
+    grace: Duration = timedelta(minutes=2)
+    """An occasion started within this long after its fire time is on time, not a catch-up."""

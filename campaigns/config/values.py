@@ -1,0 +1,101 @@
+"""Value types of ``settings.toml``: durations, clock times, quiet windows, time zone,
+locale and channel names. Each parser raises ValueError with a message that, prefixed
+by its key path, is the line a marketer reads."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated
+from zoneinfo import ZoneInfoNotFoundError
+
+from babel import Locale, UnknownLocaleError
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from campaigns.config.zones import zone_info
+from channels.options import Duration, parse_duration
+from channels.specs import CHANNELS, UnknownChannel
+
+__all__ = [
+    "ANY_CHANNEL", "ChannelName", "Clock", "Duration", "LocaleName", "QuietWindow", "Section", "TimeZoneName",
+    "format_duration", "parse_clock", "parse_duration",
+]
+
+
+class Section(BaseModel):
+    """Base of every settings table."""
+
+    # A misspelt key is a mistake the marketer wants to hear about, not a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def known_channel(value: str) -> str:
+    if value not in CHANNELS:
+        raise ValueError(str(UnknownChannel(value)))
+    return value
+
+
+ChannelName = Annotated[str, AfterValidator(known_channel)]
+"""A channel some ``channels.specs`` entry describes."""
+
+ANY_CHANNEL = "*"
+"""A cap rule's channel meaning every channel together."""
+
+
+def _time_zone(value: str) -> str:
+    try:
+        zone_info(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Moscow')") from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
+
+
+def _locale(value: str) -> str:
+    try:
+        Locale.parse(value)
+    except (UnknownLocaleError, ValueError):
+        raise ValueError(f"unknown locale {value!r}") from None
+    return value
+
+
+LocaleName = Annotated[str, AfterValidator(_locale)]
+
+Clock = tuple[int, int]
+"""A local time of day, ``(hour, minute)``."""
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_clock(value: str) -> Clock:
+    """``"09:00"`` -> ``(9, 0)``; ValueError for anything but ``HH:MM``."""
+    match = _CLOCK.match(value.strip())
+    if not match:
+        raise ValueError(f"invalid time of day {value!r} (use HH:MM, e.g. '09:00')")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _quiet_window(value: str) -> str:
+    if value.strip().lower() == "off":
+        return "off"
+    parts = value.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"invalid quiet hours {value!r} (use 'HH:MM-HH:MM', e.g. '21:00-09:00', or 'off')")
+    for part in parts:
+        parse_clock(part)
+    return value.strip()
+
+
+QuietWindow = Annotated[str, AfterValidator(_quiet_window)]
+"""``"HH:MM-HH:MM"`` (may wrap midnight) or ``"off"``."""
+
+
+def format_duration(value: timedelta) -> str:
+    """``timedelta(days=30)`` -> ``"30d"``: the largest unit that divides it."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,57 @@
+"""Typed rows: the member a message is built for, and a claimed ledger row.
+
+Built from one query's rows (``Deliverer`` loads a batch; preview and check load the
+members they show); everything downstream reads attributes, never ``Any``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One member as a message sees them, and the occasion the message speaks for."""
+
+    member_id: int
+    first_name: str | None
+    locale: str | None
+    """The member's locale as the program's table has it (None: the program default)."""
+    timezone: str | None
+    """IANA name as the program's table has it (None or unknown: the program zone)."""
+    tier: str | None
+    balance: float
+    campaign: str | None
+    """The campaign's name; None for a triggered message."""
+    occasion: str | None
+    as_of: datetime
+    """The instant the message speaks for: when it is due (UTC)."""
+
+    def at(self, as_of: datetime) -> Recipient:
+        return replace(self, as_of=as_of)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A ledger row a worker has claimed, with its member."""
+
+    id: int
+    channel: str
+    category: str
+    template: str
+    address: str
+    attempts: int
+    """Attempts so far, this one included."""
+    data: dict[str, Any] | None
+    """A triggered message's data (None for campaign rows: the campaign's ``data``)."""
+    recipient: Recipient
+
+    @property
+    def member_id(self) -> int:
+        return self.recipient.member_id
+
+    @property
+    def triggered(self) -> bool:
+        return self.recipient.campaign is None

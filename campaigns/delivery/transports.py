@@ -1,0 +1,35 @@
+"""The transports one batch sends through: built on first use, closed at its end."""
+
+from __future__ import annotations
+
+import logging
+
+from campaigns.config.settings import Settings
+from channels import Transport, build_transport
+
+log = logging.getLogger(__name__)
+
+
+class Transports:
+    """The batch's transports, one per channel, opened when first asked for."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._open: dict[str, Transport] = {}
+
+    def __getitem__(self, channel: str) -> Transport:
+        transport = self._open.get(channel)
+        if transport is None:
+            section = self.settings.channel(channel)
+            transport = build_transport(channel, section.transport, outbox_dir=self.settings.outbox_path, options=section)
+            transport.open()
+            self._open[channel] = transport
+        return transport
+
+    def close(self) -> None:
+        for transport in self._open.values():
+            try:
+                transport.close()
+            except Exception:  # closing must never hide the batch's own outcome
+                log.exception("closing transport %s", transport.name)
+        self._open.clear()

@@ -1,0 +1,108 @@
+"""Every channel loyalcast can use, each described once.
+
+A :class:`ChannelSpec` says what the rest of loyalcast needs to know about a channel
+without naming it: where a member's address and marketing consent live (columns of the
+program's ``members`` table), which template files make its message and what kind of
+message that is, which ``[quiet_hours]`` key applies, and how its texts are billed.
+Settings validation, rendering, the decision SQL, previews, the outbox and the null
+transport all read these specs; a channel that is not in :data:`CHANNELS` does not
+exist, and asking for one raises :class:`UnknownChannel`.
+
+Adding a channel starts here (see ``channels/README.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from channels.smstext import SmsLength, measure
+
+
+class MessageKind(StrEnum):
+    """The shape of a channel's message, which decides its template files.
+
+    - ``letter``: a subject and a text and/or HTML body (``<channel>.subject``,
+      ``<channel>.txt``, ``<channel>.html``); the HTML is a whole document;
+    - ``text``: one plain-text body (``<channel>.txt``);
+    - ``markup``: one body in a provider's HTML subset (``<channel>.html``, member data
+      escaped by autoescaping), sent as the message text.
+    """
+
+    LETTER = "letter"
+    TEXT = "text"
+    MARKUP = "markup"
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    name: str
+    label: str
+    """The channel's name for people ("SMS"), in reports and previews."""
+    kind: MessageKind
+    contact: str
+    """Column of ``members`` holding the member's address on this channel."""
+    consent: str
+    """Column of ``members`` holding the member's marketing consent for this channel."""
+    measure: Callable[[str], SmsLength] | None = None
+    """How a text is counted for billing, where the provider bills per segment; a
+    campaign's ``max_segments`` limits texts of such channels."""
+    marketing_cap: timedelta | None = None
+    """The program's default frequency cap: at most one ``marketing`` message per this
+    long (settings that list ``[[caps]]`` replace every default)."""
+
+    @property
+    def quiet_hours_key(self) -> str:
+        """Key under ``[quiet_hours]`` holding this channel's own window."""
+        return self.name
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Template files of one message, in the order the renderer reads them."""
+        if self.kind is MessageKind.LETTER:
+            return (f"{self.name}.subject", f"{self.name}.txt", f"{self.name}.html")
+        if self.kind is MessageKind.TEXT:
+            return (f"{self.name}.txt",)
+        return (f"{self.name}.html",)
+
+    @property
+    def required_parts(self) -> tuple[tuple[str, ...], ...]:
+        """Groups of template files of which a template needs at least one each."""
+        if self.kind is MessageKind.LETTER:
+            subject, text, html = self.parts
+            return ((subject,), (text, html))
+        return (self.parts,)
+
+
+CHANNELS: dict[str, ChannelSpec] = {
+    spec.name: spec
+    for spec in (
+        ChannelSpec("telegram", "Telegram", MessageKind.MARKUP, contact="telegram_chat_id", consent="telegram_consent"),
+        ChannelSpec("email", "Email", MessageKind.LETTER, contact="email", consent="email_consent",
+                    marketing_cap=timedelta(days=14)),
+        ChannelSpec("sms", "SMS", MessageKind.TEXT, contact="phone", consent="sms_consent", measure=measure,
+                    marketing_cap=timedelta(days=30)),
+    )
+}
+"""Every channel, in the order ``[triggered] channels`` lists them by default."""
+
+
+class UnknownChannel(KeyError):
+    """A channel name no spec describes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown channel {name!r} (known: {', '.join(sorted(CHANNELS))})")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def channel_spec(name: str) -> ChannelSpec:
+    """The spec of channel ``name``; UnknownChannel when there is none."""
+    try:
+        return CHANNELS[name]
+    except KeyError:
+        raise UnknownChannel(name) from None
