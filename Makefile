@@ -1,6 +1,7 @@
 # loyalcast: the two commands of the quick start, and a few helpers.
 #   make demo   create .venv, install, create and seed the embedded database, run a campaign
-#   make test   install test dependencies, make sure PostgreSQL and Redis are up, run the suite
+#   make test   install test dependencies, make sure PostgreSQL and Redis are up, lint
+#               (ruff check, ruff format --check, mypy --strict), run the suite
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 LOYALCAST := $(BIN)/loyalcast
 DEMO_MEMBERS ?= 500
 
-.PHONY: demo test install services clean-demo bench bench-small
+.PHONY: demo test lint install services clean-demo bench bench-small
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +50,12 @@ services:
 	  pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0; sleep 1; \
 	done; echo "waited 10 s for PostgreSQL and Redis"
 
-test: $(STAMP) services
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP) services lint
 	$(BIN)/python -m pytest
 
 # Benchmarks against PostgreSQL and Redis on this machine (see bench/README.md).

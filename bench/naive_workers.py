@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -27,8 +27,7 @@ def _app():  # type: ignore[no-untyped-def]
         app = runtime.app()
         _state.app = app
         _state.transports = {
-            channel: build_transport(channel, section.transport, outbox_dir=app.settings.outbox_path,
-                                     options=section)
+            channel: build_transport(channel, section.transport, outbox_dir=app.settings.outbox_path, options=section)
             for channel, section in app.settings.channels.items()
         }
     return _state
@@ -43,7 +42,7 @@ def naive_send(member_id: int, run_id: int) -> None:
 
     state = _app()
     app, transports = state.app, state.transports
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with app.engine.begin() as conn:
         member = conn.execute(
             select(members, func.coalesce(balances.c.points, 0).label("balance"))
@@ -51,37 +50,77 @@ def naive_send(member_id: int, run_id: int) -> None:
             .where(members.c.id == member_id)
         ).one()
         channel, address = next(
-            ((c, a) for c, a, ok in (("telegram", member.telegram_chat_id, member.telegram_consent),
-                                     ("email", member.email, member.email_consent),
-                                     ("sms", member.phone, member.sms_consent)) if a and ok),
+            (
+                (c, a)
+                for c, a, ok in (
+                    ("telegram", member.telegram_chat_id, member.telegram_consent),
+                    ("email", member.email, member.email_consent),
+                    ("sms", member.phone, member.sms_consent),
+                )
+                if a and ok
+            ),
             (None, None),
         )
         if channel is None:
             return
         window = timedelta(days=30 if channel == "sms" else 14)
         used = conn.execute(
-            select(func.count()).select_from(deliveries).where(
-                deliveries.c.member_id == member_id, deliveries.c.channel == channel, deliveries.c.holds_slot,
+            select(func.count())
+            .select_from(deliveries)
+            .where(
+                deliveries.c.member_id == member_id,
+                deliveries.c.channel == channel,
+                deliveries.c.holds_slot,
                 deliveries.c.send_at > now - window,
             )
         ).scalar_one()
         if used and channel != "telegram":
             return
         delivery_id = conn.execute(
-            insert(deliveries).values(run_id=run_id, member_id=member_id, channel=channel, category="marketing",
-                                      template="balance_reminder", status="sending", reason="naive", address=str(address),
-                                      holds_slot=True, send_at=now, created_at=now, updated_at=now, attempts=1)
+            insert(deliveries)
+            .values(
+                run_id=run_id,
+                member_id=member_id,
+                channel=channel,
+                category="marketing",
+                template="balance_reminder",
+                status="sending",
+                reason="naive",
+                address=str(address),
+                holds_slot=True,
+                send_at=now,
+                created_at=now,
+                updated_at=now,
+                attempts=1,
+            )
             .returning(deliveries.c.id)
         ).scalar_one()
-    recipient = Recipient(member_id=member_id, first_name=member.first_name, locale=member.locale,
-                          timezone=member.timezone, tier=member.tier, balance=float(member.balance), campaign=None,
-                          occasion="naive", as_of=now)
+    recipient = Recipient(
+        member_id=member_id,
+        first_name=member.first_name,
+        locale=member.locale,
+        timezone=member.timezone,
+        tier=member.tier,
+        balance=float(member.balance),
+        campaign=None,
+        occasion="naive",
+        as_of=now,
+    )
     context = app.messages.context(recipient, channel, [])
     rendered = app.renderer.render("balance_reminder", channel, context)
     status = "sent"
     try:
-        transports[channel].send(OutgoingMessage(channel=channel, reference=delivery_id, to=str(address), text=rendered.text,
-                                                 subject=rendered.subject, html=rendered.html, to_name=member.first_name))
+        transports[channel].send(
+            OutgoingMessage(
+                channel=channel,
+                reference=delivery_id,
+                to=str(address),
+                text=rendered.text,
+                subject=rendered.subject,
+                html=rendered.html,
+                to_name=member.first_name,
+            )
+        )
     except ChannelError:
         status = "failed"
     with app.engine.begin() as conn:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from campaigns.tools import demo  # noqa: E402
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DATABASE = "loyalcast_bench"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-NOW = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 REFERENCE_CAP = 20_000
 """The references run on at most this many members: their throughput does not depend on N."""
 
@@ -61,13 +61,27 @@ def seed(url: str, members: int) -> float:
 
     started = time.perf_counter()
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    member_columns = ["id", "first_name", "locale", "timezone", "tier", "email", "phone", "telegram_chat_id",
-                      "email_consent", "sms_consent", "telegram_consent", "last_purchase_at"]
+    member_columns = [
+        "id",
+        "first_name",
+        "locale",
+        "timezone",
+        "tier",
+        "email",
+        "phone",
+        "telegram_chat_id",
+        "email_consent",
+        "sms_consent",
+        "telegram_consent",
+        "last_purchase_at",
+    ]
     # One COPY at a time per connection: three connections, fed from one generator.
     with psycopg.connect(dsn) as member_conn, psycopg.connect(dsn) as balance_conn, psycopg.connect(dsn) as lot_conn:
-        with member_conn.cursor().copy(f"COPY members ({', '.join(member_columns)}) FROM STDIN") as members_copy, \
-                balance_conn.cursor().copy("COPY balances (member_id, points) FROM STDIN") as balance_copy, \
-                lot_conn.cursor().copy("COPY point_expirations (member_id, points, expires_at) FROM STDIN") as lot_copy:
+        with (
+            member_conn.cursor().copy(f"COPY members ({', '.join(member_columns)}) FROM STDIN") as members_copy,
+            balance_conn.cursor().copy("COPY balances (member_id, points) FROM STDIN") as balance_copy,
+            lot_conn.cursor().copy("COPY point_expirations (member_id, points, expires_at) FROM STDIN") as lot_copy,
+        ):
             for member, balance, member_lots, _segments in demo.generate(members, now=NOW):
                 members_copy.write_row([member[c] for c in member_columns])
                 balance_copy.write_row([balance["member_id"], balance["points"]])
@@ -118,7 +132,7 @@ class Sampler:
             self.peak_rss[process.pid] = max(self.peak_rss.get(process.pid, 0), rss)
             self.cpu[process.pid] = times.user + times.system
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self.thread.start()
         return self
 
@@ -178,8 +192,13 @@ def settings_file(folder: Path, url: str, sinks: dict, transport: str, batch_siz
     else:
         host, port = sinks["smtp"]
         shipped["channels"] = {
-            "email": {"transport": "smtp", "host": host, "port": port, "security": "none",
-                      "from_address": "Ромашка Бонус <bonus@example.com>"},
+            "email": {
+                "transport": "smtp",
+                "host": host,
+                "port": port,
+                "security": "none",
+                "from_address": "Ромашка Бонус <bonus@example.com>",
+            },
             "sms": {"transport": "http_sms", "url": f"{sinks['sms']}/send", "sender": "ROMASHKA"},
             "telegram": {"transport": "telegram", "token_env": "BENCH_TELEGRAM_TOKEN", "base_url": f"{sinks['telegram']}/bot"},
         }
@@ -195,8 +214,14 @@ def environment(config: Path) -> dict[str, str]:
 
 
 def loyalcast(config: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "campaigns.app.cli", *args], cwd=REPO, env=environment(config),
-                          capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [sys.executable, "-m", "campaigns.app.cli", *args],
+        cwd=REPO,
+        env=environment(config),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"loyalcast {' '.join(args)} failed: {done.stderr[-2000:]}")
     return done.stdout
@@ -227,13 +252,17 @@ def wait_until_delivered(url: str, started: float, expected: int | None = None, 
                 runs = conn.execute(text("SELECT id, state FROM campaign_runs")).all()
                 ids = [run_id for run_id, _ in runs]
                 if runs and all(state == "planned" for _, state in runs):
-                    open_rows = conn.execute(text(
-                        "SELECT count(*) FROM deliveries WHERE run_id = ANY(:ids) AND status IN ('queued', 'sending')"),
-                        {"ids": ids}).scalar_one()
+                    open_rows = conn.execute(
+                        text("SELECT count(*) FROM deliveries WHERE run_id = ANY(:ids) AND status IN ('queued', 'sending')"),
+                        {"ids": ids},
+                    ).scalar_one()
                     if expected is not None:
-                        done = conn.execute(text(
-                            "SELECT count(*) FROM deliveries WHERE run_id = ANY(:ids) AND status NOT IN ('queued', 'sending')"),
-                            {"ids": ids}).scalar_one()
+                        done = conn.execute(
+                            text(
+                                "SELECT count(*) FROM deliveries WHERE run_id = ANY(:ids) AND status NOT IN ('queued', 'sending')"
+                            ),
+                            {"ids": ids},
+                        ).scalar_one()
                         if done >= expected and open_rows == 0:
                             return time.perf_counter() - started
                     elif open_rows == 0:
@@ -251,9 +280,13 @@ def loyalcast_run(url: str, config: Path, processes: int, threads: int, profile:
     """
     reset_ledger(url)
     # Worker logs go to a file: an undrained pipe would block the workers once full.
-    worker = subprocess.Popen([sys.executable, "-m", "campaigns.app.cli", "worker", "-p", str(processes), "-t", str(threads)],
-                              cwd=REPO, env=environment(config), stdout=subprocess.DEVNULL,
-                              stderr=open(config.parent / "worker.log", "ab"))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.app.cli", "worker", "-p", str(processes), "-t", str(threads)],
+        cwd=REPO,
+        env=environment(config),
+        stdout=subprocess.DEVNULL,
+        stderr=open(config.parent / "worker.log", "ab"),
+    )
     sampler = Sampler(psutil.Process(worker.pid)).start()
     time.sleep(3)  # let the worker processes boot before the clock starts
     cpu_before = sum(sampler.cpu.values())
@@ -271,8 +304,9 @@ def loyalcast_run(url: str, config: Path, processes: int, threads: int, profile:
     worker.wait(timeout=60)
     engine = create_engine(url)
     with engine.connect() as conn:
-        plan_seconds = conn.execute(text(
-            "SELECT extract(epoch FROM finished_planning_at - started_at) FROM campaign_runs")).scalar_one()
+        plan_seconds = conn.execute(
+            text("SELECT extract(epoch FROM finished_planning_at - started_at) FROM campaign_runs")
+        ).scalar_one()
         counts = dict(conn.execute(text("SELECT status, count(*) FROM deliveries GROUP BY status")).all())
     engine.dispose()
     sent = counts.get("sent", 0)
@@ -299,9 +333,24 @@ def start_profiles(worker: subprocess.Popen, folder: Path, stem: str) -> list[tu
     spies = []
     for child in psutil.Process(worker.pid).children():
         out = folder / f"{stem}-{child.pid}.collapsed"
-        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(child.pid),
-                                "--rate", "50", "--gil", "--format", "raw", "--output", str(out), "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(child.pid),
+                "--rate",
+                "50",
+                "--gil",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         spies.append((spy, out))
     return spies
 
@@ -326,8 +375,11 @@ def write_profile(spies: list[tuple[subprocess.Popen, Path]], stem: str, top: in
             own[frames[-1]] = own.get(frames[-1], 0) + n
             for frame in set(frames):
                 total[frame] = total.get(frame, 0) + n
-    lines = [f"py-spy --gil, {samples} samples of the worker processes ({len(spies)}) while delivering", "",
-             "own time (%)  function"]
+    lines = [
+        f"py-spy --gil, {samples} samples of the worker processes ({len(spies)}) while delivering",
+        "",
+        "own time (%)  function",
+    ]
     lines += [f"{100 * n / max(samples, 1):6.1f}  {name}" for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
     lines += ["", "total time (%)  function (with what it calls)"]
     lines += [f"{100 * n / max(samples, 1):6.1f}  {name}" for name, n in sorted(total.items(), key=lambda kv: -kv[1])[:top]]
@@ -346,21 +398,51 @@ def naive_run(url: str, config: Path, members: int, processes: int, threads: int
     reset_ledger(url)
     engine = create_engine(url)
     with engine.begin() as conn:
-        run_id = conn.execute(text(
-            "INSERT INTO campaign_runs (campaign, occasion, as_of, started_at, started_by, dry_run, state) "
-            "VALUES ('naive', 'bench', now(), now(), 'bench', false, 'planned') RETURNING id")).scalar_one()
-        reachable = conn.execute(text(
-            "SELECT count(*) FROM members m JOIN balances b ON b.member_id = m.id WHERE m.id <= :n AND b.points >= 100 AND "
-            "((m.telegram_chat_id IS NOT NULL AND m.telegram_consent) OR (m.email IS NOT NULL AND m.email_consent) "
-            "OR (m.phone IS NOT NULL AND m.sms_consent))"), {"n": members}).scalar_one()
-        ids = conn.execute(text(
-            "SELECT m.id FROM members m JOIN balances b ON b.member_id = m.id WHERE m.id <= :n AND b.points >= 100 "
-            "ORDER BY m.id"), {"n": members}).scalars().all()
+        run_id = conn.execute(
+            text(
+                "INSERT INTO campaign_runs (campaign, occasion, as_of, started_at, started_by, dry_run, state) "
+                "VALUES ('naive', 'bench', now(), now(), 'bench', false, 'planned') RETURNING id"
+            )
+        ).scalar_one()
+        reachable = conn.execute(
+            text(
+                "SELECT count(*) FROM members m JOIN balances b ON b.member_id = m.id WHERE m.id <= :n AND b.points >= 100 AND "
+                "((m.telegram_chat_id IS NOT NULL AND m.telegram_consent) OR (m.email IS NOT NULL AND m.email_consent) "
+                "OR (m.phone IS NOT NULL AND m.sms_consent))"
+            ),
+            {"n": members},
+        ).scalar_one()
+        ids = (
+            conn.execute(
+                text(
+                    "SELECT m.id FROM members m JOIN balances b ON b.member_id = m.id WHERE m.id <= :n AND b.points >= 100 "
+                    "ORDER BY m.id"
+                ),
+                {"n": members},
+            )
+            .scalars()
+            .all()
+        )
     engine.dispose()
     env = environment(config)
-    worker = subprocess.Popen([sys.executable, "-m", "dramatiq", "naive_workers", "--path", str(REPO / "bench"),
-                               "-p", str(processes), "-t", str(threads)],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(config.parent / "naive.log", "ab"))
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "naive_workers",
+            "--path",
+            str(REPO / "bench"),
+            "-p",
+            str(processes),
+            "-t",
+            str(threads),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(config.parent / "naive.log", "ab"),
+    )
     sampler = Sampler(psutil.Process(worker.pid)).start()
     time.sleep(3)
     cpu_before = sum(sampler.cpu.values())
@@ -411,11 +493,22 @@ def ceiling_messages(config: Path, members: int) -> Path:
             rendered = render_channel(app.messages, member.recipient, lots[member_id], campaign.template, channel).rendered
             if rendered is None:
                 continue
-            file.write(json.dumps({"channel": channel, "reference": member_id, "to": member.contacts[channel],
-                                   "text": rendered.text, "subject": rendered.subject, "html": rendered.html,
-                                   "to_name": member.recipient.first_name,
-                                   "unsubscribe_url": app.settings.unsubscribe_url(member_id, channel)},
-                                  ensure_ascii=False) + "\n")
+            file.write(
+                json.dumps(
+                    {
+                        "channel": channel,
+                        "reference": member_id,
+                        "to": member.contacts[channel],
+                        "text": rendered.text,
+                        "subject": rendered.subject,
+                        "html": rendered.html,
+                        "to_name": member.recipient.first_name,
+                        "unsubscribe_url": app.settings.unsubscribe_url(member_id, channel),
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
             written += 1
     app.engine.dispose()
     log(f"transport ceiling: {written} messages rendered in advance from members 1-{members}")
@@ -427,8 +520,14 @@ def ceiling_run(config: Path, messages: Path, processes: int, threads: int) -> d
     through the same transports, in as many processes and threads as the workers; no
     database, no queue, no rendering. Each process sends its share of the file."""
     children = [
-        subprocess.Popen([sys.executable, __file__, "--ceiling-worker", str(config), f"{messages}:{index}:{processes}", str(threads)],
-                         cwd=REPO, env=environment(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, __file__, "--ceiling-worker", str(config), f"{messages}:{index}:{processes}", str(threads)],
+            cwd=REPO,
+            env=environment(config),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for index in range(processes)
     ]
     # Every process imports, reads its share and opens its transports first; then all
@@ -446,8 +545,12 @@ def ceiling_run(config: Path, messages: Path, processes: int, threads: int) -> d
     # A message phonenumbers rejects fails before the provider, in loyalcast's run too.
     if sent < expected * 0.99:
         raise RuntimeError(f"transport ceiling: {sent} of {expected} messages sent; see the errors above")
-    return {"messages": sent, "seconds": round(seconds, 2), "messages_per_second": round(sent / seconds, 1),
-            "cpu_seconds_per_1000": round(sum(span[3] for span in spans) / sent * 1000, 3)}
+    return {
+        "messages": sent,
+        "seconds": round(seconds, 2),
+        "messages_per_second": round(sent / seconds, 1),
+        "cpu_seconds_per_1000": round(sum(span[3] for span in spans) / sent * 1000, 3),
+    }
 
 
 def ceiling_worker(config: Path, share: str, threads: int) -> None:
@@ -461,7 +564,7 @@ def ceiling_worker(config: Path, share: str, threads: int) -> None:
     from channels.errors import ChannelError
 
     path, index, processes = share.rsplit(":", 2)
-    lines = Path(path).read_text(encoding="utf-8").splitlines()[int(index)::int(processes)]
+    lines = Path(path).read_text(encoding="utf-8").splitlines()[int(index) :: int(processes)]
     outgoing = [OutgoingMessage(**json.loads(line)) for line in lines]
     settings = load_settings(config)
     counter = iter(outgoing)
@@ -470,8 +573,10 @@ def ceiling_worker(config: Path, share: str, threads: int) -> None:
     sent = [0] * threads
 
     def work(slot: int) -> None:
-        transports = {c: build_transport(c, s.transport, outbox_dir=settings.outbox_path, options=s.model_dump())
-                      for c, s in settings.channels.items()}
+        transports = {
+            c: build_transport(c, s.transport, outbox_dir=settings.outbox_path, options=s.model_dump())
+            for c, s in settings.channels.items()
+        }
         ready.wait()
         while True:
             with lock:
@@ -505,11 +610,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--skip-references", action="store_true", help="Only loyalcast's runs.")
-    parser.add_argument("--runs", default="loyalcast,null,ceiling,naive",
-                        help="Comma-separated subset of loyalcast,null,ceiling,naive (a subset writes no JSON).")
-    parser.add_argument("--profile", metavar="LABEL",
-                        help="Record the worker processes with py-spy during loyalcast's runs "
-                             "(bench/results/profiles/<LABEL>-<run>.txt).")
+    parser.add_argument(
+        "--runs",
+        default="loyalcast,null,ceiling,naive",
+        help="Comma-separated subset of loyalcast,null,ceiling,naive (a subset writes no JSON).",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="LABEL",
+        help="Record the worker processes with py-spy during loyalcast's runs (bench/results/profiles/<LABEL>-<run>.txt).",
+    )
     parser.add_argument("--plan-only", action="store_true", help="Seed and time planning only (no delivery).")
     parser.add_argument("--ceiling-worker", nargs=3, metavar=("CONFIG", "SHARE", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -522,8 +632,13 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="loyalcast-bench-"))
     url = fresh_database()
-    sinks_process = subprocess.Popen([sys.executable, str(REPO / "bench" / "sinks.py")], cwd=REPO,
-                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    sinks_process = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "sinks.py")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         sinks = json.loads(sinks_process.stdout.readline())  # type: ignore[union-attr]
         real = settings_file(folder, url, sinks, "real", args.batch_size)
@@ -552,20 +667,19 @@ def main() -> int:
             ceilings.append(ceiling_run(real, messages_file, args.processes, args.threads))
             log(f"transport ceiling (before): {ceilings[-1]}")
         if "loyalcast" in runs:
-            result["loyalcast"] = loyalcast_run(url, real, args.processes, args.threads,
-                                                profile=label and f"{label}-real")
+            result["loyalcast"] = loyalcast_run(url, real, args.processes, args.threads, profile=label and f"{label}-real")
             log(f"loyalcast: {result['loyalcast']}")
         if "null" in runs:
             log("running loyalcast (null transport)")
-            result["null_transport"] = loyalcast_run(url, null, args.processes, args.threads,
-                                                     profile=label and f"{label}-null")
+            result["null_transport"] = loyalcast_run(url, null, args.processes, args.threads, profile=label and f"{label}-null")
             log(f"null transport: {result['null_transport']}")
         if "ceiling" in runs:
             log("transport ceiling (after)")
             ceilings.append(ceiling_run(real, messages_file, args.processes, args.threads))
             log(f"transport ceiling (after): {ceilings[-1]}")
             result["transport_ceiling"] = {
-                "before": ceilings[0], "after": ceilings[1],
+                "before": ceilings[0],
+                "after": ceilings[1],
                 "messages_per_second": round(sum(c["messages_per_second"] for c in ceilings) / len(ceilings), 1),
             }
         if "naive" in runs:
@@ -575,7 +689,8 @@ def main() -> int:
     finally:
         sinks_process.terminate()
     complete = {"loyalcast", "null_transport"} <= set(result) and (
-        args.skip_references or {"transport_ceiling", "naive"} <= set(result))
+        args.skip_references or {"transport_ceiling", "naive"} <= set(result)
+    )
     if not complete:
         print(json.dumps(result, indent=2))
         return 0
@@ -587,11 +702,17 @@ def main() -> int:
         "processes": args.processes,
         "threads": args.threads,
         "batch_size": args.batch_size,
-        "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-                    "python": platform.python_version(), "platform": platform.platform()},
-        "versions": {name: version(name) for name in ("dramatiq", "SQLAlchemy", "psycopg", "redis", "python-telegram-bot", "requests")},
+        "machine": {
+            "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": {
+            name: version(name) for name in ("dramatiq", "SQLAlchemy", "psycopg", "redis", "python-telegram-bot", "requests")
+        },
         "postgresql": _server_version(url),
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **result,
     }
     if "transport_ceiling" in result:
@@ -612,14 +733,20 @@ def plan_only(members: int) -> int:
     rows), in this process; writes bench/results/plan-<size>.json."""
     folder = Path(tempfile.mkdtemp(prefix="loyalcast-bench-"))
     url = fresh_database()
-    config = settings_file(folder, url, {"smtp": ["127.0.0.1", 1], "sms": "http://127.0.0.1:1", "telegram": "http://127.0.0.1:1"},
-                           "null", 500)
+    config = settings_file(
+        folder, url, {"smtp": ["127.0.0.1", 1], "sms": "http://127.0.0.1:1", "telegram": "http://127.0.0.1:1"}, "null", 500
+    )
     loyalcast(config, "db", "upgrade")
     seed_seconds = seed(url, members)
     figures = time_plans(config, ("first", "second occasion (caps now bite)"))
-    report = {"members": members, "seed_seconds": round(seed_seconds, 1), "plan": figures,
-              "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-              "postgresql": _server_version(url), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    report = {
+        "members": members,
+        "seed_seconds": round(seed_seconds, 1),
+        "plan": figures,
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "postgresql": _server_version(url),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     name = f"{members // 1000}k" if members < 1_000_000 else f"{members // 1_000_000}m"
     out = REPO / "bench" / "results" / f"plan-{name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -631,10 +758,10 @@ def time_plans(config: Path, occasions: tuple[str, ...]) -> dict[str, dict]:
     """Plan the balance reminder once per occasion, in this process with nothing else
     running (segment through every ledger row, timed around ``plan_run``)."""
     os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
-    from campaigns.store.engine import make_engine
-    from campaigns.planning.planner import plan_run
-    from campaigns.store.runs import claim_run
     from campaigns.config.settings import load_settings
+    from campaigns.planning.planner import plan_run
+    from campaigns.store.engine import make_engine
+    from campaigns.store.runs import claim_run
 
     settings = load_settings(config)
     engine = make_engine(settings.database_url)
@@ -663,7 +790,10 @@ def print_table(report: dict) -> None:
         ("members", f"{report['members']:,}"),
         ("plan alone (segment through ledger rows)", f"{report['plan_alone']['plan_seconds']} s"),
         ("planning while delivering (wall time)", f"{ours['plan_seconds']} s"),
-        ("end to end, real transports", f"{ours['end_to_end_seconds']} s, {ours['messages']:,} messages, {ours['messages_per_second']:,} msg/s"),
+        (
+            "end to end, real transports",
+            f"{ours['end_to_end_seconds']} s, {ours['messages']:,} messages, {ours['messages_per_second']:,} msg/s",
+        ),
         ("CPU per 1,000 messages (workers)", f"{ours['cpu_seconds_per_1000']} s"),
         ("CPU per 1,000 messages (PostgreSQL)", f"{ours['server_cpu_seconds_per_1000']['postgresql']} s"),
         ("peak RSS per worker process", f"{ours['peak_rss_mb_per_worker']} MB"),
@@ -671,16 +801,21 @@ def print_table(report: dict) -> None:
     ]
     if "transport_ceiling" in report:
         rows += [
-            ("transport ceiling (mean)", f"{report['transport_ceiling']['messages_per_second']:,} msg/s "
-                                          f"(before {report['transport_ceiling']['before']['messages_per_second']:,}, "
-                                          f"after {report['transport_ceiling']['after']['messages_per_second']:,})"),
+            (
+                "transport ceiling (mean)",
+                f"{report['transport_ceiling']['messages_per_second']:,} msg/s "
+                f"(before {report['transport_ceiling']['before']['messages_per_second']:,}, "
+                f"after {report['transport_ceiling']['after']['messages_per_second']:,})",
+            ),
             ("ceiling CPU per 1,000 messages", f"{report['transport_ceiling']['after']['cpu_seconds_per_1000']} s"),
             ("naive design", f"{report['naive']['messages_per_second']:,} msg/s"),
             ("loyalcast / ceiling", f"{report['ratios']['of_transport_ceiling']:.0%}"),
             ("loyalcast / naive", f"{report['ratios']['times_naive']}x"),
         ]
     width = max(len(label) for label, _ in rows)
-    print(f"loyalcast benchmark ({report['machine']['cores']} cores, {report['processes']} processes x {report['threads']} threads)")
+    print(
+        f"loyalcast benchmark ({report['machine']['cores']} cores, {report['processes']} processes x {report['threads']} threads)"
+    )
     for label, value in rows:
         print(f"  {label.ljust(width)}  {value}")
 

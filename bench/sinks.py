@@ -39,7 +39,7 @@ class SmtpSink(asyncio.Protocol):
                 end = self.buffer.find(b"\r\n.\r\n")
                 if end < 0:
                     return
-                self.buffer = self.buffer[end + 5:]
+                self.buffer = self.buffer[end + 5 :]
                 self.in_data = False
                 counts["smtp"] += 1
                 self.transport.write(b"250 2.0.0 Queued\r\n")  # type: ignore[attr-defined]
@@ -47,7 +47,7 @@ class SmtpSink(asyncio.Protocol):
             end = self.buffer.find(b"\r\n")
             if end < 0:
                 return
-            line, self.buffer = self.buffer[:end], self.buffer[end + 2:]
+            line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
             self.command(line[:4].upper())
 
     def command(self, verb: bytes) -> None:
@@ -89,14 +89,14 @@ class HttpSink(asyncio.Protocol):
                     content_type = value.strip()
             if len(self.buffer) < head_end + 4 + length:
                 return
-            body = self.buffer[head_end + 4:head_end + 4 + length]
-            self.buffer = self.buffer[head_end + 4 + length:]
+            body = self.buffer[head_end + 4 : head_end + 4 + length]
+            self.buffer = self.buffer[head_end + 4 + length :]
             path = head.split(" ", 2)[1]
             status, document = self.answer(path, content_type, body)
             payload = json.dumps(document).encode()
             self.transport.write(  # type: ignore[attr-defined]
-                f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-                .encode() + payload
+                f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
             )
 
     def answer(self, path: str, content_type: str, body: bytes) -> tuple[int, dict]:
@@ -119,10 +119,15 @@ class TelegramSink(HttpSink):
             return 200, {"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "sink", "username": "sink_bot"}}
         fields = json.loads(body) if "json" in content_type else dict(urllib.parse.parse_qsl(body.decode()))
         counts["telegram"] += 1
-        return 200, {"ok": True, "result": {
-            "message_id": counts["telegram"], "date": int(time.time()), "text": fields.get("text", ""),
-            "chat": {"id": int(fields["chat_id"]), "type": "private"},
-        }}
+        return 200, {
+            "ok": True,
+            "result": {
+                "message_id": counts["telegram"],
+                "date": int(time.time()),
+                "text": fields.get("text", ""),
+                "chat": {"id": int(fields["chat_id"]), "type": "private"},
+            },
+        }
 
 
 async def serve() -> None:
@@ -130,10 +135,17 @@ async def serve() -> None:
     smtp = await loop.create_server(SmtpSink, "127.0.0.1", 0, backlog=1024)
     sms = await loop.create_server(SmsSink, "127.0.0.1", 0, backlog=1024)
     telegram = await loop.create_server(TelegramSink, "127.0.0.1", 0, backlog=1024)
-    port = {name: server.sockets[0].getsockname()[1] for name, server in
-            (("smtp", smtp), ("sms", sms), ("telegram", telegram))}
-    print(json.dumps({"smtp": ["127.0.0.1", port["smtp"]], "sms": f"http://127.0.0.1:{port['sms']}",
-                      "telegram": f"http://127.0.0.1:{port['telegram']}"}), flush=True)
+    port = {name: server.sockets[0].getsockname()[1] for name, server in (("smtp", smtp), ("sms", sms), ("telegram", telegram))}
+    print(
+        json.dumps(
+            {
+                "smtp": ["127.0.0.1", port["smtp"]],
+                "sms": f"http://127.0.0.1:{port['sms']}",
+                "telegram": f"http://127.0.0.1:{port['telegram']}",
+            }
+        ),
+        flush=True,
+    )
     loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps(counts), flush=True))
     await asyncio.Event().wait()
 

@@ -12,7 +12,8 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import TextIO
 
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-])[A-Za-z0-9.-]*(\.[A-Za-z]{2,})")
 PHONE = re.compile(r"(\+?\d{1,3})[\d\s().-]{5,}(\d{2})\b")
@@ -41,7 +42,7 @@ class MaskingFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         document = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -57,7 +58,7 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure(log_format: str = "text", level: int | str = logging.WARNING, stream=None) -> logging.Handler:  # type: ignore[no-untyped-def]
+def configure(log_format: str = "text", level: int | str = logging.WARNING, stream: TextIO | None = None) -> logging.Handler:
     """Send loyalcast's (and Dramatiq's) logs to ``stream`` (stderr), masked, as text or JSON.
 
     Replaces the root logger's handlers (Dramatiq's worker processes install their own

@@ -23,6 +23,7 @@ def set_enabled(enabled: bool) -> None:
     global _enabled
     _enabled = enabled
 
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -33,28 +34,37 @@ def _get(name: str) -> Any:
         if not _collectors:
             from prometheus_client import Counter, Histogram
 
-            _collectors.update({
-                "decisions": Counter(
-                    "loyalcast_decisions_total", "Ledger decisions made, by campaign, channel and status",
-                    ["campaign", "channel", "status"],
-                ),
-                "outcomes": Counter(
-                    "loyalcast_delivery_outcomes_total", "Delivery attempts' outcomes, by channel and status",
-                    ["channel", "status"],
-                ),
-                "retries": Counter(
-                    "loyalcast_delivery_retries_total", "Transient failures put back for another attempt, by channel",
-                    ["channel"],
-                ),
-                "throttled": Histogram(
-                    "loyalcast_throughput_wait_seconds", "Time a send waited for its provider's throughput limit",
-                    ["channel"], buckets=LATENCY_BUCKETS,
-                ),
-                "latency": Histogram(
-                    "loyalcast_provider_latency_seconds", "Time a transport took to send one message",
-                    ["channel", "transport"], buckets=LATENCY_BUCKETS,
-                ),
-            })
+            _collectors.update(
+                {
+                    "decisions": Counter(
+                        "loyalcast_decisions_total",
+                        "Ledger decisions made, by campaign, channel and status",
+                        ["campaign", "channel", "status"],
+                    ),
+                    "outcomes": Counter(
+                        "loyalcast_delivery_outcomes_total",
+                        "Delivery attempts' outcomes, by channel and status",
+                        ["channel", "status"],
+                    ),
+                    "retries": Counter(
+                        "loyalcast_delivery_retries_total",
+                        "Transient failures put back for another attempt, by channel",
+                        ["channel"],
+                    ),
+                    "throttled": Histogram(
+                        "loyalcast_throughput_wait_seconds",
+                        "Time a send waited for its provider's throughput limit",
+                        ["channel"],
+                        buckets=LATENCY_BUCKETS,
+                    ),
+                    "latency": Histogram(
+                        "loyalcast_provider_latency_seconds",
+                        "Time a transport took to send one message",
+                        ["channel", "transport"],
+                        buckets=LATENCY_BUCKETS,
+                    ),
+                }
+            )
         return _collectors[name]
 
 

@@ -75,6 +75,17 @@ def option_problem(error: Any) -> str:
 
 
 __all__ = [
-    "CHANNELS", "DEFAULT_TRANSPORT", "TRANSPORTS", "ChannelSpec", "MessageKind", "OutgoingMessage", "SendResult",
-    "SendStatus", "Transport", "TransportOptions", "UnknownChannel", "build_transport", "channel_spec",
+    "CHANNELS",
+    "DEFAULT_TRANSPORT",
+    "TRANSPORTS",
+    "ChannelSpec",
+    "MessageKind",
+    "OutgoingMessage",
+    "SendResult",
+    "SendStatus",
+    "Transport",
+    "TransportOptions",
+    "UnknownChannel",
+    "build_transport",
+    "channel_spec",
 ]

@@ -29,7 +29,7 @@ from channels.options import TransportOptions
 class SendStatus(StrEnum):
     """The closed set of successful outcomes a transport reports."""
 
-    SENT = "sent"            # the provider accepted the message
+    SENT = "sent"  # the provider accepted the message
     DELIVERED = "delivered"  # the provider confirmed delivery to the recipient
 
 
@@ -92,9 +92,7 @@ class Transport(ABC):
         if message.channel not in self.channels:
             raise MessageRejected(f"transport {self.name} does not carry {message.channel}", provider=self.name)
         if self.max_length is not None and message.text is not None and len(message.text) > self.max_length:
-            raise MessageRejected(
-                f"text is {len(message.text)} characters, the limit is {self.max_length}", provider=self.name
-            )
+            raise MessageRejected(f"text is {len(message.text)} characters, the limit is {self.max_length}", provider=self.name)
 
     @abstractmethod
     def prepare(self, message: OutgoingMessage) -> Any: ...
@@ -105,10 +103,10 @@ class Transport(ABC):
     @abstractmethod
     def result(self, response: Any) -> SendResult: ...
 
-    def open(self) -> None:
+    def open(self) -> None:  # noqa: B027  # optional hook: most transports hold nothing between sends
         """Acquire what a batch of sends shares (a connection). Optional."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  # optional hook, the pair of open()
         """Release what ``open`` acquired. Must be safe to call twice."""
 
     def __enter__(self) -> Transport:

@@ -13,7 +13,6 @@ message data was sent is an unknown outcome (the server may have queued it).
 from __future__ import annotations
 
 import smtplib
-import socket
 import ssl
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -64,8 +63,16 @@ class SmtpTransport(Transport):
     Options = SmtpOptions
 
     def __init__(
-        self, host: str, port: int, *, security: str, sender: str, timeout: float,
-        username: str | None = None, password: str | None = None, unsubscribe_mailto: str | None = None,
+        self,
+        host: str,
+        port: int,
+        *,
+        security: str,
+        sender: str,
+        timeout: float,
+        username: str | None = None,
+        password: str | None = None,
+        unsubscribe_mailto: str | None = None,
     ) -> None:
         self.host, self.port, self.security, self.timeout = host, port, security, timeout
         self.sender = parse_sender(sender)
@@ -81,9 +88,14 @@ class SmtpTransport(Transport):
         password = secret(options.password_env, f"{key}.password_env")
         try:
             return cls(
-                options.host, options.port or DEFAULT_PORTS[options.security], security=options.security,
-                sender=options.from_address, timeout=options.timeout.total_seconds(),
-                username=username, password=password, unsubscribe_mailto=options.unsubscribe_mailto,
+                options.host,
+                options.port or DEFAULT_PORTS[options.security],
+                security=options.security,
+                sender=options.from_address,
+                timeout=options.timeout.total_seconds(),
+                username=username,
+                password=password,
+                unsubscribe_mailto=options.unsubscribe_mailto,
             )
         except ValueError as exc:
             raise ChannelConfigError(f"{key}.from_address", str(exc)) from None
@@ -105,8 +117,9 @@ class SmtpTransport(Transport):
             if self.username:
                 connection.login(self.username, self.password or "")
         except smtplib.SMTPAuthenticationError as exc:
-            raise ProviderUnavailable(f"authentication failed: {_text(exc.smtp_error)}", provider=self.name,
-                                      status=exc.smtp_code) from exc
+            raise ProviderUnavailable(
+                f"authentication failed: {_text(exc.smtp_error)}", provider=self.name, status=exc.smtp_code
+            ) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise ProviderUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}", provider=self.name) from exc
         self._connection = connection
@@ -145,7 +158,7 @@ class SmtpTransport(Transport):
                 if exc.smtp_code >= 500:
                     raise MessageRejected(_text(exc.smtp_error), provider=self.name, status=exc.smtp_code) from exc
                 raise ProviderUnavailable(_text(exc.smtp_error), provider=self.name, status=exc.smtp_code) from exc
-            except (socket.timeout, TimeoutError) as exc:
+            except TimeoutError as exc:
                 self._drop()
                 raise OutcomeUnknown(f"no answer within {self.timeout:g} s", provider=self.name) from exc
             except OSError as exc:
@@ -165,7 +178,6 @@ class SmtpTransport(Transport):
 
     def result(self, response: str) -> SendResult:
         return SendResult(SendStatus.SENT, provider_message_id=response)
-
 
 
 def _text(value: bytes | str) -> str:

@@ -66,10 +66,10 @@ class Faults:
 
 
 class _SmtpHandler:
-    def __init__(self, server: "FakeSmtpServer") -> None:
+    def __init__(self, server: FakeSmtpServer) -> None:
         self.server = server
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list) -> str:
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         if address in self.server.faults.rejected:
             return "550 5.1.1 No such user here"
         if self.server.faults.draw() == "transient":
@@ -80,10 +80,11 @@ class _SmtpHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.server.faults.slow_seconds:  # without blocking the server's event loop
             await asyncio.sleep(self.server.faults.slow_seconds)
-        parsed = message_from_bytes(envelope.content, policy=policy.default)
+        content = envelope.content if isinstance(envelope.content, bytes) else (envelope.content or "").encode()
+        parsed = message_from_bytes(content, policy=policy.default)
         with self.server.lock:
-            self.server.messages.append(parsed)  # type: ignore[arg-type]
-            self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+            self.server.messages.append(parsed)
+            self.server.envelopes.append((envelope.mail_from or "", list(envelope.rcpt_tos)))
         return "250 2.0.0 Queued"
 
 
@@ -101,6 +102,7 @@ class FakeSmtpServer:
         self.lock = threading.Lock()
         options: dict[str, Any] = {}
         if login is not None:
+
             def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
                 given = (data.login.decode(), data.password.decode()) if isinstance(data, LoginPassword) else None
                 return AuthResult(success=given == login)
@@ -112,7 +114,7 @@ class FakeSmtpServer:
     def address(self) -> tuple[str, int]:
         return self.controller.hostname, self.controller.port
 
-    def start(self) -> "FakeSmtpServer":
+    def start(self) -> FakeSmtpServer:
         self.controller.start()
         return self
 
@@ -141,8 +143,7 @@ class _HttpFake:
                 status, headers, document = fake.handle(self.path, dict(self.headers), body)
                 payload = json.dumps(document).encode()
                 self.send_response(status)
-                for name, value in {**headers, "Content-Type": "application/json",
-                                    "Content-Length": str(len(payload))}.items():
+                for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(len(payload))}.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
@@ -158,7 +159,7 @@ class _HttpFake:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def start(self) -> "_HttpFake":
+    def start(self) -> _HttpFake:
         self.thread.start()
         return self
 
@@ -193,9 +194,15 @@ class FakeSmsGateway(_HttpFake):
             if twilio:
                 return 400, {}, {"code": 21211, "message": f"The 'To' number {to} is not a valid phone number."}
             return 400, {}, {"message": f"invalid recipient number {to}"}
-        number = self.record({"to": to, "text": fields.get("Body") if twilio else fields.get("text"),
-                              "sender": fields.get("From") if twilio else fields.get("sender"),
-                              "reference": None if twilio else fields.get("reference"), "headers": headers})
+        number = self.record(
+            {
+                "to": to,
+                "text": fields.get("Body") if twilio else fields.get("text"),
+                "sender": fields.get("From") if twilio else fields.get("sender"),
+                "reference": None if twilio else fields.get("reference"),
+                "headers": headers,
+            }
+        )
         if twilio:
             return 201, {}, {"sid": f"SM{number:032x}", "status": "queued"}
         return 200, {}, {"id": f"gw-{number}", "status": "accepted"}
@@ -212,7 +219,11 @@ class FakeTelegramApi(_HttpFake):
         else:
             fields = dict(urllib.parse.parse_qsl(body.decode()))
         if method == "getMe":
-            return 200, {}, {"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "loyalcast", "username": "loyalcast_bot"}}
+            return (
+                200,
+                {},
+                {"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "loyalcast", "username": "loyalcast_bot"}},
+            )
         if method != "sendMessage":
             return 404, {}, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
         chat_id = str(fields.get("chat_id"))
@@ -222,8 +233,16 @@ class FakeTelegramApi(_HttpFake):
             return 502, {}, {"ok": False, "error_code": 502, "description": "Bad Gateway"}
         if fault == "rate_limited":
             wait = self.faults.retry_after
-            return 429, {}, {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {wait}",
-                             "parameters": {"retry_after": wait}}
+            return (
+                429,
+                {},
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": f"Too Many Requests: retry after {wait}",
+                    "parameters": {"retry_after": wait},
+                },
+            )
         if chat_id in self.faults.blocked:
             return 403, {}, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}
         if chat_id in self.faults.rejected:
@@ -231,13 +250,21 @@ class FakeTelegramApi(_HttpFake):
         text = fields.get("text", "")
         if len(text) > 4096:
             return 400, {}, {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"}
-        number = self.record({"chat_id": chat_id, "text": text, "parse_mode": fields.get("parse_mode"),
-                              "received": time.time()})
-        return 200, {}, {"ok": True, "result": {
-            "message_id": number, "date": int(time.time()), "text": text,
-            "chat": {"id": int(chat_id), "type": "private"},
-            "from": {"id": 1, "is_bot": True, "first_name": "loyalcast"},
-        }}
+        number = self.record({"chat_id": chat_id, "text": text, "parse_mode": fields.get("parse_mode"), "received": time.time()})
+        return (
+            200,
+            {},
+            {
+                "ok": True,
+                "result": {
+                    "message_id": number,
+                    "date": int(time.time()),
+                    "text": text,
+                    "chat": {"id": int(chat_id), "type": "private"},
+                    "from": {"id": 1, "is_bot": True, "first_name": "loyalcast"},
+                },
+            },
+        )
 
 
 def _free_port() -> int:
@@ -245,4 +272,5 @@ def _free_port() -> int:
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port

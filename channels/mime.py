@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import re
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.charset import QP, Charset
 from email.generator import BytesGenerator
 from email.header import Header
@@ -44,7 +44,7 @@ def parse_sender(value: str) -> Address:
 # Bodies go as 8bit UTF-8 (readable in the outbox, and what SMTP servers' 8BITMIME
 # expects), or quoted-printable when a line is too long for SMTP (998 bytes).
 _UTF8_8BIT = Charset("utf-8")
-_UTF8_8BIT.body_encoding = None
+_UTF8_8BIT.body_encoding = None  # type: ignore[assignment]  # None is the documented "no transfer encoding"
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP
 _LONGEST_8BIT_LINE = 900
@@ -56,10 +56,16 @@ class _Policy(Compat32):
     returns it unchanged, at ~20 us per header; a message has about fourteen)."""
 
     def _fold(self, name: str, value: object, sanitize: bool) -> str:
-        if (isinstance(value, str) and value.isascii() and "\n" not in value and "\r" not in value
-                and len(name) + 2 + len(value) <= self.max_line_length):
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and "\n" not in value
+            and "\r" not in value
+            and (self.max_line_length is None or len(name) + 2 + len(value) <= self.max_line_length)
+        ):
             return f"{name}: {value}{self.linesep}"
-        return super()._fold(name, value, sanitize)
+        folded: str = super()._fold(name, value, sanitize)  # type: ignore[misc]  # compat32's folding step, not in typeshed
+        return folded
 
 
 POLICY = _Policy()
@@ -67,7 +73,8 @@ POLICY = _Policy()
 
 def _text_part(text: str, subtype: str) -> MIMEText:
     too_long = any(len(line.encode()) > _LONGEST_8BIT_LINE for line in text.splitlines())
-    return MIMEText(text, subtype, _UTF8_QP if too_long else _UTF8_8BIT, policy=POLICY)
+    # typeshed says str, but MIMEText takes a Charset too (email.mime.text, Python 3.11+).
+    return MIMEText(text, subtype, _UTF8_QP if too_long else _UTF8_8BIT, policy=POLICY)  # type: ignore[arg-type]
 
 
 def _boundary(*bodies: str) -> str:
@@ -99,8 +106,9 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
     if message.to.count("@") != 1 or _CONTROL.search(message.to):
         raise InvalidRecipient(f"not an email address: {message.to!r}", provider=provider, reached_provider=False)
     if not message.to.isascii():
-        raise InvalidRecipient(f"internationalized email addresses are not supported: {message.to!r}",
-                               provider=provider, reached_provider=False)
+        raise InvalidRecipient(
+            f"internationalized email addresses are not supported: {message.to!r}", provider=provider, reached_provider=False
+        )
     if message.text is not None and message.html is not None:
         email: Message = MIMEMultipart("alternative", boundary=_boundary(message.text, message.html), policy=POLICY)
         email.attach(_text_part(message.text, "plain"))
@@ -111,8 +119,8 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
         email = _text_part(message.text or "", "plain")
     email["From"] = formataddr((sender.display_name, sender.addr_spec), charset="utf-8")
     email["To"] = formataddr((one_line(message.to_name or ""), message.to), charset="utf-8")
-    email["Subject"] = Header(one_line(message.subject or ""), "utf-8")
-    email["Date"] = format_datetime(datetime.now(timezone.utc))
+    email["Subject"] = Header(one_line(message.subject or ""), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header
+    email["Date"] = format_datetime(datetime.now(UTC))
     email["Message-ID"] = make_msgid(idstring=f"lc{message.reference}", domain=sender.domain)
     email["X-Loyalcast-Reference"] = str(message.reference)
     if message.marketing and message.unsubscribe_url:
@@ -122,5 +130,5 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
         email["List-Unsubscribe"] = ", ".join(targets)
         email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     for name, value in message.headers.items():
-        email[one_line(name)] = Header(one_line(value), "utf-8")
+        email[one_line(name)] = Header(one_line(value), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header
     return email

@@ -39,9 +39,7 @@ class OutboxTransport(Transport):
     channels = tuple(CHANNELS)
     Options = OutboxOptions
 
-    def __init__(
-        self, directory: Path, *, sender: str = "loyalcast <noreply@localhost>", text_sender: str | None = None
-    ) -> None:
+    def __init__(self, directory: Path, *, sender: str = "loyalcast <noreply@localhost>", text_sender: str | None = None) -> None:
         self.directory = Path(directory)
         self.sender = parse_sender(sender)
         self.text_sender = text_sender

@@ -87,8 +87,16 @@ class HttpSmsTransport(Transport):
     Options = HttpSmsOptions
 
     def __init__(
-        self, *, style: str, url: str, sender: str | None, timeout: float, headers: dict[str, str],
-        fields: dict[str, str], default_region: str, auth: tuple[str, str] | None = None,
+        self,
+        *,
+        style: str,
+        url: str,
+        sender: str | None,
+        timeout: float,
+        headers: dict[str, str],
+        fields: dict[str, str],
+        default_region: str,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.style, self.url, self.sender, self.timeout = style, url, sender, timeout
         self.fields = {**DEFAULT_FIELDS, **fields}
@@ -114,19 +122,36 @@ class HttpSmsTransport(Transport):
             if not options.sender:
                 raise ChannelConfigError(f"{key}.sender", "required for Twilio (the From number or sender id)")
             base = (options.base_url or "https://api.twilio.com").rstrip("/")
-            return cls(style="twilio", url=f"{base}/2010-04-01/Accounts/{sid}/Messages.json", sender=options.sender,
-                       timeout=timeout, headers={}, fields={}, default_region=region, auth=(sid or "", token or ""))
+            return cls(
+                style="twilio",
+                url=f"{base}/2010-04-01/Accounts/{sid}/Messages.json",
+                sender=options.sender,
+                timeout=timeout,
+                headers={},
+                fields={},
+                default_region=region,
+                auth=(sid or "", token or ""),
+            )
         if not options.url:
             raise ChannelConfigError(f"{key}.url", "required for the http_sms transport (json style)")
         unknown = set(options.fields) - set(DEFAULT_FIELDS)
         if unknown:
-            raise ChannelConfigError(f"{key}.fields", f"unknown field {sorted(unknown)[0]!r} (known: {', '.join(DEFAULT_FIELDS)})")
+            raise ChannelConfigError(
+                f"{key}.fields", f"unknown field {sorted(unknown)[0]!r} (known: {', '.join(DEFAULT_FIELDS)})"
+            )
         headers = {}
         token = secret(options.auth_env, f"{key}.auth_env")
         if token:
             headers[options.auth_header] = token
-        return cls(style="json", url=options.url, sender=options.sender, timeout=timeout, headers=headers,
-                   fields=options.fields, default_region=region)
+        return cls(
+            style="json",
+            url=options.url,
+            sender=options.sender,
+            timeout=timeout,
+            headers=headers,
+            fields=options.fields,
+            default_region=region,
+        )
 
     def check(self, message: OutgoingMessage) -> None:
         super().check(message)
@@ -142,8 +167,7 @@ class HttpSmsTransport(Transport):
             form = {"To": to, "Body": message.text or ""}
             form["From"] = self.sender or ""
             return {"data": form}, segments
-        body = {self.fields["to"]: to, self.fields["text"]: message.text or "",
-                self.fields["reference"]: str(message.reference)}
+        body = {self.fields["to"]: to, self.fields["text"]: message.text or "", self.fields["reference"]: str(message.reference)}
         if self.sender:
             body[self.fields["sender"]] = self.sender
         return {"json": body}, segments
@@ -179,7 +203,11 @@ class HttpSmsTransport(Transport):
             pass
         if self.style == "twilio" and code in TWILIO_BLOCKED:
             return RecipientBlocked(detail, provider=self.name, status=response.status_code)
-        invalid = code in TWILIO_INVALID_NUMBER if self.style == "twilio" else "number" in detail.lower() or "recipient" in detail.lower()
+        invalid = (
+            code in TWILIO_INVALID_NUMBER
+            if self.style == "twilio"
+            else "number" in detail.lower() or "recipient" in detail.lower()
+        )
         if invalid:
             return InvalidRecipient(detail, provider=self.name, status=response.status_code)
         return MessageRejected(detail, provider=self.name, status=response.status_code)
@@ -206,4 +234,3 @@ def _retry_after(response: requests.Response) -> float:
         return max(float(response.headers.get("Retry-After", "1")), 0.0)
     except ValueError:
         return 1.0
-

@@ -80,10 +80,18 @@ CHANNELS: dict[str, ChannelSpec] = {
     spec.name: spec
     for spec in (
         ChannelSpec("telegram", "Telegram", MessageKind.MARKUP, contact="telegram_chat_id", consent="telegram_consent"),
-        ChannelSpec("email", "Email", MessageKind.LETTER, contact="email", consent="email_consent",
-                    marketing_cap=timedelta(days=14)),
-        ChannelSpec("sms", "SMS", MessageKind.TEXT, contact="phone", consent="sms_consent", measure=measure,
-                    marketing_cap=timedelta(days=30)),
+        ChannelSpec(
+            "email", "Email", MessageKind.LETTER, contact="email", consent="email_consent", marketing_cap=timedelta(days=14)
+        ),
+        ChannelSpec(
+            "sms",
+            "SMS",
+            MessageKind.TEXT,
+            contact="phone",
+            consent="sms_consent",
+            measure=measure,
+            marketing_cap=timedelta(days=30),
+        ),
     )
 }
 """Every channel, in the order ``[triggered] channels`` lists them by default."""

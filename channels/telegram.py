@@ -67,8 +67,9 @@ class _ThreadLoop:
     def bot(self, token: str, base_url: str, timeout: float) -> Bot:
         key = (token, base_url, timeout)
         if key not in self.bots:
-            request = AiohttpRequest(read_timeout=timeout, write_timeout=timeout, connect_timeout=min(timeout, 5.0),
-                                     pool_timeout=timeout)
+            request = AiohttpRequest(
+                read_timeout=timeout, write_timeout=timeout, connect_timeout=min(timeout, 5.0), pool_timeout=timeout
+            )
             updates = AiohttpRequest()  # PTB wants one for getUpdates too; it never opens a connection here
             self.requests += [request, updates]
             self.bots[key] = Bot(token, base_url=base_url, request=request, get_updates_request=updates)
@@ -134,12 +135,17 @@ class TelegramTransport(Transport):
         try:
             int(message.to)
         except ValueError:
-            raise InvalidRecipient(f"not a Telegram chat id: {message.to!r}", provider=self.name,
-                                   reached_provider=False) from None
+            raise InvalidRecipient(
+                f"not a Telegram chat id: {message.to!r}", provider=self.name, reached_provider=False
+            ) from None
 
     def prepare(self, message: OutgoingMessage) -> dict[str, Any]:
-        return {"chat_id": int(message.to), "text": message.text or "", "parse_mode": ParseMode.HTML,
-                "disable_web_page_preview": True}
+        return {
+            "chat_id": int(message.to),
+            "text": message.text or "",
+            "parse_mode": ParseMode.HTML,
+            "disable_web_page_preview": True,
+        }
 
     def transmit(self, payload: dict[str, Any]) -> Any:
         runner = _this_thread()
@@ -158,7 +164,7 @@ class TelegramTransport(Transport):
             raise OutcomeUnknown(f"timed out: {exc.message}", provider=self.name) from exc
         except (NetworkError, TelegramError) as exc:
             raise ProviderUnavailable(exc.message, provider=self.name) from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise OutcomeUnknown(f"no answer within {self.timeout * 3:g} s", provider=self.name) from exc
 
     def result(self, response: Any) -> SendResult:

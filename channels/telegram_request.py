@@ -14,8 +14,6 @@ request). Text only: file uploads are not implemented, since loyalcast sends non
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
@@ -28,8 +26,15 @@ class AiohttpRequest(BaseRequest):
     """``read_timeout``, ``write_timeout``, ``connect_timeout`` and ``pool_timeout`` are
     seconds; ``pool_size`` is the most connections kept open to the Bot API."""
 
-    def __init__(self, *, read_timeout: float = 5.0, write_timeout: float = 5.0, connect_timeout: float = 5.0,
-                 pool_timeout: float = 1.0, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        read_timeout: float = 5.0,
+        write_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        pool_timeout: float = 1.0,
+        pool_size: int = 4,
+    ) -> None:
         self._read_timeout, self._write_timeout = read_timeout, write_timeout
         self._connect_timeout, self._pool_timeout = connect_timeout, pool_timeout
         self._pool_size = pool_size
@@ -72,22 +77,29 @@ class AiohttpRequest(BaseRequest):
         # aiohttp has no write timeout: a Bot API request is small enough to leave in
         # the socket's buffer at once, so writing is bounded by the total instead.
         timeout = aiohttp.ClientTimeout(
-            total=_sum(pool, connect, write, read), connect=_sum(pool, connect), sock_connect=connect, sock_read=read,
+            total=_sum(pool, connect, write, read),
+            connect=_sum(pool, connect),
+            sock_connect=connect,
+            sock_read=read,
         )
         try:
-            async with self._session.request(method, url, data=request_data.json_parameters if request_data else None,
-                                             timeout=timeout) as response:
+            async with self._session.request(
+                method, url, data=request_data.json_parameters if request_data else None, timeout=timeout
+            ) as response:
                 return response.status, await response.read()
-        except asyncio.TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
+        except TimeoutError as exc:  # aiohttp's ServerTimeoutError is one too
             raise TimedOut(f"no answer in time: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc
 
 
 def _given(value: object, default: float) -> float | None:
-    return default if isinstance(value, _DEFAULT) else value  # type: ignore[return-value]
+    if isinstance(value, _DEFAULT):
+        return default
+    return None if value is None else float(value)  # type: ignore[arg-type]  # PTB types its timeouts as object
 
 
 def _sum(*seconds: float | None) -> float | None:
     """None (no limit) if any part has no limit."""
-    return None if any(s is None for s in seconds) else sum(seconds)  # type: ignore[arg-type]
+    known = [s for s in seconds if s is not None]
+    return None if len(known) < len(seconds) else sum(known)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, insert, select
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from campaigns.app.cli import app as cli_app
 from campaigns.store.models import balances, deliveries, members, point_expirations
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def add_member(engine: Engine, member_id: int, *, points: float = 500, **fields: Any) -> None:
@@ -59,15 +59,23 @@ def cli(config: Any, *args: str) -> Any:
 
 def run_json(config: Any, campaign: str, *extra: str) -> dict[str, Any]:
     output = cli(config, "run", campaign, "--json", *extra).stdout
-    return json.loads(output[output.index("{"):])
+    return json.loads(output[output.index("{") :])
 
 
 def add_members(engine: Engine, rows: list[dict[str, Any]], *, points: float = 500) -> None:
     """Bulk insert of members (each dict as for ``add_member``) with the same balance."""
     defaults = {
-        "first_name": "Member", "locale": "ru", "timezone": "Europe/Moscow", "tier": "basic",
-        "email": None, "phone": None, "telegram_chat_id": None, "email_consent": False,
-        "sms_consent": False, "telegram_consent": False, "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "first_name": "Member",
+        "locale": "ru",
+        "timezone": "Europe/Moscow",
+        "tier": "basic",
+        "email": None,
+        "phone": None,
+        "telegram_chat_id": None,
+        "email_consent": False,
+        "sms_consent": False,
+        "telegram_consent": False,
+        "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
     }
     with engine.begin() as conn:
         conn.execute(insert(members), [{**defaults, **row} for row in rows])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from campaigns.config.settings import load_settings
 from campaigns.planning import triggered
@@ -16,7 +16,7 @@ from campaigns.planning.planner import plan_run
 from campaigns.store.engine import make_engine
 from campaigns.store.runs import claim_run
 
-BASE = datetime(2026, 6, 1, 9, 0, tzinfo=timezone.utc)
+BASE = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 MEMBERS = 2000
 TRIGGERED_PER_PROCESS = 150
 JOBS = [(campaign, f"o{k}", BASE + timedelta(minutes=17 * k)) for campaign in ("sms_first", "email_first") for k in range(3)]
@@ -42,8 +42,16 @@ def main(config: str, seed: int, threads: int) -> int:
         try:
             for n in range(TRIGGERED_PER_PROCESS):
                 member_id = rng.randint(1, MEMBERS)
-                triggered.decide(engine, settings, member_id, "tier_upgraded", {"tier_name": "Gold"},
-                                 f"race-{seed}-{n}", "marketing", now=BASE + timedelta(minutes=rng.randint(0, 60)))
+                triggered.decide(
+                    engine,
+                    settings,
+                    member_id,
+                    "tier_upgraded",
+                    {"tier_name": "Gold"},
+                    f"race-{seed}-{n}",
+                    "marketing",
+                    now=BASE + timedelta(minutes=rng.randint(0, 60)),
+                )
         except BaseException as exc:
             failures.append(exc)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email import policy
 
 from helpers import add_expiration, add_member, cli, ledger, run_json
@@ -156,13 +156,15 @@ def test_a_reminder_no_longer_true_at_send_time_is_stale(configured) -> None:
     from campaigns.store.models import balances, point_expirations
     from campaigns.store.runs import claim_run
 
-    application = configured({
-        "quiet_hours": {"default": "off", "telegram": "off"},
-        "segments": {"expiring_soon": {"expiring_within_days": 30, "min_expiring_points": 50}},
-        "campaigns": {"expiring": {"segment": "expiring_soon", "template": "balance_reminder", "channels": ["email"]}},
-    })
+    application = configured(
+        {
+            "quiet_hours": {"default": "off", "telegram": "off"},
+            "segments": {"expiring_soon": {"expiring_within_days": 30, "min_expiring_points": 50}},
+            "campaigns": {"expiring": {"segment": "expiring_soon", "template": "balance_reminder", "channels": ["email"]}},
+        }
+    )
     engine = application.engine
-    now = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
     for member_id in (1, 2):
         add_member(engine, member_id, points=400, email=f"m{member_id}@example.com", email_consent=True)
         add_expiration(engine, member_id, 300, now + timedelta(days=5))
@@ -207,7 +209,9 @@ def test_chunks_planned_on_two_connections_decide_like_one(configured) -> None:
 
     def plan(occasion: str, connections: int) -> tuple[int, dict[int, tuple[str | None, str, str]]]:
         settings = application.settings
-        settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"plan_connections": connections})})
+        settings = settings.model_copy(
+            update={"delivery": settings.delivery.model_copy(update={"plan_connections": connections})}
+        )
         run = claim_run(engine, settings, "balance_reminder", as_of=START, occasion=occasion)
         chunks = [sum(chunk.counts.values()) for chunk in plan_chunks(engine, settings, run.id)]
         heard.extend(chunks)
@@ -236,8 +240,9 @@ def test_each_chunk_is_enqueued_as_soon_as_it_is_planned(configured) -> None:
     # Given 1,200 demo members planned in chunks of 100, batches of up to 500
     from campaigns.app import actors
 
-    application = configured({"quiet_hours": {"default": "off", "telegram": "off"},
-                              "delivery": {"plan_chunk_size": 100, "batch_size": 500}})
+    application = configured(
+        {"quiet_hours": {"default": "off", "telegram": "off"}, "delivery": {"plan_chunk_size": 100, "batch_size": 500}}
+    )
     engine = application.engine
     demo.seed(engine, 1200, now=START)
     broker = actors.use_broker(runtime.build_broker(application.settings))
@@ -251,10 +256,13 @@ def test_each_chunk_is_enqueued_as_soon_as_it_is_planned(configured) -> None:
     # come in member order
     batches = [message.args[0] for message in _messages(broker, "batches")]
     with engine.connect() as conn:
-        queued = dict(conn.execute(
-            select(deliveries.c.id, deliveries.c.member_id).where(deliveries.c.run_id == run.id,
-                                                                 deliveries.c.status == "queued")
-        ).all())
+        queued = dict(
+            conn.execute(
+                select(deliveries.c.id, deliveries.c.member_id).where(
+                    deliveries.c.run_id == run.id, deliveries.c.status == "queued"
+                )
+            ).all()
+        )
     assert sorted(i for batch in batches for i in batch) == sorted(queued)
     chunks_of = [{(queued[i] - 1) // 100 for i in batch} for batch in batches]
     assert all(len(chunks) == 1 for chunks in chunks_of)

@@ -3,7 +3,7 @@ quiet hours and the dry run, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from helpers import add_member, add_members, decided, run_json
@@ -16,7 +16,7 @@ from campaigns.planning.planner import plan_run
 from campaigns.store.models import deliveries
 from campaigns.store.runs import claim_run
 
-UTC = timezone.utc
+UTC = UTC
 NO_QUIET_HOURS = {"quiet_hours": {"default": "off", "telegram": "off", "email": "off"}}
 
 
@@ -34,15 +34,17 @@ def plan_at(application, name: str, when: datetime, occasion: str | None = None)
 def test_rolling_calendar_and_min_gap_over_time(configured) -> None:
     # Given one SMS rule per window kind (each in its own category) and SMS members in
     # Kaliningrad (UTC+2) and Vladivostok (UTC+10)
-    application = configured({
-        **NO_QUIET_HOURS,
-        "caps": [
-            {"channel": "sms", "category": "rolling", "window": "rolling", "max": 1, "per": "30d"},
-            {"channel": "sms", "category": "calendar", "window": "calendar", "max": 1, "period": "month"},
-            {"channel": "sms", "category": "gap", "window": "min_gap", "gap": "14d"},
-        ],
-        "campaigns": {kind: campaign(kind, ["sms"]) for kind in ("rolling", "calendar", "gap")},
-    })
+    application = configured(
+        {
+            **NO_QUIET_HOURS,
+            "caps": [
+                {"channel": "sms", "category": "rolling", "window": "rolling", "max": 1, "per": "30d"},
+                {"channel": "sms", "category": "calendar", "window": "calendar", "max": 1, "period": "month"},
+                {"channel": "sms", "category": "gap", "window": "min_gap", "gap": "14d"},
+            ],
+            "campaigns": {kind: campaign(kind, ["sms"]) for kind in ("rolling", "calendar", "gap")},
+        }
+    )
     add_member(application.engine, 1, timezone="Europe/Kaliningrad", phone="+79160000001", sms_consent=True)
     add_member(application.engine, 2, timezone="Asia/Vladivostok", phone="+79160000002", sms_consent=True)
     # +0 is 21 March 20:00 UTC; +10 is 31 March 20:00 UTC: still March in Kaliningrad
@@ -66,11 +68,13 @@ def test_rolling_calendar_and_min_gap_over_time(configured) -> None:
 
 def test_defer_sends_when_the_window_opens(configured) -> None:
     # Given an SMS rule that defers instead of skipping
-    application = configured({
-        **NO_QUIET_HOURS,
-        "caps": [{"channel": "sms", "max": 1, "per": "30d", "action": "defer"}],
-        "campaigns": {"reminder": campaign("marketing", ["sms"])},
-    })
+    application = configured(
+        {
+            **NO_QUIET_HOURS,
+            "caps": [{"channel": "sms", "max": 1, "per": "30d", "action": "defer"}],
+            "campaigns": {"reminder": campaign("marketing", ["sms"])},
+        }
+    )
     add_member(application.engine, 1, phone="+79160000001", sms_consent=True)
     start = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
     assert plan_at(application, "reminder", start)[1].status == "queued"
@@ -87,11 +91,13 @@ def test_defer_sends_when_the_window_opens(configured) -> None:
 
 
 def test_deferral_lands_outside_quiet_hours(configured) -> None:
-    application = configured({
-        "quiet_hours": {"default": "21:00-09:00"},
-        "caps": [{"channel": "sms", "window": "min_gap", "gap": "26h", "action": "defer"}],
-        "campaigns": {"reminder": campaign("marketing", ["sms"])},
-    })
+    application = configured(
+        {
+            "quiet_hours": {"default": "21:00-09:00"},
+            "caps": [{"channel": "sms", "window": "min_gap", "gap": "26h", "action": "defer"}],
+            "campaigns": {"reminder": campaign("marketing", ["sms"])},
+        }
+    )
     add_member(application.engine, 1, timezone="Europe/Moscow", phone="+79160000001", sms_consent=True)
     first = plan_at(application, "reminder", datetime(2026, 5, 4, 17, 0, tzinfo=UTC))[1]  # 20:00 Moscow
     assert first.send_at == datetime(2026, 5, 4, 17, 0, tzinfo=UTC)
@@ -101,19 +107,21 @@ def test_deferral_lands_outside_quiet_hours(configured) -> None:
 
 
 def test_tier_override_cross_channel_rule_and_service_exemption(configured) -> None:
-    application = configured({
-        **NO_QUIET_HOURS,
-        "caps": [
-            {"channel": "email", "max": 1, "per": "14d"},
-            {"channel": "email", "max": 1, "per": "7d", "tiers": ["gold"]},
-            {"channel": "*", "max": 2, "per": "30d"},
-        ],
-        "campaigns": {
-            "mail": campaign("marketing", ["email"]),
-            "chat": campaign("marketing", ["telegram"]),
-            "notice": campaign("service", ["email"]),
-        },
-    })
+    application = configured(
+        {
+            **NO_QUIET_HOURS,
+            "caps": [
+                {"channel": "email", "max": 1, "per": "14d"},
+                {"channel": "email", "max": 1, "per": "7d", "tiers": ["gold"]},
+                {"channel": "*", "max": 2, "per": "30d"},
+            ],
+            "campaigns": {
+                "mail": campaign("marketing", ["email"]),
+                "chat": campaign("marketing", ["telegram"]),
+                "notice": campaign("service", ["email"]),
+            },
+        }
+    )
     engine = application.engine
     add_member(engine, 1, tier="basic", email="basic@example.com", email_consent=True)
     add_member(engine, 2, tier="gold", email="gold@example.com", email_consent=True)
@@ -138,12 +146,16 @@ def test_tier_override_cross_channel_rule_and_service_exemption(configured) -> N
 
 def test_holdout_is_ten_percent_stable_and_spread(configured) -> None:
     # Given 10,000 reachable members and a campaign with a 10% holdout
-    application = configured({
-        **NO_QUIET_HOURS,
-        "caps": [{"channel": "telegram", "category": "other", "max": 1, "per": "1d"}],
-        "campaigns": {"promo": campaign("marketing", ["telegram"], holdout=0.1),
-                      "resalted": campaign("marketing", ["telegram"], holdout=0.1, holdout_salt="2027")},
-    })
+    application = configured(
+        {
+            **NO_QUIET_HOURS,
+            "caps": [{"channel": "telegram", "category": "other", "max": 1, "per": "1d"}],
+            "campaigns": {
+                "promo": campaign("marketing", ["telegram"], holdout=0.1),
+                "resalted": campaign("marketing", ["telegram"], holdout=0.1, holdout_salt="2027"),
+            },
+        }
+    )
     add_members(application.engine, [{"id": i, "telegram_chat_id": i, "telegram_consent": True} for i in range(1, 10_001)])
     start = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
     # When two occasions are planned
@@ -163,27 +175,36 @@ def test_holdout_is_ten_percent_stable_and_spread(configured) -> None:
 
 
 def test_quiet_hours_end_in_each_members_own_zone(configured) -> None:
-    application = configured({
-        "quiet_hours": {"default": "21:00-09:00", "telegram": "22:00-08:00", "email": "off"},
-        "campaigns": {
-            "sms": campaign("marketing", ["sms"]),
-            "chat": campaign("marketing", ["telegram"]),
-            "notice": campaign("service", ["sms"]),
-            "ten": campaign("other", ["sms"], send_at_local="10:00"),
-        },
-    })
+    application = configured(
+        {
+            "quiet_hours": {"default": "21:00-09:00", "telegram": "22:00-08:00", "email": "off"},
+            "campaigns": {
+                "sms": campaign("marketing", ["sms"]),
+                "chat": campaign("marketing", ["telegram"]),
+                "notice": campaign("service", ["sms"]),
+                "ten": campaign("other", ["sms"], send_at_local="10:00"),
+            },
+        }
+    )
     zones = {1: "Europe/Kaliningrad", 2: "Europe/Moscow", 3: "Asia/Vladivostok", 4: None}
     for member_id, zone in zones.items():
-        add_member(application.engine, member_id, timezone=zone, phone=f"+7916000000{member_id}", sms_consent=True,
-                   telegram_chat_id=member_id, telegram_consent=True)
+        add_member(
+            application.engine,
+            member_id,
+            timezone=zone,
+            phone=f"+7916000000{member_id}",
+            sms_consent=True,
+            telegram_chat_id=member_id,
+            telegram_consent=True,
+        )
     # Planned at the same instant: 22:30 Kaliningrad, 23:30 Moscow, 06:30 Vladivostok
     night = datetime(2026, 11, 23, 20, 30, tzinfo=UTC)
     sms = plan_at(application, "sms", night)
     assert {m: r.send_at for m, r in sms.items()} == {
-        1: datetime(2026, 11, 24, 7, 0, tzinfo=UTC),   # 09:00 Kaliningrad
-        2: datetime(2026, 11, 24, 6, 0, tzinfo=UTC),   # 09:00 Moscow
+        1: datetime(2026, 11, 24, 7, 0, tzinfo=UTC),  # 09:00 Kaliningrad
+        2: datetime(2026, 11, 24, 6, 0, tzinfo=UTC),  # 09:00 Moscow
         3: datetime(2026, 11, 23, 23, 0, tzinfo=UTC),  # 09:00 Vladivostok
-        4: datetime(2026, 11, 24, 6, 0, tzinfo=UTC),   # no zone: the program's (Moscow)
+        4: datetime(2026, 11, 24, 6, 0, tzinfo=UTC),  # no zone: the program's (Moscow)
     }
     assert all(r.status == "queued" for r in sms.values())
     chat = plan_at(application, "chat", night)
@@ -217,8 +238,7 @@ def test_plan_reserves_nothing_and_matches_the_run(configured) -> None:
 
     before = ledger_snapshot()
     # When the balance reminder is planned
-    planned = dry_run(application.engine, application.settings, "balance_reminder",
-                      as_of=datetime.fromisoformat(now))
+    planned = dry_run(application.engine, application.settings, "balance_reminder", as_of=datetime.fromisoformat(now))
     # Then the ledger is unchanged
     assert ledger_snapshot() == before
     assert {"queued", "capped"} <= set(planned.counts)
@@ -244,7 +264,10 @@ def test_plan_reserves_nothing_and_matches_the_run(configured) -> None:
         ({"channel": "sms", "window": "min_gap", "gap": "-1d"}, "caps[0].gap: invalid duration '-1d'"),
         ({"channel": "sms", "window": "calendar"}, "caps[0].period: required for a calendar window"),
         ({"channel": "sms", "window": "min_gap", "gap": "1d", "per": "2d"}, "caps[0].per: means nothing for a min_gap window"),
-        ({"channel": "sms", "window": "rolling", "per": "1d", "period": "week"}, "caps[0].period: means nothing for a rolling window"),
+        (
+            {"channel": "sms", "window": "rolling", "per": "1d", "period": "week"},
+            "caps[0].period: means nothing for a rolling window",
+        ),
         ({"channel": "fax", "per": "1d"}, "caps[0].channel: unknown channel 'fax'"),
         ({"channel": "sms", "per": "1d", "action": "later"}, "caps[0].action: Input should be 'skip' or 'defer'"),
     ],
@@ -260,12 +283,16 @@ def test_meaningless_rules_are_rejected(write_settings, rule, expected) -> None:
 def test_contradictory_rules_are_rejected(write_settings) -> None:
     from campaigns.config.settings import load_settings
 
-    path = write_settings({"caps": [
-        {"channel": "sms", "per": "30d"},
-        {"channel": "sms", "max": 2, "per": "30d", "tiers": ["gold"]},
-        {"channel": "sms", "per": "7d"},
-        {"channel": "sms", "per": "14d", "tiers": ["gold", "silver"]},
-    ]})
+    path = write_settings(
+        {
+            "caps": [
+                {"channel": "sms", "per": "30d"},
+                {"channel": "sms", "max": 2, "per": "30d", "tiers": ["gold"]},
+                {"channel": "sms", "per": "7d"},
+                {"channel": "sms", "per": "14d", "tiers": ["gold", "silver"]},
+            ]
+        }
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     assert caught.value.problems == [

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -57,20 +57,39 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
         getattr(server, "envelopes", []).clear()
     smtp, sms, telegram = fakes["smtp"], fakes["sms"], fakes["telegram"]
     if name == "smtp":
-        transport = build_transport("email", "smtp", outbox_dir=tmp_path, options={
-            "host": smtp.address[0], "port": smtp.address[1], "security": "none", "timeout": timeout,
-            "from_address": "Ромашка <bonus@example.com>"})
+        transport = build_transport(
+            "email",
+            "smtp",
+            outbox_dir=tmp_path,
+            options={
+                "host": smtp.address[0],
+                "port": smtp.address[1],
+                "security": "none",
+                "timeout": timeout,
+                "from_address": "Ромашка <bonus@example.com>",
+            },
+        )
         return Provider(name, transport, smtp.faults, lambda: smtp.messages, "anna@example.com", "email")
     if name in ("sms-json", "sms-twilio"):
         options: dict[str, Any] = {"url": f"{sms.url}/send", "auth_env": "LC_TEST_GW", "sender": "ROMASHKA", "timeout": timeout}
         if name == "sms-twilio":
-            options = {"style": "twilio", "base_url": sms.url, "sender": "+15005550006", "timeout": timeout,
-                       "account_sid_env": "LC_TEST_SID", "auth_token_env": "LC_TEST_TOKEN"}
+            options = {
+                "style": "twilio",
+                "base_url": sms.url,
+                "sender": "+15005550006",
+                "timeout": timeout,
+                "account_sid_env": "LC_TEST_SID",
+                "auth_token_env": "LC_TEST_TOKEN",
+            }
         transport = build_transport("sms", "http_sms", outbox_dir=tmp_path, options=options)
         return Provider(name, transport, sms.faults, lambda: sms.messages, "+79161234567", "sms")
     if name == "telegram":
-        transport = build_transport("telegram", "telegram", outbox_dir=tmp_path, options={
-            "token_env": "LC_TEST_TG", "base_url": f"{telegram.url}/bot", "timeout": timeout})
+        transport = build_transport(
+            "telegram",
+            "telegram",
+            outbox_dir=tmp_path,
+            options={"token_env": "LC_TEST_TG", "base_url": f"{telegram.url}/bot", "timeout": timeout},
+        )
         return Provider(name, transport, telegram.faults, lambda: telegram.messages, "4242", "telegram", blocks=True)
     raise AssertionError(name)
 
@@ -79,8 +98,14 @@ PROVIDERS = ["smtp", "sms-json", "sms-twilio", "telegram"]
 
 
 def message(provider: Provider, text: str = "Привет, <b>Анна</b>") -> OutgoingMessage:
-    return OutgoingMessage(channel=provider.channel, reference=77, to=provider.to, text=text,
-                           subject="Баллы" if provider.channel == "email" else None, to_name="Анна")
+    return OutgoingMessage(
+        channel=provider.channel,
+        reference=77,
+        to=provider.to,
+        text=text,
+        subject="Баллы" if provider.channel == "email" else None,
+        to_name="Анна",
+    )
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
@@ -197,8 +222,9 @@ def test_smtp_envelope_comes_from_the_message_and_the_body_travels_unchanged(fak
     # looks like a MIME boundary
     provider = make("smtp", fakes, tmp_path)
     text = "Hello\nFrom the team\n--=_lc0123\n"
-    outgoing = OutgoingMessage(channel="email", reference=5, to="anna@example.com", to_name="Анна",
-                               subject="Баллы", text=text, html="<p>Hello</p>")
+    outgoing = OutgoingMessage(
+        channel="email", reference=5, to="anna@example.com", to_name="Анна", subject="Баллы", text=text, html="<p>Hello</p>"
+    )
     # When it goes over SMTP
     with provider.transport as transport:
         transport.send(outgoing)
@@ -237,10 +263,20 @@ def test_smtp_reuses_one_connection_and_reopens_a_dropped_one(fakes, tmp_path) -
     [
         ("email", "smtp", {"from_address": "x@example.com"}, "channels.email.host"),
         ("email", "smtp", {"host": "127.0.0.1"}, "channels.email.from_address"),
-        ("email", "smtp", {"host": "h", "from_address": "x@example.com", "password_env": "LC_UNSET"}, "channels.email.password_env"),
+        (
+            "email",
+            "smtp",
+            {"host": "h", "from_address": "x@example.com", "password_env": "LC_UNSET"},
+            "channels.email.password_env",
+        ),
         ("sms", "http_sms", {}, "channels.sms.url"),
         ("sms", "http_sms", {"url": "http://x", "fields": {"phone": "msisdn"}}, "channels.sms.fields"),
-        ("sms", "http_sms", {"style": "twilio", "sender": "+1", "auth_token_env": "LC_TEST_TOKEN"}, "channels.sms.account_sid_env"),
+        (
+            "sms",
+            "http_sms",
+            {"style": "twilio", "sender": "+1", "auth_token_env": "LC_TEST_TOKEN"},
+            "channels.sms.account_sid_env",
+        ),
         ("telegram", "telegram", {}, "channels.telegram.token_env"),
         ("telegram", "telegram", {"token_env": "LC_UNSET"}, "channels.telegram.token_env"),
         ("telegram", "smtp", {}, "channels.telegram.transport"),
@@ -269,9 +305,15 @@ def test_smtp_logs_in_with_credentials_from_the_environment(tmp_path, monkeypatc
     server = FakeSmtpServer(login=("loyalcast", "s3cret")).start()
     try:
         monkeypatch.setenv("LC_SMTP_USER", "loyalcast")
-        options = {"host": server.address[0], "port": server.address[1], "security": "none",
-                   "from_address": "x@example.com", "username_env": "LC_SMTP_USER", "password_env": "LC_SMTP_PASSWORD",
-                   "timeout": 2}
+        options = {
+            "host": server.address[0],
+            "port": server.address[1],
+            "security": "none",
+            "from_address": "x@example.com",
+            "username_env": "LC_SMTP_USER",
+            "password_env": "LC_SMTP_PASSWORD",
+            "timeout": 2,
+        }
         monkeypatch.setenv("LC_SMTP_PASSWORD", "s3cret")
         message = OutgoingMessage(channel="email", reference=1, to="a@example.com", subject="s", text="t")
         with build_transport("email", "smtp", outbox_dir=tmp_path, options=options) as transport:

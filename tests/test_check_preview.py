@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -49,8 +50,9 @@ def test_check_catches_an_undefined_variable_with_file_and_line(checked) -> None
     (templates / "balance_reminder/en/telegram.html").write_text("Hello\n{{ member.first_name }}\n{{ member.nickname }}\n")
     code, lines = check_output(config)
     assert code == 1
-    assert any(line.startswith("error: balance_reminder/en/telegram.html:3: undefined variable") and "nickname" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("error: balance_reminder/en/telegram.html:3: undefined variable") and "nickname" in line for line in lines
+    ), lines
 
 
 def test_check_catches_a_syntax_error_with_its_line(checked) -> None:
@@ -125,14 +127,24 @@ def test_preview_page_shows_three_channels(checked, tmp_path) -> None:
     # Given a member reachable everywhere with points expiring
     config, _ = checked
     engine = runtime.app().engine
-    add_member(engine, 7, first_name="Ольга", points=1250, email="olga@example.com", email_consent=True,
-               phone="+79160000007", sms_consent=True, telegram_chat_id=77, telegram_consent=True)
-    from datetime import datetime, timezone
-    add_expiration(engine, 7, 300, datetime(2026, 11, 30, 12, tzinfo=timezone.utc))
+    add_member(
+        engine,
+        7,
+        first_name="Ольга",
+        points=1250,
+        email="olga@example.com",
+        email_consent=True,
+        phone="+79160000007",
+        sms_consent=True,
+        telegram_chat_id=77,
+        telegram_consent=True,
+    )
+    from datetime import datetime
+
+    add_expiration(engine, 7, 300, datetime(2026, 11, 30, 12, tzinfo=UTC))
     page = tmp_path / "preview.html"
     # When the marketer previews the campaign for the member
-    result = cli(config, "preview", "balance_reminder", "--member", "7", "--now", "2026-11-23T12:00+03:00",
-                 "--html", str(page))
+    result = cli(config, "preview", "balance_reminder", "--member", "7", "--now", "2026-11-23T12:00+03:00", "--html", str(page))
     # Then the terminal shows every channel and the page holds all three renderings
     assert "Ольга" in result.stdout and "segment" in result.stdout
     parser = _Page()
@@ -161,15 +173,19 @@ def test_plan_estimates_sms_segments_and_cost(write_settings, templates) -> None
     for member_id in (1, 2, 3):
         add_member(runtime.app().engine, member_id, phone=f"+7916000000{member_id}", sms_consent=True)
     output = cli(config, "plan", "balance_reminder", "--now", "2026-11-23T12:00+03:00", "--json").stdout
-    plan = json.loads(output[output.index("{"):])
+    plan = json.loads(output[output.index("{") :])
     assert plan["sms"] == {"recipients": 3, "sampled": 3, "segments": 6, "cost": 21.0, "currency": "RUB"}
     runtime.reset()
 
 
 def test_check_renders_triggered_templates_with_their_sample_data(checked) -> None:
     config, templates = checked
-    (templates / "points_credited/en/telegram.html").write_text("<b>{{ data.points|points }}</b> for order {{ data.order_number }}")
+    (templates / "points_credited/en/telegram.html").write_text(
+        "<b>{{ data.points|points }}</b> for order {{ data.order_number }}"
+    )
     code, lines = check_output(config)
     assert code == 1
-    assert any(line.startswith("error: points_credited/en/telegram.html:1: undefined variable") and "order_number" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("error: points_credited/en/telegram.html:1: undefined variable") and "order_number" in line
+        for line in lines
+    ), lines

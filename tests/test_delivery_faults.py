@@ -26,10 +26,13 @@ from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faul
 @pytest.fixture
 def providers() -> Iterator[dict]:
     faults = Faults(seed=11)
-    servers = {"smtp": FakeSmtpServer(faults=faults).start(), "sms": FakeSmsGateway(faults=faults).start(),
-               "telegram": FakeTelegramApi(faults=faults).start()}
+    servers = {
+        "smtp": FakeSmtpServer(faults=faults).start(),
+        "sms": FakeSmsGateway(faults=faults).start(),
+        "telegram": FakeTelegramApi(faults=faults).start(),
+    }
     yield {**servers, "faults": faults}
-    for name, server in servers.items():
+    for server in servers.values():
         server.stop()
 
 
@@ -40,19 +43,36 @@ def real_transports(write_settings, providers, monkeypatch):
 
     def configure(**extra) -> runtime.App:
         smtp, sms, telegram = providers["smtp"], providers["sms"], providers["telegram"]
-        config = write_settings(deep_merge({
-            "program": {"unsubscribe_url": "https://bonus.example.com/u?m={member_id}&c={channel}&s={signature}",
-                        "unsubscribe_secret_env": "LC_UNSUBSCRIBE_KEY"},
-            "channels": {
-                "email": {"transport": "smtp", "host": smtp.address[0], "port": smtp.address[1], "security": "none",
-                          "from_address": "Ромашка Бонус <bonus@example.com>", "unsubscribe_mailto": "unsub@example.com"},
-                "sms": {"transport": "http_sms", "url": f"{sms.url}/send", "sender": "ROMASHKA"},
-                "telegram": {"transport": "telegram", "token_env": "LC_TG_TOKEN", "base_url": f"{telegram.url}/bot",
-                             "rate_per_second": 200},
-            },
-            "quiet_hours": {"default": "off", "telegram": "off"},
-            "delivery": {"batch_size": 100, "min_backoff": "1s", "max_backoff": "2s", "max_attempts": 8},
-        }, extra))
+        config = write_settings(
+            deep_merge(
+                {
+                    "program": {
+                        "unsubscribe_url": "https://bonus.example.com/u?m={member_id}&c={channel}&s={signature}",
+                        "unsubscribe_secret_env": "LC_UNSUBSCRIBE_KEY",
+                    },
+                    "channels": {
+                        "email": {
+                            "transport": "smtp",
+                            "host": smtp.address[0],
+                            "port": smtp.address[1],
+                            "security": "none",
+                            "from_address": "Ромашка Бонус <bonus@example.com>",
+                            "unsubscribe_mailto": "unsub@example.com",
+                        },
+                        "sms": {"transport": "http_sms", "url": f"{sms.url}/send", "sender": "ROMASHKA"},
+                        "telegram": {
+                            "transport": "telegram",
+                            "token_env": "LC_TG_TOKEN",
+                            "base_url": f"{telegram.url}/bot",
+                            "rate_per_second": 200,
+                        },
+                    },
+                    "quiet_hours": {"default": "off", "telegram": "off"},
+                    "delivery": {"batch_size": 100, "min_backoff": "1s", "max_backoff": "2s", "max_attempts": 8},
+                },
+                extra,
+            )
+        )
         application = runtime.configure(config)
         schema.upgrade(application.engine)
         return application
@@ -66,9 +86,11 @@ def test_transient_failures_are_retried_until_every_delivery_is_sent(real_transp
     application = real_transports()
     members = []
     for i in range(1, 501):
-        contact = [{"telegram_chat_id": 10_000 + i, "telegram_consent": True},
-                   {"email": f"m{i}@example.com", "email_consent": True},
-                   {"phone": f"+7916{i:07d}", "sms_consent": True}][i % 3]
+        contact = [
+            {"telegram_chat_id": 10_000 + i, "telegram_consent": True},
+            {"email": f"m{i}@example.com", "email_consent": True},
+            {"phone": f"+7916{i:07d}", "sms_consent": True},
+        ][i % 3]
         members.append({"id": i, **contact})
     add_members(application.engine, members)
     providers["faults"].transient_rate = 0.2
@@ -88,10 +110,10 @@ def test_permanent_failures_fail_suppress_and_are_skipped_next_time(real_transpo
     application = real_transports()
     engine = application.engine
     add_member(engine, 1, email="gone@example.com", email_consent=True)
-    add_member(engine, 2, telegram_chat_id=2002, telegram_consent=True)          # blocked the bot
-    add_member(engine, 3, telegram_chat_id=3003, telegram_consent=True)          # chat not found
-    add_member(engine, 4, phone="+79160000004", sms_consent=True)               # gateway: invalid number
-    add_member(engine, 5, phone="+7 000 123", sms_consent=True)                 # not a number at all
+    add_member(engine, 2, telegram_chat_id=2002, telegram_consent=True)  # blocked the bot
+    add_member(engine, 3, telegram_chat_id=3003, telegram_consent=True)  # chat not found
+    add_member(engine, 4, phone="+79160000004", sms_consent=True)  # gateway: invalid number
+    add_member(engine, 5, phone="+7 000 123", sms_consent=True)  # not a number at all
     add_member(engine, 6, email="fine@example.com", email_consent=True)
     faults = providers["faults"]
     faults.rejected |= {"gone@example.com", "3003", "+79160000004"}
@@ -103,8 +125,13 @@ def test_permanent_failures_fail_suppress_and_are_skipped_next_time(real_transpo
     with engine.connect() as conn:
         suppressed = set(conn.execute(select(suppressions.c.channel, suppressions.c.address)).all())
         slots = dict(conn.execute(select(deliveries.c.member_id, deliveries.c.holds_slot)).all())
-    assert suppressed == {("email", "gone@example.com"), ("telegram", "2002"), ("telegram", "3003"),
-                          ("sms", "+79160000004"), ("sms", "+7 000 123")}
+    assert suppressed == {
+        ("email", "gone@example.com"),
+        ("telegram", "2002"),
+        ("telegram", "3003"),
+        ("sms", "+79160000004"),
+        ("sms", "+7 000 123"),
+    }
     assert slots[5] is False  # never reached the provider: the slot is given back
     # When the next campaign runs, the suppressed addresses are skipped
     second = run_json(runtime.config_file(), "win_back", "--now", "2026-11-24T12:00+03:00")
@@ -113,8 +140,14 @@ def test_permanent_failures_fail_suppress_and_are_skipped_next_time(real_transpo
 
 def test_the_email_a_member_receives(real_transports, providers) -> None:
     application = real_transports()
-    add_member(application.engine, 1, first_name="Анна\r\nBcc: spy@example.net", email="anna@example.com",
-               email_consent=True, points=1250)
+    add_member(
+        application.engine,
+        1,
+        first_name="Анна\r\nBcc: spy@example.net",
+        email="anna@example.com",
+        email_consent=True,
+        points=1250,
+    )
     run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
     [received] = providers["smtp"].messages
     parsed = email.message_from_bytes(bytes(received), policy=policy.default)
@@ -141,14 +174,26 @@ def test_the_demo_runs_against_loyalcast_fakes(tmp_path) -> None:
     config.write_text(tomli_w.dumps(example))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
     env.update(LC_FAKE_TELEGRAM_TOKEN="123:fake", LC_FAKE_SMS_TOKEN="Bearer fake")
-    fakes = subprocess.Popen([sys.executable, "-m", "campaigns.app.cli", "fakes"], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    fakes = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.app.cli", "fakes"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert fakes.stdout is not None and fakes.stdout.readline().startswith("smtp")
 
         def loyalcast(*args: str) -> str:
-            done = subprocess.run([sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
-                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            done = subprocess.run(
+                [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert done.returncode == 0, done.stderr
             return done.stdout
 
@@ -156,7 +201,7 @@ def test_the_demo_runs_against_loyalcast_fakes(tmp_path) -> None:
         loyalcast("demo", "seed", "--members", "120")
         # When the campaign runs with the real transports
         report = loyalcast("run", "balance_reminder", "--json")
-        counts = __import__("json").loads(report[report.index("{"):])["counts"]
+        counts = __import__("json").loads(report[report.index("{") :])["counts"]
         # Then it delivered to all three fake providers
         assert set(counts["sent"]) == {"email", "sms", "telegram"}
     finally:
@@ -199,14 +244,20 @@ def test_throughput_limit_is_shared_by_workers_through_redis(real_transports, pr
 
     application = real_transports(channels={"telegram": {"rate_per_second": 10}}, broker={"url": redis_url})
     add_members(application.engine, [{"id": i, "telegram_chat_id": 5000 + i, "telegram_consent": True} for i in range(1, 41)])
-    run = claim_run(application.engine, application.settings, "balance_reminder", as_of=__import__("datetime").datetime.now(
-        __import__("datetime").timezone.utc))
+    run = claim_run(
+        application.engine,
+        application.settings,
+        "balance_reminder",
+        as_of=__import__("datetime").datetime.now(__import__("datetime").timezone.utc),
+    )
     plan_run(application.engine, application.settings, run.id)
     batches = [ids for _, ids in queued_batches(application.engine, run.id, 10)]
     # When two independent workers (each its own Deliverer and limiter) send at once
     workers = [Deliverer(application.settings, application.engine, application.messages) for _ in range(2)]
-    threads = [threading.Thread(target=lambda w=w, b=b: [w.deliver(ids) for ids in b])
-               for w, b in zip(workers, (batches[::2], batches[1::2]))]
+    threads = [
+        threading.Thread(target=lambda w=w, b=b: [w.deliver(ids) for ids in b])
+        for w, b in zip(workers, (batches[::2], batches[1::2]), strict=True)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

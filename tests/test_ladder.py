@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from helpers import add_expiration, add_member
 from sqlalchemy import select, update
@@ -15,17 +15,25 @@ from campaigns.planning.planner import plan_run
 from campaigns.store.models import deliveries, point_expirations
 from campaigns.store.runs import claim_run
 
-UTC = timezone.utc
+UTC = UTC
 D = date(2026, 12, 20)
 
 
 def ladder_settings(**extra) -> dict:
     return {
         "quiet_hours": {"default": "off", "telegram": "off"},
-        "campaigns": {"ladder": {
-            "kind": "expiring_ladder", "stages": [30, 7, 1], "min_points": 100, "segment": "has_balance",
-            "template": "points_expiring", "channels": ["telegram"], "category": "expiry", **extra,
-        }},
+        "campaigns": {
+            "ladder": {
+                "kind": "expiring_ladder",
+                "stages": [30, 7, 1],
+                "min_points": 100,
+                "segment": "has_balance",
+                "template": "points_expiring",
+                "channels": ["telegram"],
+                "category": "expiry",
+                **extra,
+            }
+        },
     }
 
 
@@ -61,7 +69,7 @@ def test_forty_daily_runs_send_each_stage_once_per_date(configured) -> None:
     first = D - timedelta(days=35)
     for offset in range(40):
         day = first + timedelta(days=offset)
-        for hour in ((12, 18) if offset % 3 == 0 else (12,)):
+        for hour in (12, 18) if offset % 3 == 0 else (12,):
             for delivery_id in run_day(application, day, hour):
                 messages[(day - D).days] = json.loads((outbox / f"{delivery_id}.json").read_text())["text"]
 
@@ -92,7 +100,7 @@ def test_points_below_the_minimum_get_no_reminder_and_spent_points_are_stale(con
     engine = application.engine
     add_member(engine, 1, telegram_chat_id=11, telegram_consent=True)
     add_member(engine, 2, telegram_chat_id=22, telegram_consent=True)
-    add_expiration(engine, 1, 99, datetime(2026, 12, 20, 15, 0, tzinfo=UTC))   # below min_points
+    add_expiration(engine, 1, 99, datetime(2026, 12, 20, 15, 0, tzinfo=UTC))  # below min_points
     add_expiration(engine, 2, 300, datetime(2026, 12, 20, 15, 0, tzinfo=UTC))
     day = D - timedelta(days=7)
     as_of = datetime(day.year, day.month, day.day, 9, 0, tzinfo=UTC)

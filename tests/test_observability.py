@@ -30,24 +30,34 @@ def free_port() -> int:
 def test_metrics_endpoint_answers_with_our_counters(write_settings, pg_url, redis_url, tmp_path) -> None:
     # Given a worker process exporting metrics on a free port
     port = free_port()
-    config = write_settings({
-        "database": {"url": pg_url}, "broker": {"url": redis_url},
-        "metrics": {"enabled": True, "port": port}, "quiet_hours": {"default": "off", "telegram": "off"},
-    })
+    config = write_settings(
+        {
+            "database": {"url": pg_url},
+            "broker": {"url": redis_url},
+            "metrics": {"enabled": True, "port": port},
+            "quiet_hours": {"default": "off", "telegram": "off"},
+        }
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOYALCAST_", "dramatiq_prom"))}
     env["LOYALCAST_CONFIG"] = str(config)
     env["dramatiq_prom_db"] = str(tmp_path / "prometheus")
 
     def loyalcast(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "campaigns.app.cli", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "campaigns.app.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
     loyalcast("db", "upgrade")
     loyalcast("demo", "seed", "--members", "60")
-    worker = subprocess.Popen([sys.executable, "-m", "campaigns.app.cli", "worker", "-p", "1", "-t", "2"],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.app.cli", "worker", "-p", "1", "-t", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # When a campaign runs through it
         loyalcast("run", "balance_reminder", "--wait")
@@ -76,8 +86,10 @@ def test_log_lines_never_hold_a_full_address(configured) -> None:
     add_member(application.engine, 2, email="broken-address", email_consent=True, phone="+79161234567")
     add_member(application.engine, 3, phone="+79161234568", sms_consent=True)
     try:
-        result = CliRunner().invoke(cli_app, ["--config", str(config), "--log-json", "--verbose", "run",
-                                              "balance_reminder", "--now", "2026-11-23T12:00+03:00"])
+        result = CliRunner().invoke(
+            cli_app,
+            ["--config", str(config), "--log-json", "--verbose", "run", "balance_reminder", "--now", "2026-11-23T12:00+03:00"],
+        )
     finally:
         logs.configure("text", "WARNING")
     assert result.exit_code == 0, result.output
@@ -111,8 +123,12 @@ def test_the_bot_token_never_reaches_the_logs(tmp_path) -> None:
     os.environ["LC_TOKEN_UNDER_TEST"] = "987654:SECRET-TOKEN"
     try:
         logs.configure("json", "INFO", stream)
-        transport = build_transport("telegram", "telegram", outbox_dir=tmp_path,
-                                    options={"token_env": "LC_TOKEN_UNDER_TEST", "base_url": f"{server.url}/bot"})
+        transport = build_transport(
+            "telegram",
+            "telegram",
+            outbox_dir=tmp_path,
+            options={"token_env": "LC_TOKEN_UNDER_TEST", "base_url": f"{server.url}/bot"},
+        )
         transport.send(OutgoingMessage(channel="telegram", reference=1, to="42", text="hi"))
     finally:
         logs.configure("text", "WARNING")

@@ -15,10 +15,18 @@ from channels.errors import ChannelConfigError, InvalidRecipient
 
 def test_email_headers_are_encoded_and_injection_stays_text(tmp_path) -> None:
     # Given a member whose name tries to add a Bcc header
-    transport = build_transport("email", "outbox", outbox_dir=tmp_path, options={"from_address": "Ромашка Бонус <bonus@example.com>"})
+    transport = build_transport(
+        "email", "outbox", outbox_dir=tmp_path, options={"from_address": "Ромашка Бонус <bonus@example.com>"}
+    )
     message = OutgoingMessage(
-        channel="email", reference=7, to="ann@example.com", to_name="Анна\r\nBcc: x@y",
-        subject="Баллы\nBcc: z@y", text="Текст", html="<p>Текст</p>", unsubscribe_url="https://u.example/7",
+        channel="email",
+        reference=7,
+        to="ann@example.com",
+        to_name="Анна\r\nBcc: x@y",
+        subject="Баллы\nBcc: z@y",
+        text="Текст",
+        html="<p>Текст</p>",
+        unsubscribe_url="https://u.example/7",
     )
     # When the outbox writes it
     result = transport.send(message)
@@ -40,8 +48,11 @@ def test_bodies_are_readable_utf8_and_long_lines_stay_within_smtp_limits(tmp_pat
     # Given a short Cyrillic text and an HTML body with one 3,000-byte line
     transport = build_transport("email", "outbox", outbox_dir=tmp_path, options={})
     long_html = "<p>" + "баллы " * 300 + "</p>"
-    transport.send(OutgoingMessage(channel="email", reference=3, to="a@example.com", subject="s",
-                                   text="На счёте 1 250 баллов", html=long_html))
+    transport.send(
+        OutgoingMessage(
+            channel="email", reference=3, to="a@example.com", subject="s", text="На счёте 1 250 баллов", html=long_html
+        )
+    )
     # When the written message is read back
     raw = (tmp_path / "email" / "3.eml").read_bytes()
     parsed = email.message_from_bytes(raw, policy=policy.default)
@@ -56,8 +67,11 @@ def test_bodies_are_readable_utf8_and_long_lines_stay_within_smtp_limits(tmp_pat
 
 def test_service_mail_has_no_list_headers(tmp_path) -> None:
     transport = build_transport("email", "outbox", outbox_dir=tmp_path, options={})
-    transport.send(OutgoingMessage(channel="email", reference=1, to="a@example.com", subject="s", text="t",
-                                   marketing=False, unsubscribe_url="https://u"))
+    transport.send(
+        OutgoingMessage(
+            channel="email", reference=1, to="a@example.com", subject="s", text="t", marketing=False, unsubscribe_url="https://u"
+        )
+    )
     parsed = email.message_from_bytes((tmp_path / "email" / "1.eml").read_bytes(), policy=policy.default)
     assert parsed["List-Unsubscribe"] is None
 

@@ -17,7 +17,11 @@ from helpers import subprocess_env
 def loyalcast(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=timeout, env=subprocess_env(config),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env=subprocess_env(config),
     )
     assert done.returncode == 0, done.stderr
     return done
@@ -25,19 +29,24 @@ def loyalcast(config: Path, *args: str, timeout: float = 120) -> subprocess.Comp
 
 @pytest.fixture
 def production_settings(write_settings, pg_url: str, redis_url: str) -> Path:
-    return write_settings({
-        "database": {"url": pg_url},
-        "broker": {"url": redis_url},
-        "delivery": {"batch_size": 50},
-        "quiet_hours": {"default": "off", "telegram": "off"},  # this test is about the worker path
-    })
+    return write_settings(
+        {
+            "database": {"url": pg_url},
+            "broker": {"url": redis_url},
+            "delivery": {"batch_size": 50},
+            "quiet_hours": {"default": "off", "telegram": "off"},  # this test is about the worker path
+        }
+    )
 
 
 @pytest.fixture
 def worker_process(production_settings: Path) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "--processes", "1", "--threads", "4", "workers"],
-        cwd=REPO, env=subprocess_env(production_settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=subprocess_env(production_settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         yield process
@@ -57,7 +66,7 @@ def test_campaign_through_redis_and_a_worker_process(production_settings: Path, 
 
     # When the campaign runs with --wait
     done = loyalcast(production_settings, "run", "balance_reminder", "--wait", "--json")
-    report = json.loads(done.stdout[done.stdout.index("{"):])
+    report = json.loads(done.stdout[done.stdout.index("{") :])
 
     # Then the worker process delivered every queued message
     assert worker_process.poll() is None
@@ -69,5 +78,5 @@ def test_campaign_through_redis_and_a_worker_process(production_settings: Path, 
 
     # When the same occasion is run again, nothing new is decided or sent
     again = loyalcast(production_settings, "run", "balance_reminder", "--wait", "--json")
-    assert json.loads(again.stdout[again.stdout.index("{"):])["counts"] == report["counts"]
+    assert json.loads(again.stdout[again.stdout.index("{") :])["counts"] == report["counts"]
     assert len([p for p in outbox.rglob("*") if p.is_file()]) == sum(sent.values())

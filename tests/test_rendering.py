@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ def context(locale: str = "ru", zone: str = "Europe/Moscow", **extra):
         "program": {"name": "Ромашка Бонус", "site_url": "https://bonus.example.com"},
         "unsubscribe_url": "https://bonus.example.com/u?m=1",
         "campaign": {"name": "t", "occasion": "x"},
-        "now": datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc),
+        "now": datetime(2026, 11, 23, 9, 0, tzinfo=UTC),
         "locale": locale,
         "timezone": zone,
     }
@@ -41,18 +41,45 @@ def make_template(root: Path, name: str, files: dict[str, str]) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-RU_PLURALS = {0: "баллов", 1: "балл", 2: "балла", 5: "баллов", 11: "баллов", 12: "баллов", 21: "балл",
-              22: "балла", 25: "баллов", 101: "балл", 111: "баллов"}
-EN_PLURALS = {0: "points", 1: "point", 2: "points", 5: "points", 11: "points", 12: "points", 21: "points",
-              22: "points", 25: "points", 101: "points", 111: "points"}
+RU_PLURALS = {
+    0: "баллов",
+    1: "балл",
+    2: "балла",
+    5: "баллов",
+    11: "баллов",
+    12: "баллов",
+    21: "балл",
+    22: "балла",
+    25: "баллов",
+    101: "балл",
+    111: "баллов",
+}
+EN_PLURALS = {
+    0: "points",
+    1: "point",
+    2: "points",
+    5: "points",
+    11: "points",
+    12: "points",
+    21: "points",
+    22: "points",
+    25: "points",
+    101: "points",
+    111: "points",
+}
 
 
 @pytest.mark.parametrize(
     ("locale", "amount", "expected"),
     [("ru", n, f"{n} {word}") for n, word in RU_PLURALS.items()]
     + [("en", n, f"{n} {word}") for n, word in EN_PLURALS.items()]
-    + [("ru", 1.5, "1,5 балла"), ("ru", 1250, "1\xa0250 баллов"), ("ru", 1_000_001, "1\xa0000\xa0001 балл"),
-       ("en", 1250, "1,250 points"), ("en", 0.5, "0.5 points")],
+    + [
+        ("ru", 1.5, "1,5 балла"),
+        ("ru", 1250, "1\xa0250 баллов"),
+        ("ru", 1_000_001, "1\xa0000\xa0001 балл"),
+        ("en", 1250, "1,250 points"),
+        ("en", 0.5, "0.5 points"),
+    ],
 )
 def test_points_read_right(tmp_path, program, locale, amount, expected) -> None:
     make_template(tmp_path, "t", {"sms.txt": "{{ balance|points }}"})
@@ -63,7 +90,7 @@ def test_points_read_right(tmp_path, program, locale, amount, expected) -> None:
 def test_dates_are_shown_in_the_members_zone(tmp_path, program) -> None:
     # Given points that expire at 22:30 UTC on 29 November: already 30 November in Vladivostok
     make_template(tmp_path, "t", {"sms.txt": "{{ when|date }}"})
-    when = datetime(2026, 11, 29, 22, 30, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 29, 22, 30, tzinfo=UTC)
     renderer = Renderer(tmp_path, program)
     assert renderer.render("t", "sms", context("ru", "Europe/Kaliningrad", when=when)).text == "30 ноября"
     assert renderer.render("t", "sms", context("ru", "Europe/London", when=when)).text == "29 ноября"
@@ -75,18 +102,18 @@ def test_dates_are_shown_in_the_members_zone(tmp_path, program) -> None:
     ("zone", "when", "locale", "expected"),
     [
         # 23 November, 09:00 UTC is "now"; the member's today depends on the zone
-        ("Europe/Moscow", datetime(2026, 11, 24, 6, tzinfo=timezone.utc), "ru", "завтра"),
-        ("Europe/Moscow", datetime(2026, 11, 23, 20, 59, tzinfo=timezone.utc), "ru", "сегодня"),  # 23:59 Moscow
-        ("Europe/Moscow", datetime(2026, 11, 23, 21, 0, tzinfo=timezone.utc), "ru", "завтра"),    # 00:00 Moscow
-        ("Asia/Vladivostok", datetime(2026, 11, 23, 14, 0, tzinfo=timezone.utc), "ru", "завтра"),  # 00:00 on the 24th
-        ("Asia/Vladivostok", datetime(2026, 11, 23, 13, 59, tzinfo=timezone.utc), "ru", "сегодня"),
-        ("Europe/Moscow", datetime(2026, 11, 26, 12, tzinfo=timezone.utc), "ru", "через 3 дня"),
-        ("Europe/Moscow", datetime(2026, 11, 28, 12, tzinfo=timezone.utc), "ru", "через 5 дней"),
-        ("Europe/Moscow", datetime(2026, 12, 14, 12, tzinfo=timezone.utc), "ru", "через 21 день"),
-        ("Europe/Moscow", datetime(2026, 11, 25, 12, tzinfo=timezone.utc), "ru", "послезавтра"),
-        ("America/New_York", datetime(2026, 11, 24, 4, 59, tzinfo=timezone.utc), "en", "today"),   # 23:59 in New York
-        ("America/New_York", datetime(2026, 11, 24, 5, 0, tzinfo=timezone.utc), "en", "tomorrow"),
-        ("Europe/London", datetime(2026, 11, 26, 12, tzinfo=timezone.utc), "en", "in 3 days"),
+        ("Europe/Moscow", datetime(2026, 11, 24, 6, tzinfo=UTC), "ru", "завтра"),
+        ("Europe/Moscow", datetime(2026, 11, 23, 20, 59, tzinfo=UTC), "ru", "сегодня"),  # 23:59 Moscow
+        ("Europe/Moscow", datetime(2026, 11, 23, 21, 0, tzinfo=UTC), "ru", "завтра"),  # 00:00 Moscow
+        ("Asia/Vladivostok", datetime(2026, 11, 23, 14, 0, tzinfo=UTC), "ru", "завтра"),  # 00:00 on the 24th
+        ("Asia/Vladivostok", datetime(2026, 11, 23, 13, 59, tzinfo=UTC), "ru", "сегодня"),
+        ("Europe/Moscow", datetime(2026, 11, 26, 12, tzinfo=UTC), "ru", "через 3 дня"),
+        ("Europe/Moscow", datetime(2026, 11, 28, 12, tzinfo=UTC), "ru", "через 5 дней"),
+        ("Europe/Moscow", datetime(2026, 12, 14, 12, tzinfo=UTC), "ru", "через 21 день"),
+        ("Europe/Moscow", datetime(2026, 11, 25, 12, tzinfo=UTC), "ru", "послезавтра"),
+        ("America/New_York", datetime(2026, 11, 24, 4, 59, tzinfo=UTC), "en", "today"),  # 23:59 in New York
+        ("America/New_York", datetime(2026, 11, 24, 5, 0, tzinfo=UTC), "en", "tomorrow"),
+        ("Europe/London", datetime(2026, 11, 26, 12, tzinfo=UTC), "en", "in 3 days"),
     ],
 )
 def test_relative_dates_around_midnight(tmp_path, program, zone, when, locale, expected) -> None:
@@ -140,7 +167,7 @@ def test_the_sandbox_blocks_python_internals(tmp_path, program) -> None:
 @pytest.mark.parametrize("name", ["balance_reminder", "points_expiring", "win_back"])
 @pytest.mark.parametrize("locale", ["ru", "en"])
 def test_shipped_templates_render(program, name, locale) -> None:
-    when = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+    when = datetime(2026, 12, 1, 12, tzinfo=UTC)
     expiring = {"total": 300, "nearest_date": when.date(), "dates": [{"date": when.date(), "points": 300}]}
     reminder = {"total": 300, "stage": 7, "dates": [{"date": when.date(), "points": 300, "stage": 7, "days_left": 7}]}
     renderer = Renderer(REPO / "templates", program)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import REPO
@@ -15,7 +15,7 @@ from campaigns.app.scheduler import Scheduler, occasions
 from campaigns.store import schema
 from campaigns.store.engine import make_engine
 
-UTC = timezone.utc
+UTC = UTC
 EVERY_MINUTE = {"schedule": "* * * * *"}
 
 
@@ -29,17 +29,37 @@ def only(schedules: dict[str, dict]) -> dict:
 
 def test_two_schedulers_start_each_occasion_exactly_once(write_settings, pg_url, redis_url) -> None:
     # Given two campaigns firing every minute and every two minutes, on PostgreSQL and Redis
-    config = write_settings({
-        "database": {"url": pg_url}, "broker": {"url": redis_url},
-        "campaigns": only({"balance_reminder": EVERY_MINUTE, "win_back": {"schedule": "*/2 * * * *"}}),
-    }, drop=("campaigns",))
+    config = write_settings(
+        {
+            "database": {"url": pg_url},
+            "broker": {"url": redis_url},
+            "campaigns": only({"balance_reminder": EVERY_MINUTE, "win_back": {"schedule": "*/2 * * * *"}}),
+        },
+        drop=("campaigns",),
+    )
     schema.upgrade(make_engine(pg_url))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALCAST_")}
     # When two scheduler processes replay the same ten minutes at once, ticking every 5 s
-    command = [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), "scheduler",
-               "--replay-from", "2026-11-23T10:00:00+03:00", "--replay-until", "2026-11-23T10:10:00+03:00", "--step", "5"]
-    racers = [subprocess.Popen([*command, "--name", f"s{n}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for n in (1, 2)]
+    command = [
+        sys.executable,
+        "-m",
+        "campaigns.app.cli",
+        "--config",
+        str(config),
+        "scheduler",
+        "--replay-from",
+        "2026-11-23T10:00:00+03:00",
+        "--replay-until",
+        "2026-11-23T10:10:00+03:00",
+        "--step",
+        "5",
+    ]
+    racers = [
+        subprocess.Popen(
+            [*command, "--name", f"s{n}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for n in (1, 2)
+    ]
     outputs = [racer.communicate(timeout=300) for racer in racers]
     assert all(racer.returncode == 0 for racer in racers), outputs
     # Then every fire time of each campaign was started exactly once, by one of them
@@ -64,8 +84,7 @@ def test_two_schedulers_start_each_occasion_exactly_once(write_settings, pg_url,
 )
 def test_catch_up_after_downtime(write_settings, tmp_path, policy, late_minutes, expected) -> None:
     # Given an hourly campaign and a scheduler that was down at 10:00
-    config = write_settings({"campaigns": only({"balance_reminder": {"schedule": "0 * * * *", **policy}})},
-                            drop=("campaigns",))
+    config = write_settings({"campaigns": only({"balance_reminder": {"schedule": "0 * * * *", **policy}})}, drop=("campaigns",))
     application = runtime.configure(config)
     schema.upgrade(application.engine)
     started: list[int] = []
@@ -88,18 +107,29 @@ def test_catch_up_after_downtime(write_settings, tmp_path, policy, late_minutes,
 
 
 def test_a_scheduled_occasion_runs_end_to_end_on_the_embedded_default(write_settings) -> None:
-    config = write_settings({
-        "quiet_hours": {"default": "off", "telegram": "off"},
-        "campaigns": only({"balance_reminder": {"schedule": "0 11 * * *"}}),
-    }, drop=("campaigns",))
+    config = write_settings(
+        {
+            "quiet_hours": {"default": "off", "telegram": "off"},
+            "campaigns": only({"balance_reminder": {"schedule": "0 11 * * *"}}),
+        },
+        drop=("campaigns",),
+    )
     from helpers import cli
 
     from campaigns.tools import demo
 
     cli(config, "db", "upgrade")
     demo.seed(runtime.app().engine, 50, now=datetime(2026, 11, 20, tzinfo=UTC))
-    result = cli(config, "scheduler", "--replay-from", "2026-11-23T10:59:30+03:00",
-                 "--replay-until", "2026-11-23T11:01:00+03:00", "--step", "30")
+    result = cli(
+        config,
+        "scheduler",
+        "--replay-from",
+        "2026-11-23T10:59:30+03:00",
+        "--replay-until",
+        "2026-11-23T11:01:00+03:00",
+        "--step",
+        "30",
+    )
     assert result.stdout.count("started balance_reminder 2026-11-23T11:00:00+03:00") == 1
     report = cli(config, "report", "--json").stdout
     assert '"sent"' in report

@@ -23,9 +23,12 @@ def test_migrations_build_the_declared_schema_and_keep_rows(database_url: str) -
     engine = make_engine(database_url)
     schema.upgrade(engine, "0001")
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO campaign_runs (id, campaign, occasion, as_of, started_at, started_by, state) "
-            "VALUES (1, 'balance_reminder', '2026-11-01', '2026-11-01', '2026-11-01', 'test', 'planned')"))
+        conn.execute(
+            text(
+                "INSERT INTO campaign_runs (id, campaign, occasion, as_of, started_at, started_by, state) "
+                "VALUES (1, 'balance_reminder', '2026-11-01', '2026-11-01', '2026-11-01', 'test', 'planned')"
+            )
+        )
         conn.execute(text(ROW))
 
     # When it is upgraded to the head

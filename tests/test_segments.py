@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from helpers import add_expiration, add_member
@@ -12,7 +12,7 @@ from campaigns.config.sections import SegmentSettings
 from campaigns.planning.segments import segment_query
 from campaigns.store.models import segment_members
 
-NOW = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 
 
 @pytest.fixture

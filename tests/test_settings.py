@@ -130,7 +130,11 @@ def test_cli_exits_2_with_one_line_per_problem_and_no_traceback(write_settings) 
     env = {k: v for k, v in os.environ.items() if k != "LOYALCAST_CONFIG"}
     done = subprocess.run(
         [sys.executable, "-m", "campaigns.app.cli", "--config", str(path), "report"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
     )
     # Then it exits 2 and prints exactly one line naming the key, and no traceback
     assert done.returncode == 2, done.stderr

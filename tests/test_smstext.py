@@ -15,8 +15,8 @@ from channels.smstext import measure
         ("a" * 161, "GSM-7", 161, 2),
         ("a" * 306, "GSM-7", 306, 2),
         ("a" * 307, "GSM-7", 307, 3),
-        ("€" * 80, "GSM-7", 160, 1),                 # extension characters take two septets
-        ("a" * 151 + "€" + "a", "GSM-7", 154, 1),   # up to 160 septets is one SMS
+        ("€" * 80, "GSM-7", 160, 1),  # extension characters take two septets
+        ("a" * 151 + "€" + "a", "GSM-7", 154, 1),  # up to 160 septets is one SMS
         ("a" * 151 + "€" + "a" * 153, "GSM-7", 306, 2),  # the escape pair ends part one at 153
         ("a" * 152 + "€" + "a" * 152, "GSM-7", 306, 3),  # ... or moves whole into part two
         ("ж" * 70, "UCS-2", 70, 1),
@@ -25,8 +25,8 @@ from channels.smstext import measure
         ("ж" * 135, "UCS-2", 135, 3),
         ("ж" * 201, "UCS-2", 201, 3),
         ("ж" * 268, "UCS-2", 268, 4),
-        ("a" * 159 + "’", "UCS-2", 160, 3),          # one typographic apostrophe switches to UCS-2
-        ("🎁" * 35, "UCS-2", 70, 1),                 # emoji outside the BMP take two units
+        ("a" * 159 + "’", "UCS-2", 160, 3),  # one typographic apostrophe switches to UCS-2
+        ("🎁" * 35, "UCS-2", 70, 1),  # emoji outside the BMP take two units
         ("ж" * 66 + "🎁" + "ж", "UCS-2", 69, 1),
         ("ж" * 66 + "🎁" + "ж" * 4, "UCS-2", 72, 2),  # the surrogate pair does not straddle parts
     ],

@@ -67,7 +67,7 @@ def test_same_key_sends_once_and_service_is_exempt_from_marketing_caps(configure
     add_member(application.engine, 1, email="a@example.com", email_consent=True)
     for _ in range(2):
         send(application, 1, "points_credited", {"points": 250}, "order-1")
-    send(application, 1, "points_credited", {"points": 100}, "order-2")          # service: no cap
+    send(application, 1, "points_credited", {"points": 100}, "order-2")  # service: no cap
     send(application, 1, "tier_upgraded", {"tier_name": "Gold"}, "tier-1", "marketing")
     send(application, 1, "tier_upgraded", {"tier_name": "Gold"}, "tier-2", "marketing")  # capped: 1 per 14d
     found = [(row.idempotency_key, row.status, row.channel) for row in rows(application.engine)]
@@ -123,7 +123,10 @@ def start_worker(redis_config: Path) -> Iterator:
     def start(threads: int = 4) -> subprocess.Popen:
         process = subprocess.Popen(
             [sys.executable, "-m", "dramatiq", "--processes", "1", "--threads", str(threads), "workers"],
-            cwd=REPO, env=subprocess_env(redis_config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            env=subprocess_env(redis_config),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         started.append(process)
         return process
@@ -168,8 +171,9 @@ def test_another_service_enqueues_three_times_concurrently_and_one_is_sent(redis
     engine = make_engine(pg_url)
     add_member(engine, 1, email="a@example.com", email_consent=True)
     # When a process that imports nothing of loyalcast enqueues the same key three times
-    done = subprocess.run([sys.executable, "-c", ENQUEUE_FROM_ANOTHER_SERVICE, redis_url],
-                          capture_output=True, text=True, timeout=60, cwd="/")
+    done = subprocess.run(
+        [sys.executable, "-c", ENQUEUE_FROM_ANOTHER_SERVICE, redis_url], capture_output=True, text=True, timeout=60, cwd="/"
+    )
     assert done.returncode == 0, done.stderr
     start_worker(threads=4)
     wait_for(lambda: len(rows(engine)) == 3, what="three ledger rows")
@@ -195,14 +199,19 @@ def test_a_triggered_message_overtakes_a_queued_campaign(redis_config, pg_url, s
     # When a triggered message is sent afterwards
     cli(redis_config, "send", "7", "points_credited", "--data", '{"points": 5}', "--key", "late-but-urgent")
     runtime.reset()
-    wait_for(lambda: len([r for r in rows(engine) if r.status not in ("queued", "sending")]) == 20_001,
-             timeout=300, what="everything delivered")
+    wait_for(
+        lambda: len([r for r in rows(engine) if r.status not in ("queued", "sending")]) == 20_001,
+        timeout=300,
+        what="everything delivered",
+    )
     assert worker.poll() is None
     # Then it was delivered before the campaign queue drained
     with engine.connect() as conn:
         urgent = conn.execute(select(deliveries.c.sent_at).where(deliveries.c.idempotency_key == "late-but-urgent")).scalar_one()
         last_campaign = conn.execute(select(func.max(deliveries.c.sent_at)).where(deliveries.c.run_id.is_not(None))).scalar_one()
-        after = conn.execute(select(func.count()).where(deliveries.c.run_id.is_not(None), deliveries.c.sent_at > urgent)).scalar_one()
+        after = conn.execute(
+            select(func.count()).where(deliveries.c.run_id.is_not(None), deliveries.c.sent_at > urgent)
+        ).scalar_one()
     assert urgent < last_campaign
     assert after > 1000, after  # many campaign messages were still waiting behind it
     engine.dispose()

@@ -22,7 +22,7 @@ Another service can enqueue a triggered message knowing only the Redis URL; see
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -53,12 +53,13 @@ def send_triggered(
 ) -> None:
     """Decide and deliver one triggered message (see ``campaigns.planning.triggered``)."""
     app = runtime.app()
-    decided = triggered.decide(app.engine, app.settings, int(member_id), str(template),
-                               {} if data is None else data, idempotency_key, category)
+    decided = triggered.decide(
+        app.engine, app.settings, int(member_id), str(template), {} if data is None else data, idempotency_key, category
+    )
     if decided.status != "queued":
         log.info("triggered %s for member %s: %s (%s)", template, member_id, decided.status, decided.reason)
         return
-    wait_ms = int((decided.send_at - datetime.now(timezone.utc)).total_seconds() * 1000)
+    wait_ms = int((decided.send_at - datetime.now(UTC)).total_seconds() * 1000)
     if wait_ms > 1000:  # quiet hours, or a deferring cap
         deliver_batch.send_with_options(args=([decided.delivery_id],), delay=wait_ms)
         return
@@ -98,8 +99,7 @@ def enqueue_batches(run_id: int, now: datetime, *, due_only: bool = False, membe
     app = runtime.app()
     sent = 0
     due_by = now if due_only else None
-    for send_at, ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size, due_by=due_by,
-                                       members=members):
+    for send_at, ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size, due_by=due_by, members=members):
         delay_ms = max(int((send_at - now).total_seconds() * 1000), 0)
         deliver_batch.send_with_options(args=(ids,), delay=delay_ms or None)
         sent += 1

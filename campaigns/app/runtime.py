@@ -29,7 +29,7 @@ from campaigns.delivery.rendering import Renderer
 from campaigns.store.engine import make_engine
 
 _lock = threading.Lock()
-_app: "App | None" = None
+_app: App | None = None
 
 
 @dataclass
@@ -111,9 +111,7 @@ def configure_prometheus(settings: Settings) -> None:
     from dramatiq.middleware import prometheus
 
     metrics = settings.metrics
-    folder = os.environ.get("dramatiq_prom_db") or os.path.join(
-        tempfile.gettempdir(), f"loyalcast-prometheus-{metrics.port}"
-    )
+    folder = os.environ.get("dramatiq_prom_db") or os.path.join(tempfile.gettempdir(), f"loyalcast-prometheus-{metrics.port}")
     os.makedirs(folder, exist_ok=True)
     os.environ.update(dramatiq_prom_host=metrics.host, dramatiq_prom_port=str(metrics.port), dramatiq_prom_db=folder)
     prometheus.HTTP_HOST, prometheus.HTTP_PORT, prometheus.DB_PATH = metrics.host, metrics.port, folder
@@ -161,7 +159,6 @@ def reset() -> None:
 def config_file() -> str | None:
     """The settings file the configured process (and its workers) use."""
     return os.environ.get(CONFIG_ENV)
-
 
 
 def running_under_dramatiq() -> bool:

@@ -20,7 +20,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -47,13 +48,16 @@ def latest_fire(schedule: str, zone: ZoneInfo, now: datetime) -> datetime:
     """The latest fire time at or before ``now`` (UTC)."""
     local = now.astimezone(zone)
     iterator = croniter(schedule, local + timedelta(microseconds=1))
-    return iterator.get_prev(datetime).astimezone(timezone.utc)
+    fire: datetime = iterator.get_prev(datetime)
+    return fire.astimezone(UTC)
 
 
 class Scheduler:
     """Claims and starts due occasions. ``start(run_id, now)`` enqueues the planning."""
 
-    def __init__(self, settings: Settings, engine: Engine, start: Callable[[int, datetime], None], name: str = "scheduler") -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, start: Callable[[int, datetime], None], name: str = "scheduler"
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.start = start
@@ -77,8 +81,7 @@ class Scheduler:
             else:
                 state, reason = RunState.SKIPPED, f"missed by {_age(late)}; catch_up = skip"
             with self.engine.begin() as conn:
-                run_id = insert_run(conn, campaign_name, occasion, as_of=now, started_by=self.name, state=state,
-                                    note=reason)
+                run_id = insert_run(conn, campaign_name, occasion, as_of=now, started_by=self.name, state=state, note=reason)
             if run_id is None:
                 continue  # already decided, here or by another scheduler
             if state is RunState.SKIPPED:
@@ -90,10 +93,13 @@ class Scheduler:
             decisions.append(Decision(campaign_name, occasion, "started", run_id, reason))
         return decisions
 
-    def run_forever(self, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    def run_forever(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         tick = self.settings.scheduler.tick.total_seconds()
-        log.info("scheduler %s started: %d scheduled campaigns", self.name,
-                 sum(1 for c in self.settings.campaigns.values() if c.schedule))
+        log.info(
+            "scheduler %s started: %d scheduled campaigns",
+            self.name,
+            sum(1 for c in self.settings.campaigns.values() if c.schedule),
+        )
         while True:
             self.tick(clock())
             time.sleep(tick - (time.time() % tick))  # tick on round seconds, like cron
@@ -106,7 +112,7 @@ class Scheduler:
             now += step
 
 
-def occasions(engine: Engine, campaign: str | None = None) -> list[dict]:
+def occasions(engine: Engine, campaign: str | None = None) -> list[dict[str, Any]]:
     query = select(campaign_runs).order_by(campaign_runs.c.occasion)
     if campaign:
         query = query.where(campaign_runs.c.campaign == campaign)

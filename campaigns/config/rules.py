@@ -75,8 +75,9 @@ class CapRule(Section):
     def window_problems(self) -> list[tuple[str, str]]:
         """``(key, problem)`` pairs for keys that are missing or meaningless for the window kind."""
         needed = {"rolling": {"max", "per"}, "calendar": {"max", "period"}, "min_gap": {"gap"}}[self.window]
-        problems = []
-        for key in ("max", "per", "period", "gap"):
+        problems: list[tuple[str, str]] = []
+        keys: tuple[str, ...] = ("max", "per", "period", "gap")
+        for key in keys:
             given = getattr(self, key) is not None
             if key in needed and not given and key != "max":  # max defaults to 1
                 problems.append((key, f"required for a {self.window} window"))
@@ -90,7 +91,8 @@ def default_caps() -> list[CapRule]:
     ``marketing_cap`` (``channels.specs``) as a rolling rule of one marketing message."""
     return [
         CapRule(channel=spec.name, category="marketing", max=1, per=spec.marketing_cap)
-        for spec in CHANNELS.values() if spec.marketing_cap is not None
+        for spec in CHANNELS.values()
+        if spec.marketing_cap is not None
     ]
 
 
@@ -128,9 +130,7 @@ class QuietHoursSettings(Section):
 
 
 def _with_channel_keys() -> type[QuietHoursSettings]:
-    fields: dict[str, object] = {
-        spec.quiet_hours_key: (QuietWindow | None, None) for spec in CHANNELS.values()
-    }
+    fields: dict[str, object] = {spec.quiet_hours_key: (QuietWindow | None, None) for spec in CHANNELS.values()}
     return create_model(  # type: ignore[call-overload, no-any-return]  # pydantic's field tuples are untyped
         "QuietHoursSettings", __base__=QuietHoursSettings, __doc__=QuietHoursSettings.__doc__, **fields
     )

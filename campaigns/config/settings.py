@@ -131,8 +131,9 @@ class Settings(Section):
 
     def override_tiers(self, channel: str, category: str) -> list[str]:
         """Tiers named by override rules that can apply to ``category`` on ``channel``."""
-        return sorted({t for r in self.caps if r.tiers and r.category == category
-                       and r.channel in (channel, ANY_CHANNEL) for t in r.tiers})
+        return sorted(
+            {t for r in self.caps if r.tiers and r.category == category and r.channel in (channel, ANY_CHANNEL) for t in r.tiers}
+        )
 
     @staticmethod
     def _secret(value: str | None, env_name: str | None) -> str | None:
@@ -144,7 +145,7 @@ class Settings(Section):
 def _resolve_database_url(url: str, base_dir: Path) -> str:
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
-        return prefix + str((base_dir / url[len(prefix):]).resolve())
+        return prefix + str((base_dir / url[len(prefix) :]).resolve())
     return url
 
 
@@ -183,4 +184,3 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<s
     if problems:
         raise ConfigError(problems, source)
     return settings
-

@@ -15,13 +15,16 @@ def template_channels(templates_dir: Path, name: str, locales: list[str]) -> lis
     """Channels the template has at least one file for, unlocalized or in a locale
     folder, in the order of ``channels.specs``."""
     folders = [templates_dir / name, *(templates_dir / name / locale for locale in locales)]
-    return [spec.name for spec in CHANNELS.values()
-            if any((folder / part).is_file() for folder in folders for part in spec.parts)]
+    return [
+        spec.name for spec in CHANNELS.values() if any((folder / part).is_file() for folder in folders for part in spec.parts)
+    ]
 
 
 def missing_parts(template_dir: Path, spec: ChannelSpec, default_locale: str) -> list[tuple[str, ...]]:
     """The groups of ``spec.required_parts`` of which the template has no file, neither
     unlocalized nor in the default locale."""
-    return [group for group in spec.required_parts
-            if not any((template_dir / part).is_file() or (template_dir / default_locale / part).is_file()
-                       for part in group)]
+    return [
+        group
+        for group in spec.required_parts
+        if not any((template_dir / part).is_file() or (template_dir / default_locale / part).is_file() for part in group)
+    ]

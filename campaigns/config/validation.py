@@ -76,7 +76,9 @@ def semantic_problems(settings: Settings) -> list[str]:
         problems.append("database.url: contains a password; put the URL in an environment variable named by database.url_env")
     db_url = settings.database_url
     if db_url and not (db_url.startswith("sqlite") or db_url.startswith("postgresql")):
-        problems.append(f"database.url: unsupported database {db_url.split(':', 1)[0]!r} (use sqlite:/// or postgresql+psycopg://)")
+        problems.append(
+            f"database.url: unsupported database {db_url.split(':', 1)[0]!r} (use sqlite:/// or postgresql+psycopg://)"
+        )
     broker_url = settings.broker_url
     if not (broker_url == "memory://" or broker_url.startswith(("redis://", "rediss://", "unix://"))):
         problems.append(f"broker.url: unsupported broker {broker_url!r} (use memory:// or redis://)")
@@ -116,9 +118,9 @@ def semantic_problems(settings: Settings) -> list[str]:
                     f"{rule.channel}/{rule.category}{who})"
                 )
             seen_rules.setdefault(scope, index)
-    for name, windows in (settings.quiet_hours.windows().items()):
+    for name, windows in settings.quiet_hours.windows().items():
         if windows is not None and windows[0] == windows[1]:
-            problems.append(f"quiet_hours.{name}: start and end are equal (use \"off\" for no quiet hours)")
+            problems.append(f'quiet_hours.{name}: start and end are equal (use "off" for no quiet hours)')
 
     for name, segment in settings.segments.items():
         if segment.min_balance is not None and segment.max_balance is not None and segment.min_balance > segment.max_balance:
@@ -145,7 +147,7 @@ def semantic_problems(settings: Settings) -> list[str]:
         if campaign.kind == "expiring_ladder" and not campaign.stages:
             problems.append(f"{prefix}.stages: required for an expiring_ladder campaign (e.g. [30, 7, 1])")
         if campaign.kind == "standard" and campaign.stages is not None:
-            problems.append(f"{prefix}.stages: means nothing without kind = \"expiring_ladder\"")
+            problems.append(f'{prefix}.stages: means nothing without kind = "expiring_ladder"')
         template_dir = templates / campaign.template
         for index, channel in enumerate(campaign.channels):
             for group in missing_parts(template_dir, channel_spec(channel), program.default_locale):

@@ -17,8 +17,17 @@ from channels.options import Duration, parse_duration
 from channels.specs import CHANNELS, UnknownChannel
 
 __all__ = [
-    "ANY_CHANNEL", "ChannelName", "Clock", "Duration", "LocaleName", "QuietWindow", "Section", "TimeZoneName",
-    "format_duration", "parse_clock", "parse_duration",
+    "ANY_CHANNEL",
+    "ChannelName",
+    "Clock",
+    "Duration",
+    "LocaleName",
+    "QuietWindow",
+    "Section",
+    "TimeZoneName",
+    "format_duration",
+    "parse_clock",
+    "parse_duration",
 ]
 
 

@@ -7,11 +7,11 @@ of members from more zones than that re-read tz files from disk on nearly every 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from zoneinfo import ZoneInfo
 
 
-@lru_cache(maxsize=None)
+@cache
 def zone_info(name: str) -> ZoneInfo:
     """``ZoneInfo(name)``, kept; raises ``ZoneInfoNotFoundError`` / ``ValueError`` as it does."""
     return ZoneInfo(name)

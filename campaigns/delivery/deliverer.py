@@ -18,7 +18,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -116,7 +116,7 @@ class Deliverer:
 
     @staticmethod
     def _claim(conn: Connection, ids: list[int]) -> list[int]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         result = conn.execute(
             update(deliveries)
             .where(in_ids(conn, deliveries.c.id, ids), deliveries.c.status == Status.QUEUED.value)
@@ -134,9 +134,19 @@ class Deliverer:
             return
         # The address is masked by the logging filter; the text is never logged.
         log.info(
-            "delivery %s to %s on %s: %s", row.id, row.address, row.channel, outcome.status.value,
-            extra={"delivery_id": row.id, "member_id": row.member_id, "channel": row.channel,
-                   "status": outcome.status.value, "to": row.address, "attempt": row.attempts},
+            "delivery %s to %s on %s: %s",
+            row.id,
+            row.address,
+            row.channel,
+            outcome.status.value,
+            extra={
+                "delivery_id": row.id,
+                "member_id": row.member_id,
+                "channel": row.channel,
+                "status": outcome.status.value,
+                "to": row.address,
+                "attempt": row.attempts,
+            },
         )
 
     @staticmethod
@@ -170,11 +180,22 @@ class Deliverer:
         )
         return [
             DeliveryRow(
-                id=r.id, channel=r.channel, category=r.category, template=r.template, address=r.address,
-                attempts=r.attempts, data=r.data,
+                id=r.id,
+                channel=r.channel,
+                category=r.category,
+                template=r.template,
+                address=r.address,
+                attempts=r.attempts,
+                data=r.data,
                 recipient=Recipient(
-                    member_id=r.member_id, first_name=r.first_name, locale=r.locale, timezone=r.timezone,
-                    tier=r.tier, balance=float(r.balance), campaign=r.campaign, occasion=r.occasion,
+                    member_id=r.member_id,
+                    first_name=r.first_name,
+                    locale=r.locale,
+                    timezone=r.timezone,
+                    tier=r.tier,
+                    balance=float(r.balance),
+                    campaign=r.campaign,
+                    occasion=r.occasion,
                     as_of=r.send_at,  # a message speaks for the moment it is due
                 ),
             )
@@ -186,8 +207,13 @@ class Deliverer:
         found = {row.id for row in rows}
         missing = [i for i in claimed if i not in found]
         if missing:
-            self._record([Outcome(i, Status.FAILED, ReasonCode.MEMBER_MISSING, "member no longer exists",
-                                  holds_slot=False) for i in missing], [])
+            self._record(
+                [
+                    Outcome(i, Status.FAILED, ReasonCode.MEMBER_MISSING, "member no longer exists", holds_slot=False)
+                    for i in missing
+                ],
+                [],
+            )
 
     def _load_expiring(self, conn: Connection, rows: list[DeliveryRow]) -> dict[int, Lots]:
         """Point lots of the batch's members expiring within the widest horizon any row needs."""
@@ -208,18 +234,22 @@ class Deliverer:
             .order_by(point_expirations.c.member_id, point_expirations.c.expires_at)
         )
         found: dict[int, Lots] = defaultdict(list)
-        for member_id, expires_at, points in conn.execute(query):
-            found[member_id].append((expires_at, float(points)))
+        for lot in conn.execute(query):
+            found[lot.member_id].append((lot.expires_at, float(lot.points)))
         return found
 
     def _deliver_one(
-        self, row: DeliveryRow, lots: Lots, steps: Steps | None, transports: Transports,
-        suppress: list[dict[str, Any]], retry_delays: list[float],
+        self,
+        row: DeliveryRow,
+        lots: Lots,
+        steps: Steps | None,
+        transports: Transports,
+        suppress: list[dict[str, Any]],
+        retry_delays: list[float],
     ) -> Outcome:
         recipient = row.recipient
         try:
-            context = self.messages.context(recipient, row.channel, lots, steps,
-                                            (row.data or {}) if row.triggered else None)
+            context = self.messages.context(recipient, row.channel, lots, steps, (row.data or {}) if row.triggered else None)
             stale = self.messages.stale_reason(recipient.campaign, context)
             if stale:
                 return Outcome(row.id, Status.STALE, ReasonCode.STALE, stale, holds_slot=False)
@@ -253,15 +283,21 @@ class Deliverer:
                 suppress.append({"channel": row.channel, "address": row.address, "reason": exc.describe()})
             return Outcome(row.id, Status.FAILED, permanent_code(exc), exc.describe(), holds_slot=exc.reached_provider)
         except OutcomeUnknown as exc:
-            return Outcome(row.id, Status.FAILED, ReasonCode.OUTCOME_UNKNOWN,
-                           f"outcome unknown, not resent: {exc.describe()}", holds_slot=True)
+            return Outcome(
+                row.id,
+                Status.FAILED,
+                ReasonCode.OUTCOME_UNKNOWN,
+                f"outcome unknown, not resent: {exc.describe()}",
+                holds_slot=True,
+            )
         except TransientError as exc:
             if row.attempts >= self.settings.delivery.max_attempts:
                 reason = f"gave up after {row.attempts} attempts: {exc.describe()}"
                 return Outcome(row.id, Status.FAILED, ReasonCode.GAVE_UP, reason, holds_slot=True)
             retry_delays.append(self.backoff(row.attempts, exc))
-            return Outcome(row.id, Status.QUEUED, ReasonCode.RETRYING,
-                           f"attempt {row.attempts} failed: {exc.describe()}", holds_slot=True)
+            return Outcome(
+                row.id, Status.QUEUED, ReasonCode.RETRYING, f"attempt {row.attempts} failed: {exc.describe()}", holds_slot=True
+            )
         except ChannelError as exc:  # a ChannelError outside the two families is a transport bug
             log.error("delivery %s: unclassified channel error %r", row.id, exc)
             return Outcome(row.id, Status.FAILED, ReasonCode.CHANNEL_ERROR, exc.describe(), holds_slot=True)
@@ -269,15 +305,16 @@ class Deliverer:
             # One member's bad data must not stop the batch; the traceback goes to the log.
             # The slot is kept: nothing says the provider did not get the message.
             log.exception("delivery %s failed unexpectedly", row.id)
-            return Outcome(row.id, Status.FAILED, ReasonCode.INTERNAL_ERROR,
-                           f"internal error: {type(exc).__name__}: {exc}", holds_slot=True)
+            return Outcome(
+                row.id, Status.FAILED, ReasonCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}", holds_slot=True
+            )
         return Outcome(
             row.id,
             Status(result.status.value),
             ReasonCode.ELIGIBLE,
             None,
             holds_slot=True,
-            sent_at=datetime.now(timezone.utc),
+            sent_at=datetime.now(UTC),
             provider_message_id=result.provider_message_id,
         )
 
@@ -293,7 +330,7 @@ class Deliverer:
     def _record(self, outcomes: list[Outcome], suppress: list[dict[str, Any]]) -> None:
         if not outcomes and not suppress:
             return
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with self.engine.begin() as conn:
             if outcomes:
                 record_outcomes(conn, outcomes, now)

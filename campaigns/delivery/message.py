@@ -87,16 +87,17 @@ class MessageBuilder:
             if not as_of < expires_at <= horizon:
                 continue
             per_date[expires_at.astimezone(zone_info(zone)).date()] += points
-        dates = [{"date": day, "points": tidy(points)} for day, points in sorted(per_date.items())]
+        dates: list[dict[str, Any]] = [{"date": day, "points": tidy(points)} for day, points in sorted(per_date.items())]
         reminder = None
         if steps is not None:
             spec = self.settings.campaigns.get(recipient.campaign or "")
             minimum = spec.min_points if spec else 0
             today = as_of.astimezone(zone_info(zone)).date()
             now_by_date = ladder.points_by_date(lots, zone_info(zone), as_of)
-            due = [
+            due: list[dict[str, Any]] = [
                 {"date": day, "points": tidy(now_by_date.get(day, 0)), "stage": stage, "days_left": (day - today).days}
-                for day, stage in steps if now_by_date.get(day, 0) >= max(minimum, 0.01)
+                for day, stage in steps
+                if now_by_date.get(day, 0) >= max(minimum, 0.01)
             ]
             reminder = {
                 "dates": due,
@@ -105,8 +106,7 @@ class MessageBuilder:
                 "planned": [day.isoformat() for day, _ in steps],
             }
         return {
-            "member": {"id": recipient.member_id, "first_name": recipient.first_name, "tier": recipient.tier,
-                       "locale": locale},
+            "member": {"id": recipient.member_id, "first_name": recipient.first_name, "tier": recipient.tier, "locale": locale},
             "balance": tidy(float(recipient.balance)),
             "expiring": {
                 "total": tidy(sum(item["points"] for item in dates)),
@@ -132,8 +132,10 @@ class MessageBuilder:
             return None
         reminder = context["reminder"]
         if reminder is not None and not reminder["dates"]:
-            return (f"the points this reminder is about ({', '.join(reminder['planned'])}) are now below "
-                    f"the campaign's minimum {spec.min_points:g}")
+            return (
+                f"the points this reminder is about ({', '.join(reminder['planned'])}) are now below "
+                f"the campaign's minimum {spec.min_points:g}"
+            )
         balance, expiring = context["balance"], context["expiring"]["total"]
         if segment.min_balance is not None and balance < segment.min_balance:
             return f"balance is now {balance}, below the segment's minimum {segment.min_balance:g}"
@@ -142,8 +144,7 @@ class MessageBuilder:
         if segment.expiring_within_days is not None:
             needed = segment.min_expiring_points or 0.01
             if expiring < needed:
-                return (f"{expiring} points now expire within {segment.expiring_within_days} days "
-                        f"(the segment needs {needed:g})")
+                return f"{expiring} points now expire within {segment.expiring_within_days} days (the segment needs {needed:g})"
         return None
 
     def over_budget(self, campaign: str | None, channel: str, text: str | None) -> str | None:
@@ -158,8 +159,10 @@ class MessageBuilder:
         length = measure(text)
         if length.segments <= limit:
             return None
-        return (f"{channel_kind.label} is {length.segments} segments ({length.encoding}, {length.characters} characters); "
-                f"the campaign allows {limit}")
+        return (
+            f"{channel_kind.label} is {length.segments} segments ({length.encoding}, {length.characters} characters); "
+            f"the campaign allows {limit}"
+        )
 
     def _campaign_data(self, campaign: str | None) -> dict[str, Any]:
         spec = self.settings.campaigns.get(campaign or "")

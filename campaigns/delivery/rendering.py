@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -198,7 +199,7 @@ def _decimal(amount: float | int, locale: str) -> str:
     return format_decimal(amount, locale=babel_locale(locale))
 
 
-def _points_filter(program: ProgramSettings):  # type: ignore[no-untyped-def]
+def _points_filter(program: ProgramSettings) -> Callable[[Context, Any], str]:
     @lru_cache(maxsize=16_384)
     def spelled(amount: float | int, locale: str) -> str:
         words = program.points_word.get(locale) or program.points_word[program.default_locale]
@@ -216,7 +217,7 @@ def _number_filter(context: Context, value: Any) -> str:
     return _decimal(_number(value), context["locale"])
 
 
-def _money_filter(program: ProgramSettings):  # type: ignore[no-untyped-def]
+def _money_filter(program: ProgramSettings) -> Callable[[Context, Any, str | None], str]:
     @pass_context
     def money(context: Context, value: Any, currency: str | None = None) -> str:
         return format_currency(float(value), currency or program.currency, locale=babel_locale(context["locale"]))
@@ -238,7 +239,7 @@ def _local_date(value: date | datetime, zone: str) -> date:
 
 @pass_context
 def _relative_date_filter(context: Context, value: date | datetime) -> str:
-    """"завтра", "через 3 дня", "tomorrow", "in 3 days": the day relative to the
+    """ "завтра", "через 3 дня", "tomorrow", "in 3 days": the day relative to the
     member's today (both in the member's time zone)."""
     zone, locale = context["timezone"], context["locale"]
     days = (_local_date(value, zone) - _local_date(context["now"], zone)).days

@@ -12,7 +12,11 @@ from campaigns.store.models import deliveries
 
 
 def queued_batches(
-    engine: Engine, run_id: int, batch_size: int, *, due_by: datetime | None = None,
+    engine: Engine,
+    run_id: int,
+    batch_size: int,
+    *,
+    due_by: datetime | None = None,
     members: tuple[int, int] | None = None,
 ) -> Iterator[tuple[datetime, list[int]]]:
     """``(send_at, ids)`` of the run's ``queued`` deliveries, streamed from the database.
@@ -29,29 +33,29 @@ def queued_batches(
     if due_by is not None:
         query = query.where(deliveries.c.send_at <= due_by)
     with engine.connect() as conn:
-        result = conn.execution_options(yield_per=batch_size).execute(
-            query.order_by(deliveries.c.send_at, deliveries.c.id)
-        )
+        result = conn.execution_options(yield_per=batch_size).execute(query.order_by(deliveries.c.send_at, deliveries.c.id))
         batch: list[int] = []
         batch_due: datetime | None = None
-        for delivery_id, send_at in result:
-            if batch and (send_at != batch_due or len(batch) >= batch_size):
-                yield batch_due, batch  # type: ignore[misc]
+        for row in result:
+            if batch_due is not None and (row.send_at != batch_due or len(batch) >= batch_size):
+                yield batch_due, batch
                 batch = []
-            batch_due = send_at
-            batch.append(delivery_id)
-        if batch:
-            yield batch_due, batch  # type: ignore[misc]
+            batch_due = row.send_at
+            batch.append(row.id)
+        if batch_due is not None and batch:
+            yield batch_due, batch
 
 
 def waiting(engine: Engine, run_id: int, after: datetime) -> tuple[int, datetime | None]:
     """How many of the run's queued deliveries are due after ``after``, and the first such time."""
     with engine.connect() as conn:
-        count, first = conn.execute(
+        row = conn.execute(
             select(func.count(), func.min(deliveries.c.send_at)).where(
                 deliveries.c.run_id == run_id,
                 deliveries.c.status == Status.QUEUED.value,
                 deliveries.c.send_at > after,
             )
         ).one()
+    count: int = row[0]
+    first: datetime | None = row[1]
     return count, first

@@ -18,13 +18,13 @@ All datetimes are timezone-aware; results are UTC.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from campaigns.config.rules import CapRule
 from campaigns.config.values import Clock
 
-UTC = timezone.utc
+UTC = UTC
 DEFER_HORIZON = timedelta(days=400)
 """A deferred message that cannot find an open window this far ahead is capped instead."""
 

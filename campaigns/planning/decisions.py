@@ -53,7 +53,7 @@ from sqlalchemy.engine import Connection
 from campaigns.config.rules import CapRule
 from campaigns.config.sections import CampaignSettings, SegmentSettings
 from campaigns.config.settings import Settings
-from campaigns.config.values import ANY_CHANNEL, parse_clock
+from campaigns.config.values import ANY_CHANNEL, Clock, parse_clock
 from campaigns.planning import ladder
 from campaigns.planning.caps import (
     leave_quiet_hours,
@@ -77,9 +77,24 @@ STATE_NO_CONSENT = "no consent"
 STATE_SUPPRESSED = "suppressed"
 
 INSERTED_COLUMNS = [
-    "run_id", "member_id", "channel", "category", "template", "status", "reason", "reason_code", "cap_rule", "address",
-    "holds_slot", "send_at", "deferred_from", "created_at", "updated_at", "attempts",
-    "idempotency_key", "data",
+    "run_id",
+    "member_id",
+    "channel",
+    "category",
+    "template",
+    "status",
+    "reason",
+    "reason_code",
+    "cap_rule",
+    "address",
+    "holds_slot",
+    "send_at",
+    "deferred_from",
+    "created_at",
+    "updated_at",
+    "attempts",
+    "idempotency_key",
+    "data",
 ]
 
 
@@ -107,8 +122,8 @@ class RunContext:
 
 def member_zones(conn: Connection) -> list[str]:
     """Valid IANA zones the members have (unknown names fall back to the program zone)."""
-    names = conn.execute(select(members.c.timezone).where(members.c.timezone.is_not(None)).distinct()).scalars()
-    valid = []
+    names: list[str] = list(conn.execute(select(members.c.timezone).where(members.c.timezone.is_not(None)).distinct()).scalars())
+    valid: list[str] = []
     for name in names:
         try:
             ZoneInfo(name)
@@ -205,9 +220,9 @@ def _count_inserted(conn: Connection, insert: Any) -> Counter[tuple[str, str]]:
     if conn.dialect.name == "postgresql":
         rows = insert.returning(deliveries.c.status, deliveries.c.channel).cte("inserted")
         counted = select(rows.c.status, rows.c.channel, func.count()).group_by(rows.c.status, rows.c.channel)
-        return Counter({(status, channel or "-"): n for status, channel, n in conn.execute(counted)})
+        return Counter({(row.status, row.channel or "-"): row[2] for row in conn.execute(counted)})
     returned = conn.execute(insert.returning(deliveries.c.status, deliveries.c.channel))
-    return Counter((status, channel or "-") for status, channel in returned)
+    return Counter((row.status, row.channel or "-") for row in returned)
 
 
 def decision_insert(
@@ -249,31 +264,36 @@ def decision_insert(
     reach = select(*reach_columns).offset(0).subquery("reach")
 
     # 2. chosen: first reachable channel, and what the earlier ones were
-    state = {c: reach.c[f"state_{c}"] for c in channels}
-    ok = {c: state[c] == STATE_OK for c in channels}
+    states = {c: reach.c[f"state_{c}"] for c in channels}
+    ok = {c: states[c] == STATE_OK for c in channels}
     skipped_whens = []
     for index, channel in enumerate(channels):
         earlier = channels[:index]
         text = (
-            literal(" (", String) + _joined([literal(f"{c}: ", String) + state[c] for c in earlier], ", ") + literal(")", String)
-            if earlier else literal("", String)
+            literal(" (", String) + _joined([literal(f"{c}: ", String) + states[c] for c in earlier], ", ") + literal(")", String)
+            if earlier
+            else literal("", String)
         )
         skipped_whens.append((ok[channel], text))
-    chosen = select(
-        reach.c.member_id,
-        reach.c.tier,
-        reach.c.zone,
-        reach.c.held,
-        case(*((ok[c], literal(c, String)) for c in channels), else_=None).label("channel"),
-        case(*((ok[c], reach.c[f"address_{c}"]) for c in channels), else_=None).label("address"),
-        case(*skipped_whens, else_=literal("", String)).label("skipped"),
-        _joined([literal(f"{c}: ", String) + state[c] for c in channels], "; ").label("states"),
-        case(
-            (or_(*(state[c] == STATE_SUPPRESSED for c in channels)), Status.SUPPRESSED.value),
-            (or_(*(state[c] == STATE_NO_CONSENT for c in channels)), Status.NO_CONSENT.value),
-            else_=Status.NO_CONTACT.value,
-        ).label("unreachable"),
-    ).offset(0).subquery("chosen")
+    chosen = (
+        select(
+            reach.c.member_id,
+            reach.c.tier,
+            reach.c.zone,
+            reach.c.held,
+            case(*((ok[c], literal(c, String)) for c in channels), else_=None).label("channel"),
+            case(*((ok[c], reach.c[f"address_{c}"]) for c in channels), else_=None).label("address"),
+            case(*skipped_whens, else_=literal("", String)).label("skipped"),
+            _joined([literal(f"{c}: ", String) + states[c] for c in channels], "; ").label("states"),
+            case(
+                (or_(*(states[c] == STATE_SUPPRESSED for c in channels)), Status.SUPPRESSED.value),
+                (or_(*(states[c] == STATE_NO_CONSENT for c in channels)), Status.NO_CONSENT.value),
+                else_=Status.NO_CONTACT.value,
+            ).label("unreachable"),
+        )
+        .offset(0)
+        .subquery("chosen")
+    )
 
     # 3. capped: due time on the chosen channel, first full cap rule there
     due = {c: _per_zone(chosen.c.zone, ctx.send_at[c], ctx.program_zone, UTCDateTime()) for c in channels}
@@ -285,7 +305,8 @@ def decision_insert(
             hit_whens.append((chosen.c.channel == channel, hit))
     cap_hit = (
         case((or_(chosen.c.held, chosen.c.channel.is_(None)), literal(None, Integer)), *hit_whens, else_=literal(None, Integer))
-        if hit_whens else literal(None, Integer)
+        if hit_whens
+        else literal(None, Integer)
     )
     capped = select(*chosen.c, send_at.label("send_at"), cap_hit.label("cap_hit")).offset(0).subquery("capped")
 
@@ -306,10 +327,14 @@ def decision_insert(
         (is_deferred, literal(ReasonCode.CAP_DEFERRED.value, String)),
         else_=literal(ReasonCode.CAPPED.value, String),
     )
-    cap_rule = case(
-        *((capped.c.cap_hit == i, literal(rule.name, String)) for i, rule in enumerate(settings.caps)),
-        else_=literal(None, String),
-    ) if settings.caps else literal(None, String)
+    cap_rule = (
+        case(
+            *((capped.c.cap_hit == i, literal(rule.name, String)) for i, rule in enumerate(settings.caps)),
+            else_=literal(None, String),
+        )
+        if settings.caps
+        else literal(None, String)
+    )
     rule_names = [
         (capped.c.cap_hit == i, literal((DEFERRED_PREFIX if rule.action == "defer" else CAPPED_PREFIX) + rule.name, String))
         for i, rule in enumerate(settings.caps)
@@ -394,8 +419,15 @@ def _is_full(settings: Settings, ctx: RunContext, channel: str, rule: CapRule, c
 def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
     """Move the chunk's freshly deferred rows to when their cap windows open."""
     pending = conn.execute(
-        select(deliveries.c.id, deliveries.c.member_id, deliveries.c.channel, deliveries.c.send_at,
-               deliveries.c.reason, members.c.tier, members.c.timezone)
+        select(
+            deliveries.c.id,
+            deliveries.c.member_id,
+            deliveries.c.channel,
+            deliveries.c.send_at,
+            deliveries.c.reason,
+            members.c.tier,
+            members.c.timezone,
+        )
         .select_from(deliveries.join(members, members.c.id == deliveries.c.member_id))
         .where(
             deliveries.c.idempotency_key == ctx.idempotency_key if ctx.idempotency_key else deliveries.c.run_id == ctx.run_id,
@@ -409,14 +441,14 @@ def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_ra
         return 0
     category = ctx.campaign.category
     holders: dict[int, list[tuple[str, str, datetime]]] = defaultdict(list)
-    for member_id, channel, row_category, sent in conn.execute(
+    for held in conn.execute(
         select(deliveries.c.member_id, deliveries.c.channel, deliveries.c.category, deliveries.c.send_at).where(
             deliveries.c.member_id.in_([row.member_id for row in pending]),
             deliveries.c.holds_slot,
             deliveries.c.id.not_in([row.id for row in pending]),
         )
     ):
-        holders[member_id].append((channel, row_category, sent))
+        holders[held.member_id].append((held.channel, held.category, held.send_at))
 
     updates = []
     for row in pending:
@@ -427,26 +459,50 @@ def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_ra
 
         def counted(rule: CapRule, member_id: int = row.member_id, channel: str = row.channel) -> list[datetime]:
             return [
-                when for held_channel, held_category, when in holders[member_id]
+                when
+                for held_channel, held_category, when in holders[member_id]
                 if held_category == rule.category and (rule.channel == ANY_CHANNEL or held_channel == channel)
             ]
 
-        opening = next_opening(rules, row.send_at, zone, counted, adjust=lambda t, z=zone, q=quiet: leave_quiet_hours(t, z, q))
+        def adjust(when: datetime, zone: ZoneInfo = zone, quiet: tuple[Clock, Clock] | None = quiet) -> datetime:
+            return leave_quiet_hours(when, zone, quiet)
+
+        opening = next_opening(rules, row.send_at, zone, counted, adjust=adjust)
         if opening is None:
             # The row's reason was written by decision_insert as DEFERRED_PREFIX + the rest.
             reason = CAPPED_PREFIX + row.reason.removeprefix(DEFERRED_PREFIX) + "; no window opens within 400 days"
-            updates.append({"b_id": row.id, "b_status": Status.CAPPED.value, "b_holds": False,
-                            "b_send_at": row.send_at, "b_reason": reason[:500],
-                            "b_code": ReasonCode.CAP_NO_WINDOW.value})
+            updates.append(
+                {
+                    "b_id": row.id,
+                    "b_status": Status.CAPPED.value,
+                    "b_holds": False,
+                    "b_send_at": row.send_at,
+                    "b_reason": reason[:500],
+                    "b_code": ReasonCode.CAP_NO_WINDOW.value,
+                }
+            )
         else:
             reason = f"{row.reason}; due {opening.isoformat(timespec='minutes')}"
-            updates.append({"b_id": row.id, "b_status": Status.QUEUED.value, "b_holds": True,
-                            "b_send_at": opening, "b_reason": reason[:500], "b_code": ReasonCode.CAP_DEFERRED.value})
+            updates.append(
+                {
+                    "b_id": row.id,
+                    "b_status": Status.QUEUED.value,
+                    "b_holds": True,
+                    "b_send_at": opening,
+                    "b_reason": reason[:500],
+                    "b_code": ReasonCode.CAP_DEFERRED.value,
+                }
+            )
     conn.execute(
         update(deliveries)
         .where(deliveries.c.id == bindparam("b_id"))
-        .values(status=bindparam("b_status"), holds_slot=bindparam("b_holds"),
-                send_at=bindparam("b_send_at"), reason=bindparam("b_reason"), reason_code=bindparam("b_code")),
+        .values(
+            status=bindparam("b_status"),
+            holds_slot=bindparam("b_holds"),
+            send_at=bindparam("b_send_at"),
+            reason=bindparam("b_reason"),
+            reason_code=bindparam("b_code"),
+        ),
         updates,
     )
     return len(updates)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -56,9 +56,7 @@ class DryRun:
         return counts
 
 
-def dry_run(
-    engine: Engine, settings: Settings, campaign: str, *, as_of: datetime, occasion: str | None = None
-) -> DryRun:
+def dry_run(engine: Engine, settings: Settings, campaign: str, *, as_of: datetime, occasion: str | None = None) -> DryRun:
     """Decide every member exactly as ``run`` would, then roll every chunk back.
 
     The same SQL runs under the same member locks, so the counts equal those of a run
@@ -80,35 +78,66 @@ def dry_run(
         with engine.connect() as conn:
             transaction = conn.begin()
             try:
-                run_id = conn.execute(
+                run_id: int = conn.execute(
                     campaign_runs.insert()
-                    .values(campaign=campaign, occasion=f"{occasion} (dry run {uuid.uuid4().hex[:8]})", as_of=as_of,
-                            started_at=datetime.now(timezone.utc), started_by="plan", dry_run=True, state=RunState.PLANNING.value)
+                    .values(
+                        campaign=campaign,
+                        occasion=f"{occasion} (dry run {uuid.uuid4().hex[:8]})",
+                        as_of=as_of,
+                        started_at=datetime.now(UTC),
+                        started_by="plan",
+                        dry_run=True,
+                        state=RunState.PLANNING.value,
+                    )
                     .returning(campaign_runs.c.id)
                 ).scalar_one()
                 lock_members(conn, member_range)
                 decide_chunk(conn, settings, replace(ctx, run_id=run_id), member_range)
                 for channel, sample in samples.items():
                     if len(sample) < SAMPLE:
-                        sample += conn.execute(
-                            select(deliveries.c.member_id)
-                            .where(deliveries.c.run_id == run_id, deliveries.c.channel == channel,
-                                   deliveries.c.status == Status.QUEUED.value)
-                            .order_by(deliveries.c.member_id)
-                            .limit(SAMPLE - len(sample))
-                        ).scalars().all()
+                        sample += (
+                            conn.execute(
+                                select(deliveries.c.member_id)
+                                .where(
+                                    deliveries.c.run_id == run_id,
+                                    deliveries.c.channel == channel,
+                                    deliveries.c.status == Status.QUEUED.value,
+                                )
+                                .order_by(deliveries.c.member_id)
+                                .limit(SAMPLE - len(sample))
+                            )
+                            .scalars()
+                            .all()
+                        )
                 deferred = deliveries.c.deferred_from.is_not(None)
                 later = deliveries.c.send_at > as_of
                 rows = conn.execute(
-                    select(deliveries.c.status, deliveries.c.channel, deliveries.c.cap_rule, deferred, later,
-                           func.count(), func.min(deliveries.c.send_at), func.max(deliveries.c.send_at))
+                    select(
+                        deliveries.c.status,
+                        deliveries.c.channel,
+                        deliveries.c.cap_rule,
+                        deferred,
+                        later,
+                        func.count(),
+                        func.min(deliveries.c.send_at),
+                        func.max(deliveries.c.send_at),
+                    )
                     .where(deliveries.c.run_id == run_id)
                     .group_by(deliveries.c.status, deliveries.c.channel, deliveries.c.cap_rule, deferred, later)
                 ).all()
             finally:
                 transaction.rollback()
-        for status, channel, cap_rule, is_deferred, is_later, count, first, last in rows:
-            detail = _plan_detail(status, cap_rule, bool(is_deferred), bool(is_later))
+        for row in rows:
+            status, channel, is_deferred, is_later, count, first, last = (
+                str(row.status),
+                row.channel,
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+            )
+            detail = _plan_detail(status, row.cap_rule, bool(is_deferred), bool(is_later))
             key = (status, channel or "-", detail)
             entry = totals.setdefault(key, [0, first, last])
             entry[0] += count

@@ -79,7 +79,11 @@ def due_steps(
 
 
 def candidates(
-    conn: Connection, settings: Settings, campaign_name: str, as_of: datetime, member_range: tuple[int, int],
+    conn: Connection,
+    settings: Settings,
+    campaign_name: str,
+    as_of: datetime,
+    member_range: tuple[int, int],
     zones: tuple[str, ...],
 ) -> dict[int, list[Step]]:
     """Members of the chunk (and of the campaign's segment) with a reminder due: two queries."""
@@ -87,27 +91,29 @@ def candidates(
     program_zone = settings.program.timezone
     horizon = as_of + timedelta(days=max(campaign.stages or [0]) + 1)
     segment = segment_query(
-        settings.segments[campaign.segment], as_of=as_of, default_locale=settings.program.default_locale,
+        settings.segments[campaign.segment],
+        as_of=as_of,
+        default_locale=settings.program.default_locale,
         member_range=member_range,
     ).subquery("segment")
     lots: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
     zone_of: dict[int, str] = {}
-    for member_id, zone_name, expires_at, points in conn.execute(
+    for lot in conn.execute(
         select(segment.c.id, segment.c.timezone, point_expirations.c.expires_at, point_expirations.c.points)
         .select_from(segment.join(point_expirations, point_expirations.c.member_id == segment.c.id))
         .where(point_expirations.c.expires_at > as_of, point_expirations.c.expires_at <= horizon)
     ):
-        lots[member_id].append((expires_at, float(points)))
-        zone_of[member_id] = zone_name if zone_name in zones else program_zone
+        lots[lot.id].append((lot.expires_at, float(lot.points)))
+        zone_of[lot.id] = lot.timezone if lot.timezone in zones else program_zone
     if not lots:
         return {}
     marked: dict[int, set[tuple[date, int]]] = defaultdict(set)
-    for member_id, expires_on, stage in conn.execute(
+    for mark in conn.execute(
         select(ladder_marks.c.member_id, ladder_marks.c.expires_on, ladder_marks.c.stage).where(
             ladder_marks.c.campaign == campaign_name, ladder_marks.c.member_id.between(*member_range)
         )
     ):
-        marked[member_id].add((expires_on, stage))
+        marked[mark.member_id].add((mark.expires_on, mark.stage))
     found = {}
     for member_id, member_lots in lots.items():
         steps = due_steps(member_lots, zone_info(zone_of[member_id]), as_of, campaign, marked[member_id])
@@ -116,7 +122,7 @@ def candidates(
     return found
 
 
-def record(conn: Connection, campaign_name: str, run_id: int, steps: dict[int, list[Step]]) -> int:
+def record(conn: Connection, campaign_name: str, run_id: int | None, steps: dict[int, list[Step]]) -> int:
     """Mark the steps of the run's members whose reminder is queued (holds a slot)."""
     queued = conn.execute(
         select(deliveries.c.id, deliveries.c.member_id).where(
@@ -124,9 +130,14 @@ def record(conn: Connection, campaign_name: str, run_id: int, steps: dict[int, l
         )
     ).all()
     rows = [
-        {"campaign": campaign_name, "member_id": member_id, "expires_on": step.expires_on,
-         "stage": step.stage, "delivery_id": delivery_id}
-        for delivery_id, member_id in queued
+        {
+            "campaign": campaign_name,
+            "member_id": member_id,
+            "expires_on": step.expires_on,
+            "stage": step.stage,
+            "delivery_id": delivery_id,
+        }
+        for delivery_id, member_id in ((row.id, row.member_id) for row in queued)
         for step in steps[member_id]
     ]
     if rows:
@@ -137,10 +148,10 @@ def record(conn: Connection, campaign_name: str, run_id: int, steps: dict[int, l
 def marks_for(conn: Connection, delivery_ids: list[int]) -> dict[int, list[tuple[date, int]]]:
     """``{delivery_id: [(expires_on, stage)]}``: what each ladder delivery reminds of."""
     found: dict[int, list[tuple[date, int]]] = defaultdict(list)
-    for delivery_id, expires_on, stage in conn.execute(
+    for mark in conn.execute(
         select(ladder_marks.c.delivery_id, ladder_marks.c.expires_on, ladder_marks.c.stage)
         .where(in_ids(conn, ladder_marks.c.delivery_id, delivery_ids))
         .order_by(ladder_marks.c.expires_on)
     ):
-        found[delivery_id].append((expires_on, stage))
+        found[mark.delivery_id].append((mark.expires_on, mark.stage))
     return found

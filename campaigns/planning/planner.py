@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import Connection
@@ -67,13 +67,11 @@ def plan_chunks(engine: Engine, settings: Settings, run_id: int) -> Iterator[Pla
         decided += sum(counts.values())
         yield PlannedChunk(run.campaign, member_range, counts)
     with engine.begin() as conn:
-        considered = conn.execute(
-            select(func.count()).select_from(deliveries).where(deliveries.c.run_id == run.id)
-        ).scalar_one()
+        considered = conn.execute(select(func.count()).select_from(deliveries).where(deliveries.c.run_id == run.id)).scalar_one()
         conn.execute(
             update(campaign_runs)
             .where(campaign_runs.c.id == run.id)
-            .values(state=RunState.PLANNED.value, considered=considered, finished_planning_at=datetime.now(timezone.utc))
+            .values(state=RunState.PLANNED.value, considered=considered, finished_planning_at=datetime.now(UTC))
         )
     log.info("planned run %s (%s/%s): %d new decisions", run.id, run.campaign, run.occasion, decided)
 
@@ -91,9 +89,9 @@ def member_chunks(engine: Engine, chunk_size: int) -> list[tuple[int, int]]:
     """
     numbered = select(members.c.id, func.row_number().over(order_by=members.c.id).label("rn")).subquery()
     with engine.connect() as conn:
-        bounds = conn.execute(
-            select(numbered.c.id).where(numbered.c.rn % chunk_size == 0).order_by(numbered.c.id)
-        ).scalars().all()
+        bounds: list[int] = list(
+            conn.execute(select(numbered.c.id).where(numbered.c.rn % chunk_size == 0).order_by(numbered.c.id)).scalars().all()
+        )
         last = conn.execute(select(func.max(members.c.id))).scalar()
         first = conn.execute(select(func.min(members.c.id))).scalar()
     if first is None or last is None:
@@ -135,7 +133,7 @@ def _plan_chunks(
     with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="plan") as pool:
         futures = [pool.submit(_plan_chunk, engine, settings, ctx, member_range) for member_range in ranges]
         try:
-            for member_range, future in zip(ranges, futures):
+            for member_range, future in zip(ranges, futures, strict=True):
                 yield member_range, future.result()
         finally:
             # A failed chunk stops the rest; planning the run again completes it.
@@ -143,9 +141,7 @@ def _plan_chunks(
                 future.cancel()
 
 
-def _plan_chunk(
-    engine: Engine, settings: Settings, ctx: RunContext, member_range: tuple[int, int]
-) -> Counter[tuple[str, str]]:
+def _plan_chunk(engine: Engine, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> Counter[tuple[str, str]]:
     for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             with engine.begin() as conn:

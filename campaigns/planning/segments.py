@@ -9,14 +9,15 @@ never a query per member.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, select, true
+from sqlalchemy import ColumnElement, Select, Subquery, and_, exists, func, literal, select, true
 
 from campaigns.config.sections import SegmentSettings
 from campaigns.store.models import balances, members, point_expirations, segment_members
 
 
-def expiring_points_subquery(as_of: datetime, within_days: int, member_range: tuple[int, int] | None = None):  # type: ignore[no-untyped-def]
+def expiring_points_subquery(as_of: datetime, within_days: int, member_range: tuple[int, int] | None = None) -> Subquery:
     """Points per member expiring in ``(as_of, as_of + within_days]``, as a subquery
     with columns ``member_id`` and ``points``."""
     horizon = as_of + timedelta(days=within_days)
@@ -37,7 +38,7 @@ def segment_query(
     as_of: datetime,
     default_locale: str,
     member_range: tuple[int, int] | None = None,
-) -> Select:  # type: ignore[type-arg]
+) -> Select[Any]:
     """SELECT of the segment's members as of ``as_of``.
 
     Columns: every ``members`` column, ``balance`` (0 when the member has no balance
@@ -51,7 +52,7 @@ def segment_query(
         # index instead of hashing the whole table once per chunk.
         balance_join = and_(balance_join, balances.c.member_id.between(*member_range))
     source = members.outerjoin(balances, balance_join)
-    expiring_col: ColumnElement = literal(0).label("expiring_points")  # type: ignore[type-arg]
+    expiring_col: ColumnElement[Any] = literal(0).label("expiring_points")
     conditions: list[ColumnElement[bool]] = []
 
     if segment.expiring_within_days is not None:
@@ -85,8 +86,4 @@ def segment_query(
     if member_range is not None:
         conditions.append(members.c.id.between(*member_range))
 
-    return (
-        select(*members.c, balance.label("balance"), expiring_col)
-        .select_from(source)
-        .where(and_(true(), *conditions))
-    )
+    return select(*members.c, balance.label("balance"), expiring_col).select_from(source).where(and_(true(), *conditions))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,9 +51,7 @@ def triggered_channels(settings: Settings, template: str) -> list[str]:
     return [channel for channel in settings.triggered.channels if channel in available]
 
 
-def problem(
-    settings: Settings, conn: Connection, member_id: int, template: str, data: Any
-) -> tuple[ReasonCode, str] | None:
+def problem(settings: Settings, conn: Connection, member_id: int, template: str, data: Any) -> tuple[ReasonCode, str] | None:
     """Why the message cannot be sent at all (code and text), or None."""
     if not isinstance(data, dict):
         return ReasonCode.BAD_DATA, f"data must be a JSON object, got {type(data).__name__}"
@@ -75,7 +73,7 @@ def decide(
     now: datetime | None = None,
 ) -> Decided:
     """Write the ledger row of one triggered message (atomically, under the member lock)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     category = category or settings.triggered.category
     key = str(idempotency_key)[:MAX_KEY_LENGTH]
     try:
@@ -84,22 +82,44 @@ def decide(
         # The same key for another member (or an unknown one) won the unique index.
         with engine.begin() as conn:
             first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).one()
-            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE, ReasonCode.DUPLICATE_KEY,
-                              f"idempotency key {key!r} was used by delivery {first.id} ({first.status})", None)
+            return _plain_row(
+                conn,
+                member_id,
+                template,
+                category,
+                now,
+                Status.DUPLICATE,
+                ReasonCode.DUPLICATE_KEY,
+                f"idempotency key {key!r} was used by delivery {first.id} ({first.status})",
+                None,
+            )
 
 
 def _decide(
-    engine: Engine, settings: Settings, member_id: int, template: str, data: Any, key: str,
-    category: str, now: datetime,
+    engine: Engine,
+    settings: Settings,
+    member_id: int,
+    template: str,
+    data: Any,
+    key: str,
+    category: str,
+    now: datetime,
 ) -> Decided:
     with engine.begin() as conn:
         lock_members(conn, (member_id, member_id))
-        first = conn.execute(
-            select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)
-        ).first()
+        first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).first()
         if first is not None:
-            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE, ReasonCode.DUPLICATE_KEY,
-                              f"idempotency key {key!r} was used by delivery {first.id} ({first.status})", None)
+            return _plain_row(
+                conn,
+                member_id,
+                template,
+                category,
+                now,
+                Status.DUPLICATE,
+                ReasonCode.DUPLICATE_KEY,
+                f"idempotency key {key!r} was used by delivery {first.id} ({first.status})",
+                None,
+            )
         why_not = problem(settings, conn, member_id, template, data)
         if why_not is not None:
             code, text = why_not
@@ -107,19 +127,40 @@ def _decide(
             return _plain_row(conn, member_id, template, category, now, Status.FAILED, code, text, key)
         member_zone = conn.execute(select(members.c.timezone).where(members.c.id == member_id)).scalar()
         campaign = CampaignSettings(
-            segment="(every member)", template=template, category=category,
+            segment="(every member)",
+            template=template,
+            category=category,
             channels=triggered_channels(settings, template),
         )
-        ctx = make_context(settings, None, f"triggered:{template}", campaign, SegmentSettings(), now,
-                           _zones(member_zone, settings.program.timezone), idempotency_key=key, data=data)
+        ctx = make_context(
+            settings,
+            None,
+            f"triggered:{template}",
+            campaign,
+            SegmentSettings(),
+            now,
+            _zones(member_zone, settings.program.timezone),
+            idempotency_key=key,
+            data=data,
+        )
         decide_chunk(conn, settings, ctx, (member_id, member_id))
         row = conn.execute(
-            select(deliveries.c.id, deliveries.c.member_id, deliveries.c.status, deliveries.c.reason, deliveries.c.send_at)
-            .where(deliveries.c.idempotency_key == key)
+            select(deliveries.c.id, deliveries.c.member_id, deliveries.c.status, deliveries.c.reason, deliveries.c.send_at).where(
+                deliveries.c.idempotency_key == key
+            )
         ).one()
         if row.member_id != member_id:
-            return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE, ReasonCode.DUPLICATE_KEY,
-                              f"idempotency key {key!r} was used by delivery {row.id} ({row.status})", None)
+            return _plain_row(
+                conn,
+                member_id,
+                template,
+                category,
+                now,
+                Status.DUPLICATE,
+                ReasonCode.DUPLICATE_KEY,
+                f"idempotency key {key!r} was used by delivery {row.id} ({row.status})",
+                None,
+            )
     return Decided(row.id, row.status, row.reason, row.send_at)
 
 
@@ -135,14 +176,34 @@ def _zones(member_zone: str | None, program_zone: str) -> tuple[str, ...]:
 
 
 def _plain_row(
-    conn: Connection, member_id: int, template: str, category: str, now: datetime, status: Status,
-    code: ReasonCode, reason: str, key: str | None,
+    conn: Connection,
+    member_id: int,
+    template: str,
+    category: str,
+    now: datetime,
+    status: Status,
+    code: ReasonCode,
+    reason: str,
+    key: str | None,
 ) -> Decided:
-    delivery_id = conn.execute(
+    delivery_id: int = conn.execute(
         insert(deliveries)
-        .values(run_id=None, member_id=member_id, channel=None, category=category, template=template[:100],
-                status=status.value, reason=reason[:500], reason_code=code.value, holds_slot=False, send_at=now, created_at=now,
-                updated_at=now, attempts=0, idempotency_key=key)
+        .values(
+            run_id=None,
+            member_id=member_id,
+            channel=None,
+            category=category,
+            template=template[:100],
+            status=status.value,
+            reason=reason[:500],
+            reason_code=code.value,
+            holds_slot=False,
+            send_at=now,
+            created_at=now,
+            updated_at=now,
+            attempts=0,
+            idempotency_key=key,
+        )
         .returning(deliveries.c.id)
     ).scalar_one()
     return Decided(delivery_id, status.value, reason, now)

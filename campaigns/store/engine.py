@@ -110,7 +110,7 @@ def _bucket_sqlite(element: holdout_bucket, compiler: Any, **kw: Any) -> str:
     return f"lc_bucket({compiler.process(element.clauses, **kw)})"
 
 
-def upsert_insert(conn: Connection, table: Table):  # type: ignore[no-untyped-def]
+def upsert_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """``INSERT`` for ``table`` in the connection's dialect, with ``on_conflict_do_nothing``."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -128,5 +128,7 @@ def in_ids(conn: Connection, column: Any, ids: Sequence[int]) -> ColumnElement[b
     alone was 3% of a sending worker's time).
     """
     if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(column.type)))
-    return column.in_(ids)
+        matches: ColumnElement[bool] = column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(column.type)))
+        return matches
+    within: ColumnElement[bool] = column.in_(ids)
+    return within

@@ -14,7 +14,7 @@ which has no time zone type: values go in converted to UTC and come out UTC-awar
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(
@@ -56,20 +57,20 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[no-untyped-def]
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: loyalcast stores aware UTC timestamps only")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # type: ignore[no-untyped-def]
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 # --- the program's tables (read only) ---------------------------------------------
@@ -148,15 +149,18 @@ deliveries = Table(
     Column("template", String(100), nullable=False),
     Column("status", String(16), nullable=False),
     Column("reason", String(500), nullable=False, server_default=""),
-    Column("reason_code", String(32), nullable=False, server_default="legacy",
-           comment="closed set: campaigns.store.ledger.ReasonCode"),
+    Column(
+        "reason_code",
+        String(32),
+        nullable=False,
+        server_default="legacy",
+        comment="closed set: campaigns.store.ledger.ReasonCode",
+    ),
     Column("cap_rule", String(200), nullable=True, comment="the cap rule that capped or deferred the row"),
     Column("address", String(320), nullable=True, comment="email, E.164 phone or chat id used"),
-    Column("holds_slot", Boolean, nullable=False, server_default=text("false"),
-           comment="counts against frequency caps"),
+    Column("holds_slot", Boolean, nullable=False, server_default=text("false"), comment="counts against frequency caps"),
     Column("send_at", UTCDateTime, nullable=False, comment="when the message is due"),
-    Column("deferred_from", UTCDateTime, nullable=True,
-           comment="when it would have been due had a cap not deferred it"),
+    Column("deferred_from", UTCDateTime, nullable=True, comment="when it would have been due had a cap not deferred it"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime, nullable=True),

@@ -9,7 +9,7 @@ other (a second scheduler, a rerun, a redelivered message) finds it claimed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import Engine, select
@@ -25,8 +25,8 @@ class RunState(StrEnum):
     """Where a run stands (``campaign_runs.state``; a closed set)."""
 
     PLANNING = "planning"  # claimed; its members are being decided
-    PLANNED = "planned"    # every member of the segment has a ledger decision
-    SKIPPED = "skipped"    # a missed scheduled occasion the catch-up policy did not run
+    PLANNED = "planned"  # every member of the segment has a ledger decision
+    SKIPPED = "skipped"  # a missed scheduled occasion the catch-up policy did not run
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,29 @@ def occasion_for(settings: Settings, as_of: datetime) -> str:
 
 
 def insert_run(
-    conn: Connection, campaign: str, occasion: str, *, as_of: datetime, started_by: str,
-    state: RunState = RunState.PLANNING, note: str = "", dry_run: bool = False,
+    conn: Connection,
+    campaign: str,
+    occasion: str,
+    *,
+    as_of: datetime,
+    started_by: str,
+    state: RunState = RunState.PLANNING,
+    note: str = "",
+    dry_run: bool = False,
 ) -> int | None:
     """Insert the run row; return its id, or None when the occasion was claimed before."""
     inserted: int | None = conn.execute(
         upsert_insert(conn, campaign_runs)
-        .values(campaign=campaign, occasion=occasion, as_of=as_of, started_at=datetime.now(timezone.utc),
-                started_by=started_by, dry_run=dry_run, state=state.value, note=note)
+        .values(
+            campaign=campaign,
+            occasion=occasion,
+            as_of=as_of,
+            started_at=datetime.now(UTC),
+            started_by=started_by,
+            dry_run=dry_run,
+            state=state.value,
+            note=note,
+        )
         .on_conflict_do_nothing()
         .returning(campaign_runs.c.id)
     ).scalar()

@@ -68,13 +68,32 @@ def sample_recipients(
     with engine.connect() as conn:
         found = conn.execute(query.order_by(*order).limit(1)).first()
     if found is not None:
-        samples.append((Recipient(
-            member_id=found.id, first_name=found.first_name, locale=locale, timezone=found.timezone, tier=found.tier,
-            balance=float(found.balance), campaign=campaign, occasion="check", as_of=as_of,
-        ), None))
+        samples.append(
+            (
+                Recipient(
+                    member_id=found.id,
+                    first_name=found.first_name,
+                    locale=locale,
+                    timezone=found.timezone,
+                    tier=found.tier,
+                    balance=float(found.balance),
+                    campaign=campaign,
+                    occasion="check",
+                    as_of=as_of,
+                ),
+                None,
+            )
+        )
     synthetic = Recipient(
-        member_id=0, first_name=SYNTHETIC_NAMES.get(locale, "Alexandra-Victoria"), locale=locale,
-        timezone=program.timezone, tier="gold", balance=123_456.5, campaign=campaign, occasion="check", as_of=as_of,
+        member_id=0,
+        first_name=SYNTHETIC_NAMES.get(locale, "Alexandra-Victoria"),
+        locale=locale,
+        timezone=program.timezone,
+        tier="gold",
+        balance=123_456.5,
+        campaign=campaign,
+        occasion="check",
+        as_of=as_of,
     )
     lots: Lots = [(as_of + timedelta(days=d), points) for d, points in ((3, 1_250), (17, 12_345), (29, 101))]
     samples.append((synthetic, lots))
@@ -98,11 +117,16 @@ def check_templates(engine: Engine, messages: MessageBuilder, as_of: datetime) -
                     localized = root / name / locale / part
                     fallback = root / name / program.default_locale / part
                     if locale != program.default_locale and not localized.is_file() and fallback.is_file():
-                        findings.append(Finding("missing_locale", f"{name}/{locale}/{part}",
-                                                f"missing; {locale} members get {name}/{program.default_locale}/{part}"))
-            campaign_names: list[str | None] = list(users.get(name, [])) or [None]
-            for campaign_name in campaign_names:
-                for recipient, lots in sample_recipients(engine, settings, locale, as_of, campaign_name):
+                        findings.append(
+                            Finding(
+                                "missing_locale",
+                                f"{name}/{locale}/{part}",
+                                f"missing; {locale} members get {name}/{program.default_locale}/{part}",
+                            )
+                        )
+            using: list[str | None] = list(users.get(name, [])) or [None]
+            for user in using:
+                for recipient, lots in sample_recipients(engine, settings, locale, as_of, user):
                     if lots is None:
                         lots = member_lots(engine, recipient.member_id, as_of)
                     findings += _render_findings(messages, recipient, lots, name, channels, locale)
@@ -128,8 +152,9 @@ def _render_findings(
             part = channel_spec(channel).parts[0]
             localized = root / name / locale / part
             where = f"{name}/{locale}/{part}" if localized.is_file() else f"{name}/{part}"
-            findings.append(Finding(f"{channel}_budget", where,
-                                    f"{preview.over_budget} ({recipient.campaign or 'no campaign'}, {who})"))
+            findings.append(
+                Finding(f"{channel}_budget", where, f"{preview.over_budget} ({recipient.campaign or 'no campaign'}, {who})")
+            )
     return findings
 
 

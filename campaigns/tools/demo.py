@@ -13,10 +13,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.engine import Connection
 
 from campaigns.store.engine import upsert_insert
 from campaigns.store.models import (
@@ -29,26 +30,113 @@ from campaigns.store.models import (
 )
 
 RU_FIRST_NAMES = (
-    "Анна", "Мария", "Елена", "Ольга", "Наталья", "Екатерина", "Татьяна", "Юлия", "Ирина", "Светлана",
-    "Иван", "Дмитрий", "Сергей", "Алексей", "Андрей", "Михаил", "Павел", "Никита", "Артём", "Владимир",
+    "Анна",
+    "Мария",
+    "Елена",
+    "Ольга",
+    "Наталья",
+    "Екатерина",
+    "Татьяна",
+    "Юлия",
+    "Ирина",
+    "Светлана",
+    "Иван",
+    "Дмитрий",
+    "Сергей",
+    "Алексей",
+    "Андрей",
+    "Михаил",
+    "Павел",
+    "Никита",
+    "Артём",
+    "Владимир",
 )
 EN_FIRST_NAMES = ("Emma", "Olivia", "Amelia", "Sophie", "Grace", "Oliver", "Jack", "Harry", "George", "Noah")
 RU_ZONES = (
-    ("Europe/Moscow", 40), ("Europe/Kaliningrad", 4), ("Europe/Samara", 6), ("Asia/Yekaterinburg", 10),
-    ("Asia/Omsk", 4), ("Asia/Novosibirsk", 8), ("Asia/Krasnoyarsk", 6), ("Asia/Irkutsk", 4),
-    ("Asia/Yakutsk", 2), ("Asia/Vladivostok", 6), (None, 5),
+    ("Europe/Moscow", 40),
+    ("Europe/Kaliningrad", 4),
+    ("Europe/Samara", 6),
+    ("Asia/Yekaterinburg", 10),
+    ("Asia/Omsk", 4),
+    ("Asia/Novosibirsk", 8),
+    ("Asia/Krasnoyarsk", 6),
+    ("Asia/Irkutsk", 4),
+    ("Asia/Yakutsk", 2),
+    ("Asia/Vladivostok", 6),
+    (None, 5),
 )
 ABROAD_ZONES = ("Europe/Berlin", "Europe/London", "Asia/Dubai", "America/New_York", "Asia/Almaty")
 TIERS = (("basic", 70), ("silver", 20), ("gold", 10))
 SEGMENTS = (("rfm_champions", 0.06), ("rfm_at_risk", 0.12), ("kaism_a", 0.2))
 TRANSLIT = str.maketrans(
-    {"А": "A", "а": "a", "Б": "B", "б": "b", "В": "V", "в": "v", "Г": "G", "г": "g", "Д": "D", "д": "d",
-     "Е": "E", "е": "e", "Ж": "Zh", "ж": "zh", "З": "Z", "з": "z", "И": "I", "и": "i", "Й": "Y", "й": "y",
-     "К": "K", "к": "k", "Л": "L", "л": "l", "М": "M", "м": "m", "Н": "N", "н": "n", "О": "O", "о": "o",
-     "П": "P", "п": "p", "Р": "R", "р": "r", "С": "S", "с": "s", "Т": "T", "т": "t", "У": "U", "у": "u",
-     "Ф": "F", "ф": "f", "Х": "Kh", "х": "kh", "Ц": "Ts", "ц": "ts", "Ч": "Ch", "ч": "ch", "Ш": "Sh",
-     "ш": "sh", "Щ": "Sch", "щ": "sch", "Ы": "Y", "ы": "y", "Э": "E", "э": "e", "Ю": "Yu", "ю": "yu",
-     "Я": "Ya", "я": "ya", "Ь": "", "ь": "", "Ъ": "", "ъ": "", "Ё": "E", "ё": "e"}
+    {
+        "А": "A",
+        "а": "a",
+        "Б": "B",
+        "б": "b",
+        "В": "V",
+        "в": "v",
+        "Г": "G",
+        "г": "g",
+        "Д": "D",
+        "д": "d",
+        "Е": "E",
+        "е": "e",
+        "Ж": "Zh",
+        "ж": "zh",
+        "З": "Z",
+        "з": "z",
+        "И": "I",
+        "и": "i",
+        "Й": "Y",
+        "й": "y",
+        "К": "K",
+        "к": "k",
+        "Л": "L",
+        "л": "l",
+        "М": "M",
+        "м": "m",
+        "Н": "N",
+        "н": "n",
+        "О": "O",
+        "о": "o",
+        "П": "P",
+        "п": "p",
+        "Р": "R",
+        "р": "r",
+        "С": "S",
+        "с": "s",
+        "Т": "T",
+        "т": "t",
+        "У": "U",
+        "у": "u",
+        "Ф": "F",
+        "ф": "f",
+        "Х": "Kh",
+        "х": "kh",
+        "Ц": "Ts",
+        "ц": "ts",
+        "Ч": "Ch",
+        "ч": "ch",
+        "Ш": "Sh",
+        "ш": "sh",
+        "Щ": "Sch",
+        "щ": "sch",
+        "Ы": "Y",
+        "ы": "y",
+        "Э": "E",
+        "э": "e",
+        "Ю": "Yu",
+        "ю": "yu",
+        "Я": "Ya",
+        "я": "ya",
+        "Ь": "",
+        "ь": "",
+        "Ъ": "",
+        "ъ": "",
+        "Ё": "E",
+        "ё": "e",
+    }
 )
 INSERT_CHUNK = 5_000
 
@@ -62,12 +150,18 @@ class SeedReport:
     skipped: bool = False
 
 
+Row = dict[str, Any]
+"""One row to insert into a program table."""
+
+
 def _weighted(rng: random.Random, choices: tuple[tuple[Any, int], ...]) -> Any:
-    values, weights = zip(*choices)
+    values, weights = zip(*choices, strict=True)
     return rng.choices(values, weights=weights, k=1)[0]
 
 
-def generate(count: int, *, now: datetime, seed: int = 42) -> Iterator[tuple[dict, dict, list[dict], list[str]]]:
+def generate(
+    count: int, *, now: datetime, seed: int = 42
+) -> Iterator[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], list[str]]]:
     """Yield ``(member, balance, expirations, segments)`` for members 1..count."""
     rng = random.Random(seed)
     for member_id in range(1, count + 1):
@@ -95,7 +189,9 @@ def generate(count: int, *, now: datetime, seed: int = 42) -> Iterator[tuple[dic
             "email_consent": email is not None and rng.random() < 0.7,
             "sms_consent": phone is not None and rng.random() < 0.6,
             "telegram_consent": chat_id is not None and rng.random() < 0.85,
-            "last_purchase_at": None if days_since_purchase is None else now - timedelta(days=days_since_purchase, minutes=rng.randrange(1440)),
+            "last_purchase_at": None
+            if days_since_purchase is None
+            else now - timedelta(days=days_since_purchase, minutes=rng.randrange(1440)),
         }
         points = 0 if rng.random() < 0.1 else int(min(rng.lognormvariate(6.3, 1.0), 50_000))
         lots = []
@@ -105,11 +201,13 @@ def generate(count: int, *, now: datetime, seed: int = 42) -> Iterator[tuple[dic
                 break
             lot = rng.randrange(50, max(51, min(remaining, 2_000)))
             remaining -= lot
-            lots.append({
-                "member_id": member_id,
-                "points": lot,
-                "expires_at": now + timedelta(days=rng.randrange(1, 61), hours=rng.randrange(24)),
-            })
+            lots.append(
+                {
+                    "member_id": member_id,
+                    "points": lot,
+                    "expires_at": now + timedelta(days=rng.randrange(1, 61), hours=rng.randrange(24)),
+                }
+            )
         segments = [name for name, share in SEGMENTS if rng.random() < share]
         yield member, {"member_id": member_id, "points": points}, lots, segments
 
@@ -127,14 +225,17 @@ def _purchase_gap(rng: random.Random) -> int | None:
 
 def seed(engine: Engine, count: int, *, now: datetime | None = None, seed_value: int = 42, force: bool = False) -> SeedReport:
     """Fill the program's tables with ``count`` demo members (skips if members exist, unless ``force``)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     with engine.begin() as conn:
         existing = conn.execute(select(func.count()).select_from(members)).scalar_one()
         if existing and not force:
             return SeedReport(existing, 0, 0, 0, skipped=True)
         for table in SOURCE_TABLES:
             conn.execute(delete(table))
-        member_rows, balance_rows, lot_rows, segment_rows = [], [], [], []
+        member_rows: list[dict[str, Any]] = []
+        balance_rows: list[dict[str, Any]] = []
+        lot_rows: list[dict[str, Any]] = []
+        segment_rows: list[dict[str, Any]] = []
         totals = [0, 0, 0]
         unsubscribed = []
         for member, balance, lots, segments in generate(count, now=now, seed=seed_value):
@@ -143,11 +244,13 @@ def seed(engine: Engine, count: int, *, now: datetime | None = None, seed_value:
             lot_rows.extend(lots)
             segment_rows.extend({"segment": name, "member_id": member["id"]} for name in segments)
             if member["email"] and member["email_consent"] and member["id"] % 23 == 0:
-                unsubscribed.append({"channel": "email", "address": member["email"],
-                                     "reason": "unsubscribed (demo data)", "created_at": now})
+                unsubscribed.append(
+                    {"channel": "email", "address": member["email"], "reason": "unsubscribed (demo data)", "created_at": now}
+                )
             if member["phone"] and member["sms_consent"] and member["id"] % 19 == 0:
-                unsubscribed.append({"channel": "sms", "address": member["phone"],
-                                     "reason": "complained (demo data)", "created_at": now})
+                unsubscribed.append(
+                    {"channel": "sms", "address": member["phone"], "reason": "complained (demo data)", "created_at": now}
+                )
             if len(member_rows) >= INSERT_CHUNK:
                 _flush(conn, member_rows, balance_rows, lot_rows, segment_rows, totals)
         _flush(conn, member_rows, balance_rows, lot_rows, segment_rows, totals)
@@ -156,9 +259,20 @@ def seed(engine: Engine, count: int, *, now: datetime | None = None, seed_value:
     return SeedReport(count, totals[1], totals[2], len(unsubscribed))
 
 
-def _flush(conn, member_rows, balance_rows, lot_rows, segment_rows, totals) -> None:  # type: ignore[no-untyped-def]
-    for table, rows in ((members, member_rows), (balances, balance_rows),
-                        (point_expirations, lot_rows), (segment_members, segment_rows)):
+def _flush(
+    conn: Connection,
+    member_rows: list[Row],
+    balance_rows: list[Row],
+    lot_rows: list[Row],
+    segment_rows: list[Row],
+    totals: list[int],
+) -> None:
+    for table, rows in (
+        (members, member_rows),
+        (balances, balance_rows),
+        (point_expirations, lot_rows),
+        (segment_members, segment_rows),
+    ):
         if rows:
             conn.execute(insert(table), rows)
     totals[0] += len(member_rows)

@@ -64,8 +64,17 @@ def members_by_id(engine: Engine, member_ids: list[int], campaign: str | None, a
         ).all()
     return {
         row.id: Member(
-            Recipient(member_id=row.id, first_name=row.first_name, locale=row.locale, timezone=row.timezone,
-                      tier=row.tier, balance=float(row.balance), campaign=campaign, occasion="preview", as_of=as_of),
+            Recipient(
+                member_id=row.id,
+                first_name=row.first_name,
+                locale=row.locale,
+                timezone=row.timezone,
+                tier=row.tier,
+                balance=float(row.balance),
+                campaign=campaign,
+                occasion="preview",
+                as_of=as_of,
+            ),
             contacts={spec.name: _text(row._mapping[spec.contact]) for spec in CHANNELS.values()},
             consents={spec.name: bool(row._mapping[spec.consent]) for spec in CHANNELS.values()},
         )
@@ -85,12 +94,12 @@ def lots_by_member(engine: Engine, member_ids: list[int], as_of: datetime) -> di
     """Point lots expiring after ``as_of`` of these members, in one query."""
     found: dict[int, Lots] = {member_id: [] for member_id in member_ids}
     with engine.connect() as conn:
-        for member_id, expires_at, points in conn.execute(
+        for lot in conn.execute(
             select(point_expirations.c.member_id, point_expirations.c.expires_at, point_expirations.c.points)
             .where(point_expirations.c.member_id.in_(member_ids), point_expirations.c.expires_at > as_of)
             .order_by(point_expirations.c.member_id, point_expirations.c.expires_at)
         ):
-            found[member_id].append((expires_at, float(points)))
+            found[lot.member_id].append((lot.expires_at, float(lot.points)))
     return found
 
 
@@ -124,15 +133,20 @@ def sample_data(settings: Settings, template: str) -> dict[str, Any] | None:
 
 
 def render_channel(
-    messages: MessageBuilder, recipient: Recipient, lots: Lots, template: str, channel: str,
+    messages: MessageBuilder,
+    recipient: Recipient,
+    lots: Lots,
+    template: str,
+    channel: str,
     data: dict[str, Any] | None = None,
 ) -> ChannelPreview:
     """Render one channel for a recipient; errors become part of the preview. A
     recipient without a campaign renders with ``data``, else the template's ``sample.json``."""
     steps = ladder_steps(messages.settings, recipient, lots)
     if steps == []:
-        return ChannelPreview(channel, "", None, None,
-                              nothing_due=f"no reminder of {recipient.campaign} is due for this member now")
+        return ChannelPreview(
+            channel, "", None, None, nothing_due=f"no reminder of {recipient.campaign} is due for this member now"
+        )
     try:
         if data is None and not recipient.campaign:
             data = sample_data(messages.settings, template)
@@ -159,7 +173,11 @@ def reachability(engine: Engine, member: Member, channel: str) -> str:
 
 
 def preview_member(
-    engine: Engine, messages: MessageBuilder, campaign_name: str, member_id: int, as_of: datetime,
+    engine: Engine,
+    messages: MessageBuilder,
+    campaign_name: str,
+    member_id: int,
+    as_of: datetime,
     channels: list[str] | None = None,
 ) -> list[ChannelPreview]:
     """Every channel of the campaign (or ``channels``), rendered for the member as of ``as_of``."""
@@ -187,8 +205,13 @@ class SegmentEstimate:
 
 
 def estimate_segments(
-    engine: Engine, messages: MessageBuilder, campaign_name: str, channel: str, member_ids: list[int],
-    recipients: int, as_of: datetime,
+    engine: Engine,
+    messages: MessageBuilder,
+    campaign_name: str,
+    channel: str,
+    member_ids: list[int],
+    recipients: int,
+    as_of: datetime,
 ) -> SegmentEstimate:
     """Render ``channel``'s message for ``member_ids`` (a sample of ``recipients``) and
     extrapolate its segments and cost."""

@@ -20,8 +20,10 @@ def preview_page(member_id: int, campaign: str, previews: list[ChannelPreview]) 
             body = f'<p class="error">{e(preview.problem)}</p>'
         elif kind is MessageKind.LETTER and preview.rendered:
             inner = preview.rendered.html or f"<pre>{e(preview.rendered.text or '')}</pre>"
-            body = (f'<p class="subject">{e(preview.rendered.subject or "")}</p>'
-                    f'<iframe title="{e(preview.channel)}" sandbox="" srcdoc="{e(inner, quote=True)}"></iframe>')
+            body = (
+                f'<p class="subject">{e(preview.rendered.subject or "")}</p>'
+                f'<iframe title="{e(preview.channel)}" sandbox="" srcdoc="{e(inner, quote=True)}"></iframe>'
+            )
             if preview.rendered.text:
                 body += f"<details><summary>text part</summary><pre>{e(preview.rendered.text)}</pre></details>"
         elif kind is MessageKind.TEXT and preview.rendered:

@@ -64,8 +64,8 @@ def run_report(engine: Engine, run_id: int) -> RunReport | None:
             .group_by(deliveries.c.status, deliveries.c.channel)
         ).all()
     report = RunReport(run.id, run.campaign, run.occasion, run.as_of, run.state)
-    for status, channel, count in rows:
-        report.counts.setdefault(status, {})[channel or NO_CHANNEL] = count
+    for row in rows:
+        report.counts.setdefault(row.status, {})[row.channel or NO_CHANNEL] = row[2]
     return report
 
 

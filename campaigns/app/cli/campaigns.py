@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,14 +62,18 @@ def run(
         runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
         later, first = waiting(application.engine, claimed.id, as_of)
         if later:
-            err.print(f"{later} deliveries are due later (quiet hours, send_at_local or deferred by a cap), "
-                      f"the first at {when(first)}; they wait in the ledger: run this occasion again after that, "
-                      f"or use a Redis broker with `loyalcast worker`")
+            err.print(
+                f"{later} deliveries are due later (quiet hours, send_at_local or deferred by a cap), "
+                f"the first at {when(first)}; they wait in the ledger: run this occasion again after that, "
+                f"or use a Redis broker with `loyalcast worker`"
+            )
     elif wait:
         _follow(application, claimed.id, as_of)
     else:
-        err.print(f"run {claimed.id} enqueued on {application.settings.broker_url.split('@')[-1]}; "
-                  f"follow it with `loyalcast report --run {claimed.id}`")
+        err.print(
+            f"run {claimed.id} enqueued on {application.settings.broker_url.split('@')[-1]}; "
+            f"follow it with `loyalcast report --run {claimed.id}`"
+        )
     report = run_report(application.engine, claimed.id)
     assert report is not None
     print_report(report, as_json)
@@ -95,26 +99,49 @@ def plan(
     for channel, sample in result.samples.items():
         recipients = result.counts.get("queued", {}).get(channel, 0)
         if recipients:
-            estimates[channel] = estimate_segments(application.engine, application.messages, campaign, channel,
-                                                   sample, recipients, as_of)
+            estimates[channel] = estimate_segments(
+                application.engine, application.messages, campaign, channel, sample, recipients, as_of
+            )
     if as_json:
         document: dict[str, object] = {
-            "campaign": result.campaign, "occasion": result.occasion, "as_of": as_of.isoformat(),
-            "already_run": result.already_run, "counts": result.counts,
-            "lines": [{"status": line.status, "channel": line.channel, "detail": line.detail, "members": line.members,
-                       "first_due": iso(line.first_due), "last_due": iso(line.last_due)} for line in result.lines],
+            "campaign": result.campaign,
+            "occasion": result.occasion,
+            "as_of": as_of.isoformat(),
+            "already_run": result.already_run,
+            "counts": result.counts,
+            "lines": [
+                {
+                    "status": line.status,
+                    "channel": line.channel,
+                    "detail": line.detail,
+                    "members": line.members,
+                    "first_due": iso(line.first_due),
+                    "last_due": iso(line.last_due),
+                }
+                for line in result.lines
+            ],
         }
         # One key per channel billed per segment (e.g. "sms"), null when nothing goes there.
         for channel in result.samples:
             estimate = estimates.get(channel)
-            document[channel] = None if estimate is None else {
-                "recipients": estimate.recipients, "sampled": estimate.sampled, "segments": estimate.segments,
-                "cost": estimate.cost, "currency": estimate.currency}
+            document[channel] = (
+                None
+                if estimate is None
+                else {
+                    "recipients": estimate.recipients,
+                    "sampled": estimate.sampled,
+                    "segments": estimate.segments,
+                    "cost": estimate.cost,
+                    "currency": estimate.currency,
+                }
+            )
         out.print_json(json.dumps(document, ensure_ascii=False))
         return
     if result.already_run is not None:
-        out.print(f"occasion {result.occasion!r} of {campaign} was decided by run {result.already_run}: "
-                  f"a run would decide nothing new (see `loyalcast report --run {result.already_run}`)")
+        out.print(
+            f"occasion {result.occasion!r} of {campaign} was decided by run {result.already_run}: "
+            f"a run would decide nothing new (see `loyalcast report --run {result.already_run}`)"
+        )
         return
     table = Table(title=f"plan: {campaign} · occasion {result.occasion} · as of {when(as_of)} (nothing reserved)")
     for column in ("decision", "channel", "members", "detail", "due"):
@@ -127,10 +154,15 @@ def plan(
     table.add_row("all", "", str(sum(line.members for line in result.lines)), "", "", style="bold")
     out.print(table)
     for channel, estimate in estimates.items():
-        how = ("rendered for every recipient" if estimate.sampled == estimate.recipients
-               else f"estimated from {estimate.sampled} rendered")
-        out.print(f"{channel_spec(channel).label}: {estimate.recipients} messages, {estimate.segments} segments, "
-                  f"about {estimate.cost:,.2f} {estimate.currency} ({how})")
+        how = (
+            "rendered for every recipient"
+            if estimate.sampled == estimate.recipients
+            else f"estimated from {estimate.sampled} rendered"
+        )
+        out.print(
+            f"{channel_spec(channel).label}: {estimate.recipients} messages, {estimate.segments} segments, "
+            f"about {estimate.cost:,.2f} {estimate.currency} ({how})"
+        )
 
 
 @app.command("preview")
@@ -151,8 +183,7 @@ def preview(
     if channel is not None and channel not in spec.channels:
         raise LoyalcastError(f"campaign {campaign} does not use channel {channel!r} (it uses {', '.join(spec.channels)})")
     as_of = parse_now(now, application.settings.program.timezone)
-    previews = preview_member(application.engine, application.messages, campaign, member, as_of,
-                              [channel] if channel else None)
+    previews = preview_member(application.engine, application.messages, campaign, member, as_of, [channel] if channel else None)
     for item in previews:
         out.rule(f"{item.channel} · reachable: {item.reachable}")
         if item.problem:
@@ -178,7 +209,7 @@ def check() -> None:
 
     application = configured_app()
     require_schema(application)
-    findings = check_templates(application.engine, application.messages, datetime.now(timezone.utc))
+    findings = check_templates(application.engine, application.messages, datetime.now(UTC))
     for finding in findings:
         print(f"{finding.kind}: {finding}")
     if findings:
@@ -194,8 +225,14 @@ def _follow(application: runtime.App, run_id: int, as_of: datetime, poll_s: floa
     deliveries that quiet hours or caps put hours or days later.
     """
     started = time.monotonic()
-    with Progress(TextColumn("[bold]run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as progress:
+    with Progress(
+        TextColumn("[bold]run {task.fields[run]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
         task = progress.add_task("planning", total=None, run=run_id)
         while True:
             report = run_report(application.engine, run_id)
@@ -219,7 +256,7 @@ def send(
     member_id: Annotated[int, typer.Argument(help="Member id.")],
     template: Annotated[str, typer.Argument(help="Template folder, e.g. points_credited.")],
     data: Annotated[str, typer.Option(help="Template data as a JSON object.")] = "{}",
-    key: Annotated[str, typer.Option(help="Idempotency key: the same key sends once.")] = ...,  # type: ignore[assignment]
+    key: Annotated[str, typer.Option(help="Idempotency key: the same key sends once.")] = ...,  # type: ignore[assignment]  # Typer's spelling of a required option
     category: Annotated[Optional[str], typer.Option(help="Message category (default: triggered.category).")] = None,
 ) -> None:
     """Send one triggered message (what another service does with send_triggered)."""
@@ -238,7 +275,7 @@ def send(
     channels = triggered_channels(application.settings, template)
     if not channels:
         raise LoyalcastError(f"unknown template {template!r}: no texts under {application.settings.templates_path / template}")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     member = member_by_id(application.engine, member_id, None, now)  # LoyalcastError for an unknown member
     lots = member_lots(application.engine, member_id, now)
     for channel in channels:
@@ -255,5 +292,6 @@ def send(
         return
     runtime.drain_in_process(broker, threads=1)
     last = [r for r in member_history(application.engine, member_id) if r["template"] == template][-1]
-    out.print(f"member {member_id}: {last['status']} on {last['channel'] or '-'} ({last['reason']})",
-              markup=False, highlight=False)
+    out.print(
+        f"member {member_id}: {last['status']} on {last['channel'] or '-'} ({last['reason']})", markup=False, highlight=False
+    )

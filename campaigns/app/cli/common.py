@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Optional
 from zoneinfo import ZoneInfo
 
@@ -60,19 +60,20 @@ def configured_app() -> runtime.App:
 
 def parse_now(value: str | None, program_zone: str) -> datetime:
     if value is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"not an ISO-8601 time: {value!r} (e.g. 2026-12-01T10:00+03:00)", param_hint="--now")
+        raise typer.BadParameter(f"not an ISO-8601 time: {value!r} (e.g. 2026-12-01T10:00+03:00)", param_hint="--now") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=ZoneInfo(program_zone))
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def require_schema(application: runtime.App) -> None:
     if not sa_inspect(application.engine).has_table("deliveries"):
         raise LoyalcastError("the database has no loyalcast tables yet: run `loyalcast db upgrade` first")
+
 
 suppressions_app = typer.Typer(help="Addresses that must not be contacted.", no_args_is_help=True)
 app.add_typer(suppressions_app, name="suppressions")
@@ -95,8 +96,9 @@ def print_report(report: RunReport, as_json: bool) -> None:
     for status in sorted(report.counts, key=status_order):
         per = report.counts[status]
         table.add_row(status, *(str(per.get(c, "")) for c in channels), str(sum(per.values())))
-    table.add_row("all", *(str(sum(report.counts[s].get(c, 0) for s in report.counts)) for c in channels),
-                  str(report.total), style="bold")
+    table.add_row(
+        "all", *(str(sum(report.counts[s].get(c, 0) for s in report.counts)) for c in channels), str(report.total), style="bold"
+    )
     out.print(table)
 
 

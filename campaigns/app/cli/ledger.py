@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Optional
 
 import typer
@@ -65,8 +65,14 @@ def why(
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row["campaign"] or f"{row['template']} (triggered)", row["occasion"] or "", row["channel"] or "-", row["status"],
-            row["reason"], when(row["send_at"]), when(row["sent_at"]), str(row["attempts"]),
+            row["campaign"] or f"{row['template']} (triggered)",
+            row["occasion"] or "",
+            row["channel"] or "-",
+            row["status"],
+            row["reason"],
+            when(row["send_at"]),
+            when(row["sent_at"]),
+            str(row["attempts"]),
         )
     out.print(table)
 
@@ -110,7 +116,7 @@ def suppressions_add(
     require_schema(application)
     channel = known_channel(channel)
     with application.engine.begin() as conn:
-        add_suppressions(conn, [{"channel": channel, "address": address, "reason": reason}], datetime.now(timezone.utc))
+        add_suppressions(conn, [{"channel": channel, "address": address, "reason": reason}], datetime.now(UTC))
     out.print(f"suppressed {channel} {address}", markup=False, highlight=False)
 
 

@@ -77,8 +77,13 @@ def fakes(
     (try real transports with examples/settings.fakes.toml)."""
     from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
 
-    faults = Faults(transient_rate=transient_rate, rate_limit_rate=rate_limit_rate, slow_seconds=slow_seconds,
-                    rejected=set(reject or []), blocked=set(block or []))
+    faults = Faults(
+        transient_rate=transient_rate,
+        rate_limit_rate=rate_limit_rate,
+        slow_seconds=slow_seconds,
+        rejected=set(reject or []),
+        blocked=set(block or []),
+    )
     smtp = FakeSmtpServer(smtp_port, faults).start()
     sms = FakeSmsGateway(sms_port, faults).start()
     telegram = FakeTelegramApi(telegram_port, faults).start()
@@ -93,7 +98,9 @@ def fakes(
     except KeyboardInterrupt:
         pass
     finally:
-        smtp.stop(); sms.stop(); telegram.stop()  # noqa: E702
+        smtp.stop()
+        sms.stop()
+        telegram.stop()
 
 
 # --- scheduler ------------------------------------------------------------------------
@@ -132,8 +139,12 @@ def scheduler(
     until = parse_now(replay_until, zone) if replay_until else start_at
     for decisions in runner.replay(start_at, until, timedelta(seconds=step)):
         for decision in decisions:
-            out.print(f"{decision.action} {decision.campaign} {decision.occasion} run {decision.run_id}"
-                      + (f" ({decision.reason})" if decision.reason else ""), markup=False, highlight=False)
+            out.print(
+                f"{decision.action} {decision.campaign} {decision.occasion} run {decision.run_id}"
+                + (f" ({decision.reason})" if decision.reason else ""),
+                markup=False,
+                highlight=False,
+            )
 
 
 # --- worker ---------------------------------------------------------------------------
@@ -142,9 +153,13 @@ def scheduler(
 @app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(
     ctx: typer.Context,
-    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes (default: 2 per core).")] = 2 * (os.cpu_count() or 1),
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes (default: 2 per core).")] = 2
+    * (os.cpu_count() or 1),
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 4,
-    queues: Annotated[Optional[list[str]], typer.Option("--queue", "-Q", help="Serve only this queue (repeat for more): triggered, plans, batches.")] = None,
+    queues: Annotated[
+        Optional[list[str]],
+        typer.Option("--queue", "-Q", help="Serve only this queue (repeat for more): triggered, plans, batches."),
+    ] = None,
 ) -> None:
     """Run Dramatiq worker processes for loyalcast's actors (extra options go to `dramatiq`)."""
     from dramatiq.cli import main as dramatiq_main

@@ -38,18 +38,33 @@ def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_constraint("fk_deliveries_run_id_campaign_runs", type_="foreignkey")
         batch.drop_constraint("uq_deliveries_idempotency_key", type_="unique")
-    op.create_index("uq_deliveries_idempotency_key", "deliveries", ["idempotency_key"], unique=True,
-                    postgresql_where=HAS_KEY, sqlite_where=HAS_KEY)
+    op.create_index(
+        "uq_deliveries_idempotency_key",
+        "deliveries",
+        ["idempotency_key"],
+        unique=True,
+        postgresql_where=HAS_KEY,
+        sqlite_where=HAS_KEY,
+    )
     op.drop_index("ix_deliveries_member_id", table_name="deliveries")
     op.drop_index("ix_deliveries_cap_window", table_name="deliveries")
-    op.create_index("ix_deliveries_member_caps", "deliveries", ["member_id", "channel", "category", "send_at"],
-                    postgresql_include=["holds_slot"])
+    op.create_index(
+        "ix_deliveries_member_caps",
+        "deliveries",
+        ["member_id", "channel", "category", "send_at"],
+        postgresql_include=["holds_slot"],
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_deliveries_member_caps", table_name="deliveries")
-    op.create_index("ix_deliveries_cap_window", "deliveries", ["member_id", "channel", "category", "send_at"],
-                    postgresql_where=HOLDS_SLOT, sqlite_where=HOLDS_SLOT)
+    op.create_index(
+        "ix_deliveries_cap_window",
+        "deliveries",
+        ["member_id", "channel", "category", "send_at"],
+        postgresql_where=HOLDS_SLOT,
+        sqlite_where=HOLDS_SLOT,
+    )
     op.create_index("ix_deliveries_member_id", "deliveries", ["member_id"])
     op.drop_index("uq_deliveries_idempotency_key", table_name="deliveries")
     with op.batch_alter_table("deliveries") as batch:

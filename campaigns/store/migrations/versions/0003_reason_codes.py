@@ -23,18 +23,35 @@ branch_labels = None
 depends_on = None
 
 _FROM_STATUS = {
-    "queued": "eligible", "sending": "eligible", "sent": "eligible", "delivered": "eligible",
-    "failed": "legacy", "held_out": "held_out", "capped": "capped", "no_consent": "no_consent",
-    "no_contact": "no_contact", "suppressed": "suppressed", "duplicate": "duplicate_key", "stale": "stale",
+    "queued": "eligible",
+    "sending": "eligible",
+    "sent": "eligible",
+    "delivered": "eligible",
+    "failed": "legacy",
+    "held_out": "held_out",
+    "capped": "capped",
+    "no_consent": "no_consent",
+    "no_contact": "no_contact",
+    "suppressed": "suppressed",
+    "duplicate": "duplicate_key",
+    "stale": "stale",
 }
 
 
 def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
-        batch.add_column(sa.Column("reason_code", sa.String(32), nullable=False, server_default="legacy",
-                                   comment="closed set: campaigns.store.ledger.ReasonCode"))
-        batch.add_column(sa.Column("cap_rule", sa.String(200), nullable=True,
-                                   comment="the cap rule that capped or deferred the row"))
+        batch.add_column(
+            sa.Column(
+                "reason_code",
+                sa.String(32),
+                nullable=False,
+                server_default="legacy",
+                comment="closed set: campaigns.store.ledger.ReasonCode",
+            )
+        )
+        batch.add_column(
+            sa.Column("cap_rule", sa.String(200), nullable=True, comment="the cap rule that capped or deferred the row")
+        )
     deliveries = sa.table("deliveries", sa.column("status", sa.String), sa.column("reason_code", sa.String))
     op.execute(
         deliveries.update().values(
