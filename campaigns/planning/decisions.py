@@ -1,4 +1,4 @@
-"""The SQL that decides one chunk of a campaign run, and the deferral step after it.
+"""The SQL that decides one chunk of a campaign run.
 
 ``decide_chunk`` runs inside the planner's chunk transaction, after the chunk's members
 are locked. One ``INSERT ... SELECT`` writes a ledger row per segment member, built in
@@ -13,21 +13,17 @@ four layers:
 4. the row: status, reason, whether it holds a cap slot.
 
 Time-zone arithmetic never happens in SQL: for every zone the members have, Python
-computes the send time and each rule's window once, and the SQL picks them with a
-``CASE`` on the member's zone. That keeps SQLite and PostgreSQL in agreement.
-
-Members whose first full rule says ``defer`` are inserted ``queued`` with
-``deferred_from`` set; ``defer_chunk`` then moves each to the moment its windows open
-(one query for the rows, one for their slot holders, one bulk update).
+computes the send time and each rule's window once (``context``), and the SQL picks
+them with a ``CASE`` on the member's zone. That keeps SQLite and PostgreSQL in
+agreement. Members whose first full rule says ``defer`` go on to ``deferral``.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import Counter
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BigInteger,
@@ -36,7 +32,6 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
-    bindparam,
     case,
     cast,
     exists,
@@ -46,30 +41,23 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    update,
 )
 from sqlalchemy.engine import Connection
 
 from campaigns.config.rules import CapRule
-from campaigns.config.sections import CampaignSettings, SegmentSettings
 from campaigns.config.settings import Settings
-from campaigns.config.values import ANY_CHANNEL, Clock, parse_clock
+from campaigns.config.values import ANY_CHANNEL
 from campaigns.planning import ladder
 from campaigns.planning.caps import (
-    leave_quiet_hours,
-    next_local_time,
-    next_opening,
     window_bounds,
 )
+from campaigns.planning.context import RunContext
+from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX, defer_chunk
 from campaigns.planning.segments import segment_query
 from campaigns.store.engine import BUCKETS, holdout_bucket, upsert_insert
 from campaigns.store.ledger import ReasonCode, Status
 from campaigns.store.models import UTCDateTime, deliveries, members, suppressions
 from channels.specs import channel_spec
-
-CAPPED_PREFIX = "cap "
-DEFERRED_PREFIX = "deferred by cap "
-"""How a capped or deferred row's reason starts, before the rule's name."""
 
 STATE_OK = "ok"
 STATE_NO_CONTACT = "no contact"
@@ -96,72 +84,6 @@ INSERTED_COLUMNS = [
     "idempotency_key",
     "data",
 ]
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every chunk of one run shares: the run, its campaign, and per-zone times.
-
-    A triggered message is a run of one: ``run_id`` None, a campaign made up of the
-    template, channels and category, every member as the segment, and the caller's
-    ``idempotency_key`` and ``data``.
-    """
-
-    run_id: int | None
-    campaign_name: str
-    campaign: CampaignSettings
-    segment: SegmentSettings
-    as_of: datetime
-    program_zone: str
-    zones: tuple[str, ...]
-    send_at: dict[str, dict[str, datetime]]
-    """``{channel: {zone: when a message planned at as_of is due}}``."""
-    idempotency_key: str | None = None
-    data: dict[str, Any] | None = None
-
-
-def member_zones(conn: Connection) -> list[str]:
-    """Valid IANA zones the members have (unknown names fall back to the program zone)."""
-    names: list[str] = list(conn.execute(select(members.c.timezone).where(members.c.timezone.is_not(None)).distinct()).scalars())
-    valid: list[str] = []
-    for name in names:
-        try:
-            ZoneInfo(name)
-            valid.append(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            continue
-    return sorted(valid)
-
-
-def run_context(conn: Connection, settings: Settings, run_id: int, campaign_name: str, as_of: datetime) -> RunContext:
-    campaign = settings.campaigns[campaign_name]
-    zones = tuple(sorted(set(member_zones(conn)) | {settings.program.timezone}))
-    return make_context(settings, run_id, campaign_name, campaign, settings.segments[campaign.segment], as_of, zones)
-
-
-def make_context(
-    settings: Settings,
-    run_id: int | None,
-    campaign_name: str,
-    campaign: CampaignSettings,
-    segment: SegmentSettings,
-    as_of: datetime,
-    zones: tuple[str, ...],
-    **extra: Any,
-) -> RunContext:
-    program_zone = settings.program.timezone
-    send_at: dict[str, dict[str, datetime]] = {}
-    for channel in campaign.channels:
-        quiet = settings.quiet_hours.window_for(channel, campaign.category)
-        per_zone = {}
-        for zone_name in zones:
-            zone = ZoneInfo(zone_name)
-            due = as_of
-            if campaign.send_at_local:
-                due = next_local_time(as_of, zone, parse_clock(campaign.send_at_local))
-            per_zone[zone_name] = leave_quiet_hours(due, zone, quiet)
-        send_at[channel] = per_zone
-    return RunContext(run_id, campaign_name, campaign, segment, as_of, program_zone, zones, send_at, **extra)
 
 
 def _per_zone(zone: ColumnElement[str], values: dict[str, Any], program_zone: str, type_: Any) -> ColumnElement[Any]:
@@ -414,95 +336,3 @@ def _is_full(settings: Settings, ctx: RunContext, channel: str, rule: CapRule, c
         conditions.append(deliveries.c.channel == channel)
     used = select(func.count()).select_from(deliveries).where(and_(*conditions)).scalar_subquery()
     return used >= rule.limit
-
-
-def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int]) -> int:
-    """Move the chunk's freshly deferred rows to when their cap windows open."""
-    pending = conn.execute(
-        select(
-            deliveries.c.id,
-            deliveries.c.member_id,
-            deliveries.c.channel,
-            deliveries.c.send_at,
-            deliveries.c.reason,
-            members.c.tier,
-            members.c.timezone,
-        )
-        .select_from(deliveries.join(members, members.c.id == deliveries.c.member_id))
-        .where(
-            deliveries.c.idempotency_key == ctx.idempotency_key if ctx.idempotency_key else deliveries.c.run_id == ctx.run_id,
-            deliveries.c.member_id.between(*member_range),
-            deliveries.c.status == Status.QUEUED.value,
-            deliveries.c.deferred_from.is_not(None),
-            deliveries.c.send_at == deliveries.c.deferred_from,
-        )
-    ).all()
-    if not pending:
-        return 0
-    category = ctx.campaign.category
-    holders: dict[int, list[tuple[str, str, datetime]]] = defaultdict(list)
-    for held in conn.execute(
-        select(deliveries.c.member_id, deliveries.c.channel, deliveries.c.category, deliveries.c.send_at).where(
-            deliveries.c.member_id.in_([row.member_id for row in pending]),
-            deliveries.c.holds_slot,
-            deliveries.c.id.not_in([row.id for row in pending]),
-        )
-    ):
-        holders[held.member_id].append((held.channel, held.category, held.send_at))
-
-    updates = []
-    for row in pending:
-        zone_name = row.timezone if row.timezone in ctx.zones else ctx.program_zone
-        zone = ZoneInfo(zone_name)
-        rules = settings.caps_for(row.channel, category, row.tier)
-        quiet = settings.quiet_hours.window_for(row.channel, category)
-
-        def counted(rule: CapRule, member_id: int = row.member_id, channel: str = row.channel) -> list[datetime]:
-            return [
-                when
-                for held_channel, held_category, when in holders[member_id]
-                if held_category == rule.category and (rule.channel == ANY_CHANNEL or held_channel == channel)
-            ]
-
-        def adjust(when: datetime, zone: ZoneInfo = zone, quiet: tuple[Clock, Clock] | None = quiet) -> datetime:
-            return leave_quiet_hours(when, zone, quiet)
-
-        opening = next_opening(rules, row.send_at, zone, counted, adjust=adjust)
-        if opening is None:
-            # The row's reason was written by decision_insert as DEFERRED_PREFIX + the rest.
-            reason = CAPPED_PREFIX + row.reason.removeprefix(DEFERRED_PREFIX) + "; no window opens within 400 days"
-            updates.append(
-                {
-                    "b_id": row.id,
-                    "b_status": Status.CAPPED.value,
-                    "b_holds": False,
-                    "b_send_at": row.send_at,
-                    "b_reason": reason[:500],
-                    "b_code": ReasonCode.CAP_NO_WINDOW.value,
-                }
-            )
-        else:
-            reason = f"{row.reason}; due {opening.isoformat(timespec='minutes')}"
-            updates.append(
-                {
-                    "b_id": row.id,
-                    "b_status": Status.QUEUED.value,
-                    "b_holds": True,
-                    "b_send_at": opening,
-                    "b_reason": reason[:500],
-                    "b_code": ReasonCode.CAP_DEFERRED.value,
-                }
-            )
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            holds_slot=bindparam("b_holds"),
-            send_at=bindparam("b_send_at"),
-            reason=bindparam("b_reason"),
-            reason_code=bindparam("b_code"),
-        ),
-        updates,
-    )
-    return len(updates)

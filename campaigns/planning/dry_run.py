@@ -10,12 +10,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from campaigns.config.settings import Settings
-from campaigns.planning.decisions import (
-    CAPPED_PREFIX,
-    DEFERRED_PREFIX,
-    decide_chunk,
-    run_context,
-)
+from campaigns.planning.context import run_context
+from campaigns.planning.decisions import decide_chunk
+from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX
 from campaigns.planning.planner import lock_members, member_chunks
 from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries

@@ -29,7 +29,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from campaigns.config.settings import Settings
-from campaigns.planning.decisions import RunContext, decide_chunk, run_context
+from campaigns.planning.context import RunContext, run_context
+from campaigns.planning.decisions import decide_chunk
 from campaigns.store.engine import upsert_insert
 from campaigns.store.models import campaign_runs, cap_locks, deliveries, members
 from campaigns.store.runs import RunState, load_run

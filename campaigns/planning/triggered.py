@@ -27,7 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from campaigns.config.sections import CampaignSettings, SegmentSettings
 from campaigns.config.settings import Settings
 from campaigns.config.templates import template_channels
-from campaigns.planning.decisions import decide_chunk, make_context
+from campaigns.planning.context import make_context
+from campaigns.planning.decisions import decide_chunk
 from campaigns.planning.planner import lock_members
 from campaigns.store.ledger import ReasonCode, Status
 from campaigns.store.models import deliveries, members
