@@ -95,17 +95,7 @@ def naive_send(member_id: int, run_id: int) -> None:
             )
             .returning(deliveries.c.id)
         ).scalar_one()
-    recipient = Recipient(
-        member_id=member_id,
-        first_name=member.first_name,
-        locale=member.locale,
-        timezone=member.timezone,
-        tier=member.tier,
-        balance=float(member.balance),
-        campaign=None,
-        occasion="naive",
-        as_of=now,
-    )
+    recipient = Recipient.from_row(member, member_id=member_id, campaign=None, occasion="naive", as_of=now)
     context = app.messages.context(recipient, channel, [])
     rendered = app.renderer.render("balance_reminder", channel, context)
     status = "sent"

@@ -558,7 +558,7 @@ def ceiling_worker(config: Path, share: str, threads: int) -> None:
     process sends every PROCESSES-th message of FILE starting at INDEX. Prints
     ``[start, end, sent, cpu]`` (epoch seconds, messages that reached a sink, CPU seconds
     of this process while sending)."""
-    from campaigns.config.settings import load_settings
+    from campaigns.config.loading import load_settings
     from channels import build_transport
     from channels.base import OutgoingMessage
     from channels.errors import ChannelError
@@ -758,7 +758,7 @@ def time_plans(config: Path, occasions: tuple[str, ...]) -> dict[str, dict]:
     """Plan the balance reminder once per occasion, in this process with nothing else
     running (segment through every ledger row, timed around ``plan_run``)."""
     os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
-    from campaigns.config.settings import load_settings
+    from campaigns.config.loading import load_settings
     from campaigns.planning.planner import plan_run
     from campaigns.store.engine import make_engine
     from campaigns.store.runs import claim_run

@@ -21,7 +21,8 @@ import tomli_w
 from sqlalchemy import create_engine, text
 
 from campaigns.app import runtime
-from campaigns.config.settings import Settings, load_settings
+from campaigns.config.loading import load_settings
+from campaigns.config.settings import Settings
 from campaigns.store import schema
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
-from campaigns.config.settings import load_settings
+from campaigns.config.loading import load_settings
 from campaigns.planning import triggered
 from campaigns.planning.planner import plan_run
 from campaigns.store.engine import make_engine

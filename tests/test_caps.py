@@ -273,7 +273,7 @@ def test_plan_reserves_nothing_and_matches_the_run(configured) -> None:
     ],
 )
 def test_meaningless_rules_are_rejected(write_settings, rule, expected) -> None:
-    from campaigns.config.settings import load_settings
+    from campaigns.config.loading import load_settings
 
     with pytest.raises(ConfigError) as caught:
         load_settings(write_settings({"caps": [rule]}))
@@ -281,7 +281,7 @@ def test_meaningless_rules_are_rejected(write_settings, rule, expected) -> None:
 
 
 def test_contradictory_rules_are_rejected(write_settings) -> None:
-    from campaigns.config.settings import load_settings
+    from campaigns.config.loading import load_settings
 
     path = write_settings(
         {

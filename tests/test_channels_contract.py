@@ -291,7 +291,7 @@ def test_configuration_errors_name_the_key(channel, transport, options, key, tmp
 
 
 def test_settings_report_transport_problems_at_start(write_settings) -> None:
-    from campaigns.config.settings import load_settings
+    from campaigns.config.loading import load_settings
     from campaigns.errors import ConfigError
 
     path = write_settings({"channels": {"telegram": {"transport": "telegram", "token_env": "LC_NOT_SET"}}})

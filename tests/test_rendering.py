@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHIPPED_SETTINGS
 
-from campaigns.config.settings import load_settings
+from campaigns.config.loading import load_settings
 from campaigns.delivery.rendering import Renderer
 from campaigns.errors import TemplateError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHIPPED_SETTINGS
 
-from campaigns.config.settings import load_settings
+from campaigns.config.loading import load_settings
 from campaigns.config.values import parse_duration
 from campaigns.errors import ConfigError
 

@@ -22,7 +22,8 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine
 
 from campaigns import metrics
-from campaigns.config.settings import CONFIG_ENV, Settings, config_path, load_settings
+from campaigns.config.loading import CONFIG_ENV, config_path, load_settings
+from campaigns.config.settings import Settings
 from campaigns.delivery.deliverer import Deliverer
 from campaigns.delivery.message import MessageBuilder
 from campaigns.delivery.rendering import Renderer

@@ -4,20 +4,18 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from babel import Locale
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from campaigns.config.settings import Settings
 from campaigns.config.templates import missing_parts
 from channels import TRANSPORTS, build_transport
 from channels.errors import ChannelConfigError
 from channels.specs import CHANNELS, channel_spec
-
-if TYPE_CHECKING:
-    from campaigns.config.settings import Settings
 
 
 def format_key_path(loc: tuple[Any, ...]) -> str:

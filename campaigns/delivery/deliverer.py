@@ -187,17 +187,8 @@ class Deliverer:
                 address=r.address,
                 attempts=r.attempts,
                 data=r.data,
-                recipient=Recipient(
-                    member_id=r.member_id,
-                    first_name=r.first_name,
-                    locale=r.locale,
-                    timezone=r.timezone,
-                    tier=r.tier,
-                    balance=float(r.balance),
-                    campaign=r.campaign,
-                    occasion=r.occasion,
-                    as_of=r.send_at,  # a message speaks for the moment it is due
-                ),
+                # a message speaks for the moment it is due
+                recipient=Recipient.from_row(r, member_id=r.member_id, campaign=r.campaign, occasion=r.occasion, as_of=r.send_at),
             )
             for r in conn.execute(query)
         ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -27,14 +26,6 @@ Lots = list[tuple[datetime, float]]
 
 Steps = list[tuple[date, int]]
 """The ``(expiry date, stage)`` pairs an expiring-points ladder reminder is about."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Why a message must not go out as rendered, for the ledger."""
-
-    stale: str | None = None
-    over_budget: str | None = None
 
 
 class MessageBuilder:

@@ -6,7 +6,7 @@ members they show); everything downstream reads attributes, never ``Any``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,8 +29,20 @@ class Recipient:
     as_of: datetime
     """The instant the message speaks for: when it is due (UTC)."""
 
-    def at(self, as_of: datetime) -> Recipient:
-        return replace(self, as_of=as_of)
+    @classmethod
+    def from_row(cls, row: Any, *, member_id: int, campaign: str | None, occasion: str | None, as_of: datetime) -> Recipient:
+        """From a row that has the members columns and ``balance`` (a query's result)."""
+        return cls(
+            member_id=member_id,
+            first_name=row.first_name,
+            locale=row.locale,
+            timezone=row.timezone,
+            tier=row.tier,
+            balance=float(row.balance),
+            campaign=campaign,
+            occasion=occasion,
+            as_of=as_of,
+        )
 
 
 @dataclass(frozen=True, slots=True)

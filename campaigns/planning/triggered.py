@@ -83,17 +83,7 @@ def decide(
         # The same key for another member (or an unknown one) won the unique index.
         with engine.begin() as conn:
             first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).one()
-            return _plain_row(
-                conn,
-                member_id,
-                template,
-                category,
-                now,
-                Status.DUPLICATE,
-                ReasonCode.DUPLICATE_KEY,
-                f"idempotency key {key!r} was used by delivery {first.id} ({first.status})",
-                None,
-            )
+            return _duplicate(conn, member_id, template, category, now, key, first)
 
 
 def _decide(
@@ -110,17 +100,7 @@ def _decide(
         lock_members(conn, (member_id, member_id))
         first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).first()
         if first is not None:
-            return _plain_row(
-                conn,
-                member_id,
-                template,
-                category,
-                now,
-                Status.DUPLICATE,
-                ReasonCode.DUPLICATE_KEY,
-                f"idempotency key {key!r} was used by delivery {first.id} ({first.status})",
-                None,
-            )
+            return _duplicate(conn, member_id, template, category, now, key, first)
         why_not = problem(settings, conn, member_id, template, data)
         if why_not is not None:
             code, text = why_not
@@ -151,17 +131,7 @@ def _decide(
             )
         ).one()
         if row.member_id != member_id:
-            return _plain_row(
-                conn,
-                member_id,
-                template,
-                category,
-                now,
-                Status.DUPLICATE,
-                ReasonCode.DUPLICATE_KEY,
-                f"idempotency key {key!r} was used by delivery {row.id} ({row.status})",
-                None,
-            )
+            return _duplicate(conn, member_id, template, category, now, key, row)
     return Decided(row.id, row.status, row.reason, row.send_at)
 
 
@@ -174,6 +144,12 @@ def _zones(member_zone: str | None, program_zone: str) -> tuple[str, ...]:
         except (ZoneInfoNotFoundError, ValueError):
             pass
     return tuple(sorted(zones))
+
+
+def _duplicate(conn: Connection, member_id: int, template: str, category: str, now: datetime, key: str, first: Any) -> Decided:
+    """A ``duplicate`` row pointing at ``first``, the delivery that used ``key``."""
+    reason = f"idempotency key {key!r} was used by delivery {first.id} ({first.status})"
+    return _plain_row(conn, member_id, template, category, now, Status.DUPLICATE, ReasonCode.DUPLICATE_KEY, reason, None)
 
 
 def _plain_row(

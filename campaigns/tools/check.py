@@ -10,7 +10,7 @@ Findings are plain lines naming the template file (and line, for template errors
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, select
@@ -68,22 +68,8 @@ def sample_recipients(
     with engine.connect() as conn:
         found = conn.execute(query.order_by(*order).limit(1)).first()
     if found is not None:
-        samples.append(
-            (
-                Recipient(
-                    member_id=found.id,
-                    first_name=found.first_name,
-                    locale=locale,
-                    timezone=found.timezone,
-                    tier=found.tier,
-                    balance=float(found.balance),
-                    campaign=campaign,
-                    occasion="check",
-                    as_of=as_of,
-                ),
-                None,
-            )
-        )
+        real = Recipient.from_row(found, member_id=found.id, campaign=campaign, occasion="check", as_of=as_of)
+        samples.append((replace(real, locale=locale), None))
     synthetic = Recipient(
         member_id=0,
         first_name=SYNTHETIC_NAMES.get(locale, "Alexandra-Victoria"),

@@ -64,17 +64,7 @@ def members_by_id(engine: Engine, member_ids: list[int], campaign: str | None, a
         ).all()
     return {
         row.id: Member(
-            Recipient(
-                member_id=row.id,
-                first_name=row.first_name,
-                locale=row.locale,
-                timezone=row.timezone,
-                tier=row.tier,
-                balance=float(row.balance),
-                campaign=campaign,
-                occasion="preview",
-                as_of=as_of,
-            ),
+            Recipient.from_row(row, member_id=row.id, campaign=campaign, occasion="preview", as_of=as_of),
             contacts={spec.name: _text(row._mapping[spec.contact]) for spec in CHANNELS.values()},
             consents={spec.name: bool(row._mapping[spec.consent]) for spec in CHANNELS.values()},
         )
