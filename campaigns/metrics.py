@@ -95,3 +95,60 @@ def provider_latency(channel: str, transport: str, seconds: float) -> None:
 def throughput_wait(channel: str, seconds: float) -> None:
     if _enabled:
         _get("throttled").labels(channel).observe(seconds)
+
+
+# --- the reconciler's gauges (scheduler and serve processes) ---------------------------
+
+_reconciler: dict[str, Any] = {}
+
+
+def _reconciler_metrics() -> dict[str, Any]:
+    with _lock:
+        if not _reconciler:
+            from prometheus_client import CollectorRegistry, Counter, Gauge
+
+            registry = CollectorRegistry()
+            _reconciler.update(
+                {
+                    "registry": registry,
+                    "overdue": Gauge(
+                        "loyalcast_overdue_deliveries",
+                        "Queued deliveries due for longer than reconciler.overdue, at the last pass",
+                        registry=registry,
+                    ),
+                    "stalled": Gauge(
+                        "loyalcast_stalled_runs",
+                        "Runs still planning whose planner lease lapsed, at the last pass",
+                        registry=registry,
+                    ),
+                    "requeued": Counter(
+                        "loyalcast_expired_claims_total",
+                        "Claimed deliveries handed back to queued because their lease expired before the call",
+                        registry=registry,
+                    ),
+                    "unknown": Counter(
+                        "loyalcast_lost_calls_total",
+                        "Deliveries ended unknown because their worker was lost during the provider call",
+                        registry=registry,
+                    ),
+                }
+            )
+        return _reconciler
+
+
+def reconciled(overdue: int, stalled: int, requeued: int, unknown: int) -> None:
+    """One reconciler pass's findings."""
+    if not _enabled:
+        return
+    found = _reconciler_metrics()
+    found["overdue"].set(overdue)
+    found["stalled"].set(stalled)
+    found["requeued"].inc(requeued)
+    found["unknown"].inc(unknown)
+
+
+def serve_reconciler_metrics(host: str, port: int) -> None:
+    """Expose the reconciler's metrics on ``http://host:port/metrics`` (a daemon thread)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host, registry=_reconciler_metrics()["registry"])

@@ -4,9 +4,11 @@ failures, permanent failures that suppress, and the email members actually recei
 from __future__ import annotations
 
 import email
+import json
 import os
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from email import policy
@@ -14,7 +16,7 @@ from email import policy
 import pytest
 import tomli_w
 from conftest import REPO, deep_merge
-from helpers import add_member, add_members, ledger, run_json
+from helpers import add_member, add_members, cli, ledger, run_json
 from sqlalchemy import func, select
 
 from campaigns.app import runtime
@@ -94,8 +96,16 @@ def test_transient_failures_are_retried_until_every_delivery_is_sent(real_transp
         members.append({"id": i, **contact})
     add_members(application.engine, members)
     providers["faults"].transient_rate = 0.2
-    # When the campaign runs
+    # When the campaign runs once, on the embedded broker
     report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    # Then the failed attempts wait in the ledger for their next attempt
+    assert set(report["counts"]) == {"sent", "queued"}
+    # And the reconciler (what `loyalcast serve` runs) sends each when it is due
+    deadline = time.monotonic() + 60
+    while "queued" in report["counts"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        cli(runtime.config_file(), "reconcile")
+        report = json.loads(cli(runtime.config_file(), "report", "--json").stdout)
     # Then every delivery ended sent, each accepted exactly once, with the retries counted
     assert report["counts"] == {"sent": {"telegram": 166, "email": 167, "sms": 167}}
     assert len(providers["telegram"].messages) == 166 and len(providers["smtp"].messages) == 167
@@ -222,15 +232,22 @@ def test_running_out_of_attempts_fails_with_the_last_error(real_transports, prov
 
 
 def test_an_unknown_outcome_is_recorded_and_not_resent(real_transports, providers) -> None:
-    application = real_transports(channels={"sms": {"timeout": "1s"}})
+    # Given an SMS gateway slower than the channel's timeout
+    application = real_transports(channels={"sms": {"timeout": "1s"}, "email": {"timeout": "1s"}})
     add_member(application.engine, 1, phone="+79160000001", sms_consent=True)
     providers["faults"].slow_seconds = 2
+    # When the campaign runs
     report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
-    assert report["counts"] == {"failed": {"sms": 1}}
+    # Then the row ends unknown, apart from failed, keeps its slot and is not resent
+    assert report["counts"] == {"unknown": {"sms": 1}}
     with application.engine.connect() as conn:
         row = conn.execute(select(deliveries)).one()
-    assert row.attempts == 1 and row.reason.startswith("outcome unknown, not resent: http_sms: no answer within 1 s")
+    assert row.attempts == 1 and row.reason_code == "outcome_unknown"
+    assert row.reason.startswith("no answer from the provider; it may have been delivered, so it is not resent")
+    assert row.last_error.startswith("http_sms: no answer within 1 s")
     assert row.holds_slot
+    time.sleep(2.5)
+    assert len(providers["sms"].messages) == 1
 
 
 def test_throughput_limit_is_shared_by_workers_through_redis(real_transports, providers, redis_url) -> None:

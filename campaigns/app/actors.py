@@ -22,7 +22,8 @@ Another service can enqueue a triggered message knowing only the Redis URL; see
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -59,13 +60,12 @@ def send_triggered(
     if decided.status != "queued":
         log.info("triggered %s for member %s: %s (%s)", template, member_id, decided.status, decided.reason)
         return
-    wait_ms = int((decided.send_at - datetime.now(UTC)).total_seconds() * 1000)
-    if wait_ms > 1000:  # quiet hours, or a deferring cap
-        deliver_batch.send_with_options(args=([decided.delivery_id],), delay=wait_ms)
+    if decided.send_at - datetime.now(UTC) > CARRY_NOW:  # quiet hours, or a deferring cap
+        carry(decided.send_at, [decided.delivery_id])
         return
-    report = app.deliverer.deliver([decided.delivery_id])
-    if report.retry_after is not None:
-        deliver_batch.send_with_options(args=([decided.delivery_id],), delay=int(report.retry_after * 1000))
+    report = app.deliverer.deliver([decided.delivery_id], deadline=time.monotonic() + 240)
+    for due, ids in report.later:
+        carry(due, ids)
 
 
 @dramatiq.actor(queue_name=PLANS_QUEUE, priority=50, max_retries=5, time_limit=3_600_000)
@@ -86,33 +86,59 @@ def plan_campaign(run_id: int, now: str | None = None) -> None:
     for chunk in plan_chunks(app.engine, app.settings, run_id):
         if chunk.counts:
             metrics.decisions(chunk.campaign, chunk.counts)
-        # The in-memory broker lives only as long as `loyalcast run`: it gets what is
-        # due now; the rest waits in the ledger for the occasion to be run again.
-        batches += enqueue_batches(run_id, reference, due_only=app.in_memory, members=chunk.members)
+        # A one-shot in-memory broker lives only as long as `loyalcast run`: it gets
+        # what is due now; the rest waits in the ledger for `loyalcast serve`.
+        batches += enqueue_batches(run_id, reference, due_only=not app.keeps_delayed, members=chunk.members)
     log.info("run %s: %d batches enqueued", run_id, batches)
 
 
-def enqueue_batches(run_id: int, now: datetime, *, due_only: bool = False, members: tuple[int, int] | None = None) -> int:
+CARRY_NOW = timedelta(seconds=1)
+"""A delivery due sooner than this is sent without a delay."""
+
+
+def enqueue_batches(run_id: int | None, now: datetime, *, due_only: bool = False, members: tuple[int, int] | None = None) -> int:
     """Send one ``deliver_batch`` message per batch of the run's queued deliveries (of
-    ``members``, first and last id, if given), delayed until the batch is due (relative
-    to ``now``); return how many were sent."""
+    ``members``, first and last id, if given; ``run_id`` None: triggered messages),
+    delayed until the batch is due (relative to ``now``); return how many were sent."""
     app = runtime.app()
     sent = 0
     due_by = now if due_only else None
     for send_at, ids in queued_batches(app.engine, run_id, app.settings.delivery.batch_size, due_by=due_by, members=members):
-        delay_ms = max(int((send_at - now).total_seconds() * 1000), 0)
-        deliver_batch.send_with_options(args=(ids,), delay=delay_ms or None)
+        _send_batch(ids, max(int((send_at - now).total_seconds() * 1000), 0))
         sent += 1
     return sent
 
 
+def carry(due: datetime, ids: list[int]) -> None:
+    """Carry ``ids`` in a new ``deliver_batch`` message delayed until ``due``. A one-shot
+    in-memory broker does not outlive its command: rows due later stay in the ledger,
+    where ``loyalcast serve`` (its reconciler) finds them."""
+    app = runtime.app()
+    delay = due - datetime.now(UTC)
+    if delay > CARRY_NOW and not app.keeps_delayed:
+        log.info("%d deliveries due at %s wait in the ledger for `loyalcast serve`", len(ids), due.isoformat())
+        return
+    _send_batch(ids, max(int(delay.total_seconds() * 1000), 0))
+
+
+def _send_batch(ids: list[int], delay_ms: int) -> None:
+    limit_ms = int(runtime.app().settings.delivery.batch_time_limit.total_seconds() * 1000)
+    deliver_batch.send_with_options(args=(ids,), delay=delay_ms or None, time_limit=limit_ms)
+
+
 @dramatiq.actor(queue_name=BATCHES_QUEUE, priority=100, max_retries=50, time_limit=1_800_000)
 def deliver_batch(delivery_ids: list[int]) -> None:
-    """Send the still-queued deliveries among ``delivery_ids``; retry the transient failures."""
-    report = runtime.app().deliverer.deliver(delivery_ids)
-    if report.retry_after is not None:
-        # Only rows put back to ``queued`` are claimed again by the retried message.
-        raise dramatiq.Retry(delay=int(report.retry_after * 1000))
+    """Send the still-queued, due deliveries among ``delivery_ids``; carry the rest
+    (not yet due, retries, handed back at a stop or near the time limit) in new messages.
+
+    Dramatiq's time limit is ``delivery.batch_time_limit`` (set per message); the batch
+    stops claiming early enough to finish its last call before it.
+    """
+    app = runtime.app()
+    limit = app.settings.delivery.batch_time_limit.total_seconds()
+    report = app.deliverer.deliver(delivery_ids, deadline=time.monotonic() + limit)
+    for due, ids in report.later:
+        carry(due, ids)
 
 
 ACTORS = (send_triggered, plan_campaign, deliver_batch)

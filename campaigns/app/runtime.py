@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -24,10 +24,11 @@ from sqlalchemy import Engine
 from campaigns import metrics
 from campaigns.config.loading import CONFIG_ENV, config_path, load_settings
 from campaigns.config.settings import Settings
-from campaigns.delivery.deliverer import Deliverer
+from campaigns.delivery.deliverer import CALL_MARGIN, Deliverer
 from campaigns.delivery.message import MessageBuilder
 from campaigns.delivery.rendering import Renderer
 from campaigns.store.engine import make_engine
+from channels.specs import CHANNELS
 
 _lock = threading.Lock()
 _app: App | None = None
@@ -36,6 +37,10 @@ _app: App | None = None
 @dataclass
 class App:
     settings: Settings
+    serving: bool = False
+    """True inside ``loyalcast serve``: the in-memory broker then outlives the command."""
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when this process's worker is shutting down: batches hand back what they have not reached."""
 
     def __post_init__(self) -> None:
         metrics.set_enabled(self.settings.metrics.enabled)
@@ -54,11 +59,16 @@ class App:
 
     @cached_property
     def deliverer(self) -> Deliverer:
-        return Deliverer(self.settings, self.engine, self.messages)
+        return Deliverer(self.settings, self.engine, self.messages, self.stopping)
 
     @property
     def in_memory(self) -> bool:
         return self.settings.broker_url == "memory://"
+
+    @property
+    def keeps_delayed(self) -> bool:
+        """Whether a delayed message will still be there when due (Redis, or ``serve``)."""
+        return not self.in_memory or self.serving
 
 
 def configure(path: str | os.PathLike[str] | None = None, settings: Settings | None = None) -> App:
@@ -83,12 +93,22 @@ def app() -> App:
         return _app
 
 
+class GracefulStop(dramatiq.Middleware):
+    """Tells running batches that their worker is shutting down (SIGTERM, Ctrl-C): each
+    finishes its provider call in flight, records it and hands back the rest."""
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        app().stopping.clear()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        app().stopping.set()
+
+
 def build_broker(settings: Settings) -> dramatiq.Broker:
     url = settings.broker_url
-    if url == "memory://":
-        return StubBroker()
-    broker = RedisBroker(url=url)
-    if settings.metrics.enabled:
+    broker: dramatiq.Broker = StubBroker() if url == "memory://" else RedisBroker(url=url)
+    broker.add_middleware(GracefulStop())
+    if settings.metrics.enabled and isinstance(broker, RedisBroker):
         broker.add_middleware(_prometheus(settings))
     return broker
 
@@ -168,3 +188,15 @@ def running_under_dramatiq() -> bool:
 
     program = sys.argv[0] if sys.argv else ""
     return os.path.basename(program) == "dramatiq" or program.endswith(os.path.join("dramatiq", "__main__.py"))
+
+
+def stop_timeout(settings: Settings) -> float:
+    """Seconds a graceful stop of a worker may take: each batch finishes its provider call
+    in flight (at most the slowest channel's timeout), records it and hands back the
+    rest. ``loyalcast worker`` passes it to Dramatiq as ``--worker-shutdown-timeout``."""
+    slowest = max(settings.channel(name).timeout.total_seconds() for name in CHANNELS)
+    return slowest + CALL_MARGIN + STOP_MARGIN
+
+
+STOP_MARGIN = 10.0
+"""Seconds for handing back and closing connections after the last call."""

@@ -4,10 +4,10 @@ metrics and logging."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import Field, ValidationInfo, field_validator
 
 from campaigns.config.values import (
@@ -83,6 +83,17 @@ class DeliverySettings(Section):
     max_backoff: Duration = timedelta(minutes=10)
     expiring_horizon_days: int = Field(default=60, ge=1, le=3660)
     """How far ahead templates see expiring points when the segment sets no horizon."""
+    claim_size: int = Field(default=20, ge=1, le=1000)
+    """Rows a worker claims at a time, as it reaches them within a batch."""
+    lease: Duration = timedelta(seconds=60)
+    """How long a claim holds without news from its worker (renewed at each provider
+    call); after it, the reconciler hands back rows whose call never started and ends
+    the one in flight ``unknown``."""
+    batch_time_limit: Duration = timedelta(minutes=10)
+    """Longest a ``deliver_batch`` message may run: a batch hands back what it has not
+    reached before then, and Dramatiq's time limit is set to it."""
+    plan_lease: Duration = timedelta(minutes=2)
+    """How long a planner's claim on a run holds without progress (renewed per chunk)."""
 
 
 class SegmentSettings(Section):
@@ -166,8 +177,14 @@ class CampaignSettings(Section):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and not croniter.is_valid(value):
+        if value is None:
+            return value
+        if not croniter.is_valid(value):
             raise ValueError(f"invalid cron expression {value!r} (minute hour day-of-month month day-of-week)")
+        try:
+            croniter(value, datetime(2000, 1, 1)).get_next(datetime)
+        except CroniterBadDateError:
+            raise ValueError(f"cron expression {value!r} never fires (no such date)") from None
         return value
 
 
@@ -186,11 +203,23 @@ class MetricsSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9191, ge=1, le=65535)
+    reconciler_port: int = Field(default=9192, ge=1, le=65535)
+    """Where ``loyalcast scheduler`` and ``serve`` expose the reconciler's gauges."""
 
 
 class LoggingSettings(Section):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ReconcilerSettings(Section):
+    """The reconciler (inside ``loyalcast scheduler`` and ``serve``; ``loyalcast reconcile``)."""
+
+    interval: Duration = timedelta(seconds=15)
+    """How often it looks for work no message carries."""
+    overdue: Duration = timedelta(seconds=60)
+    """A queued row due this long, with no worker on its run and nothing waiting in the
+    queue, has lost its message and is sent again."""
 
 
 class SchedulerSettings(Section):

@@ -27,6 +27,7 @@ from campaigns.config.sections import (
     MetricsSettings,
     OutboxSettings,
     ProgramSettings,
+    ReconcilerSettings,
     SchedulerSettings,
     SegmentSettings,
     TriggeredSettings,
@@ -46,6 +47,7 @@ class Settings(Section):
     delivery: DeliverySettings = DeliverySettings()
     quiet_hours: QuietHours = Field(default_factory=QuietHours)
     scheduler: SchedulerSettings = SchedulerSettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
     triggered: TriggeredSettings = TriggeredSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

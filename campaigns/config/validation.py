@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 from babel import Locale
@@ -133,6 +134,7 @@ def semantic_problems(settings: Settings) -> list[str]:
             problems.append(f"segments.{name}.max_days_since_purchase: smaller than min_days_since_purchase")
 
     problems += _transport_problems(settings)
+    problems += _lease_problems(settings)
 
     templates = settings.templates_path
     if not templates.is_dir():
@@ -168,6 +170,27 @@ def _transport_problems(settings: Settings) -> list[str]:
             continue
         transport.close()
     return problems
+
+
+def _lease_problems(settings: Settings) -> list[str]:
+    """A claim must outlast the slowest provider call, and a batch its claims."""
+    delivery = settings.delivery
+    slowest = max((settings.channel(name).timeout for name in CHANNELS), default=delivery.lease)
+    problems = []
+    if delivery.lease < 2 * slowest:
+        problems.append(
+            f"delivery.lease: {_seconds(delivery.lease)} is shorter than twice the slowest channel timeout "
+            f"({_seconds(slowest)}); a call in flight would lose its claim"
+        )
+    if delivery.batch_time_limit <= delivery.lease:
+        problems.append(f"delivery.batch_time_limit: must be longer than delivery.lease ({_seconds(delivery.lease)})")
+    if delivery.max_backoff < delivery.min_backoff:
+        problems.append(f"delivery.max_backoff: shorter than delivery.min_backoff ({_seconds(delivery.min_backoff)})")
+    return problems
+
+
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g} s"
 
 
 def _has_password(url: str) -> bool:

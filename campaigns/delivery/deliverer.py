@@ -1,27 +1,35 @@
-"""Delivering one batch of ledger rows: claim, load, build, send, record.
+"""Delivering one batch of ledger rows: load, then per small group claim, and per row
+open the bracket, send, record.
 
-``deliver_batch(ids)`` is safe to run twice for the same ids (Dramatiq delivers at least
-once): the claim (``queued`` -> ``sending``) is a single conditional UPDATE, so only the
-first runner of a row sends it. A row left in ``sending`` by a worker that died is not
-sent again blindly: a missed reminder is cheaper than a duplicate.
+``deliver(ids)`` is safe to run twice, at once or later, for the same ids (Dramatiq
+delivers at least once, and the reconciler re-drives rows whose message was lost): a
+row is sent only by the worker whose claim took it from ``queued``, and only while that
+claim is still its own (``campaigns.store.leases``).
 
-Per batch: one query loads members, balances and runs; one query loads the expiring
-points of all the batch's members; outcomes are written in bulk. One bad member (a
-template that fails for their data, an invalid address) ends as ``failed`` with the
-reason and never stops the rest of the batch.
+Per batch, one query loads the queued rows with their members, balances and runs and
+one loads the members' expiring points; the rows are then claimed ``claim_size`` at a
+time as the worker reaches them. Before each provider call one write records the
+previous row's outcome and opens this row's bracket, so a crash leaves at most one row
+per sending thread whose outcome is unknown. One bad member (a template that fails for
+their data, an invalid address) ends as ``failed`` with the reason and never stops the
+rest of the batch.
+
+A batch stops early, handing back the rows it has not reached, when its worker is
+shutting down or its time limit is near; ``BatchReport.later`` says what to carry again.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import Connection
 
 from campaigns import metrics
@@ -32,14 +40,9 @@ from campaigns.delivery.throughput import Throughput
 from campaigns.delivery.transports import Transports
 from campaigns.errors import TemplateError
 from campaigns.planning import ladder
+from campaigns.store import leases
 from campaigns.store.engine import in_ids
-from campaigns.store.ledger import (
-    Outcome,
-    ReasonCode,
-    Status,
-    add_suppressions,
-    record_outcomes,
-)
+from campaigns.store.ledger import Outcome, ReasonCode, Status, add_suppressions
 from campaigns.store.models import (
     balances,
     campaign_runs,
@@ -57,73 +60,167 @@ from channels.errors import (
     RecipientBlocked,
     TransientError,
 )
+from channels.specs import CHANNELS
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY = 100
-"""Outcomes are written at least this often, so a killed worker loses little."""
+CALL_MARGIN = 5.0
+"""Seconds beyond a channel's timeout that a provider call and its write may take."""
 
 
 @dataclass
 class BatchReport:
-    retry_after: float | None = None
-    """Seconds until the transiently failed rows of this batch should be retried (None: none)."""
+    later: list[tuple[datetime, list[int]]] = field(default_factory=list)
+    """``(due, ids)`` to carry again in new messages: retries, and the rows handed back
+    when the batch stopped early."""
+    stopped_early: bool = False
+
+    def carry(self, due: datetime, ids: list[int]) -> None:
+        if ids:
+            self.later.append((due, ids))
+
+
+@dataclass
+class _Pending:
+    """Outcomes not yet written (written with the next bracket, or at the end)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    suppress: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Deliverer:
-    """Sends batches of ledger rows. One instance per process; thread-safe."""
+    """Sends batches of ledger rows. One instance per process; thread-safe.
 
-    def __init__(self, settings: Settings, engine: Engine, messages: MessageBuilder) -> None:
+    ``stopping`` is set when the worker is shutting down: a batch then finishes the
+    call in flight and hands back the rest.
+    """
+
+    def __init__(
+        self, settings: Settings, engine: Engine, messages: MessageBuilder, stopping: threading.Event | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.messages = messages
         self.throughput = Throughput(settings)
+        self.stopping = stopping or threading.Event()
+        self.call_budget = max(settings.channel(name).timeout.total_seconds() for name in CHANNELS) + CALL_MARGIN
+        """Seconds a batch keeps in hand before its deadline: the slowest call and its write."""
 
-    def deliver(self, ids: list[int]) -> BatchReport:
+    def deliver(self, ids: list[int], deadline: float | None = None) -> BatchReport:
+        """Send the still-queued rows among ``ids``; ``deadline`` (a ``time.monotonic()``
+        instant) is when the batch must have stopped."""
         report = BatchReport()
-        # One transaction (one pooled connection, one pre-ping) claims and loads.
-        with self.engine.begin() as conn:
-            claimed = self._claim(conn, ids)
-            if not claimed:
+        now = datetime.now(UTC)
+        with self.engine.connect() as conn:
+            rows, missing = self._load(conn, ids)
+            if not rows and not missing:
                 return report
-            rows = self._load(conn, claimed)
             expiring = self._load_expiring(conn, rows)
             ladders = [row.id for row in rows if self.messages.is_ladder(row.recipient.campaign)]
             reminded = ladder.marks_for(conn, ladders) if ladders else {}
-        self._record_missing(claimed, rows)
+        owner = leases.new_owner()
+        if missing:
+            self._record_missing(owner, missing)
+        # When a row is due is the message's business (its delay, relative to the
+        # instant a trial runs for): what arrives is sent.
+        due = rows
         transports = Transports(self.settings)
-        pending: list[Outcome] = []
-        suppress: list[dict[str, Any]] = []
-        retry_delays: list[float] = []
+        pending = _Pending()
+        retries: list[Outcome] = []
+        size = self.settings.delivery.claim_size
         try:
-            for row in rows:
-                outcome = self._deliver_one(
-                    row, expiring.get(row.member_id, []), reminded.get(row.id), transports, suppress, retry_delays
-                )
-                self._observe(row, outcome)
-                pending.append(outcome)
-                if len(pending) >= FLUSH_EVERY:
-                    self._record(pending, suppress)
-                    pending, suppress = [], []
+            for start in range(0, len(due), size):
+                if self._must_stop(deadline):
+                    report.stopped_early = True
+                    report.carry(datetime.now(UTC), [row.id for row in due[start:]])
+                    break
+                group = due[start : start + size]
+                claimed = self._claim(owner, [row.id for row in group])
+                for index, row in enumerate(group):
+                    if row.id not in claimed:
+                        continue  # another worker has it, or it is no longer queued
+                    if self._must_stop(deadline):
+                        report.stopped_early = True
+                        self._hand_back(owner, pending, [r.id for r in group[index:] if r.id in claimed])
+                        report.carry(datetime.now(UTC), [r.id for r in group[index:] if r.id in claimed])
+                        report.carry(datetime.now(UTC), [r.id for r in due[start + size :]])
+                        break
+                    outcome = self._deliver_one(
+                        owner, row, expiring.get(row.member_id, []), reminded.get(row.id), transports, pending
+                    )
+                    if outcome is None:
+                        continue
+                    self._observe(row, outcome)
+                    pending.outcomes.append(outcome)
+                    if outcome.status is Status.QUEUED:
+                        retries.append(outcome)
+                    if pending.suppress:
+                        self._write(owner, pending)
+                if report.stopped_early:
+                    break
         finally:
             transports.close()
-            self._record(pending, suppress)
-        if retry_delays:
-            report.retry_after = max(retry_delays)
+            self._write(owner, pending)
+        if retries:
+            report.carry(max(o.due or now for o in retries), [o.id for o in retries])
         return report
 
     # -- steps ---------------------------------------------------------------------
 
-    @staticmethod
-    def _claim(conn: Connection, ids: list[int]) -> list[int]:
+    def _must_stop(self, deadline: float | None) -> bool:
+        if self.stopping.is_set():
+            return True
+        return deadline is not None and time.monotonic() + self.call_budget > deadline
+
+    def _claim(self, owner: str, ids: list[int]) -> set[int]:
         now = datetime.now(UTC)
-        result = conn.execute(
-            update(deliveries)
-            .where(in_ids(conn, deliveries.c.id, ids), deliveries.c.status == Status.QUEUED.value)
-            .values(status=Status.SENDING.value, attempts=deliveries.c.attempts + 1, updated_at=now)
-            .returning(deliveries.c.id)
-        )
-        return sorted(row[0] for row in result)
+        with self.engine.begin() as conn:
+            return set(leases.claim(conn, ids, owner, now=now, until=now + self.settings.delivery.lease))
+
+    def _open(self, owner: str, row_id: int, pending: _Pending) -> bool:
+        """Record the pending outcomes and open ``row_id``'s bracket in one write."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            if pending.suppress:
+                add_suppressions(conn, pending.suppress, now)
+            result = leases.step(conn, owner, pending.outcomes, now=now, next_id=row_id, until=now + self.settings.delivery.lease)
+        self._lost(pending, result.finished)
+        pending.outcomes, pending.suppress = [], []
+        return result.opened
+
+    def _write(self, owner: str, pending: _Pending) -> None:
+        if not pending.outcomes and not pending.suppress:
+            return
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            if pending.suppress:
+                add_suppressions(conn, pending.suppress, now)
+            result = leases.step(conn, owner, pending.outcomes, now=now)
+        self._lost(pending, result.finished)
+        pending.outcomes, pending.suppress = [], []
+
+    @staticmethod
+    def _lost(pending: _Pending, finished: int) -> None:
+        if finished < len(pending.outcomes):
+            log.warning(
+                "%d outcomes not recorded: their claims had expired and were taken back",
+                len(pending.outcomes) - finished,
+            )
+
+    def _hand_back(self, owner: str, pending: _Pending, ids: list[int]) -> None:
+        self._write(owner, pending)
+        with self.engine.begin() as conn:
+            leases.release(conn, ids, owner, now=datetime.now(UTC))
+
+    def _record_missing(self, owner: str, missing: list[int]) -> None:
+        """Queued rows whose member vanished from the program's table since planning."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            claimed = leases.claim(conn, missing, owner, now=now, until=now + self.settings.delivery.lease)
+            outcomes = [
+                Outcome(i, Status.FAILED, ReasonCode.MEMBER_MISSING, "member no longer exists", holds_slot=False) for i in claimed
+            ]
+            leases.step(conn, owner, outcomes, now=now)
 
     @staticmethod
     def _observe(row: DeliveryRow, outcome: Outcome) -> None:
@@ -145,12 +242,13 @@ class Deliverer:
                 "channel": row.channel,
                 "status": outcome.status.value,
                 "to": row.address,
-                "attempt": row.attempts,
+                "attempt": row.attempts + 1,
             },
         )
 
     @staticmethod
-    def _load(conn: Connection, ids: list[int]) -> list[DeliveryRow]:
+    def _load(conn: Connection, ids: list[int]) -> tuple[list[DeliveryRow], list[int]]:
+        """The queued rows among ``ids`` with their members, and the ids whose member is gone."""
         query = (
             select(
                 deliveries.c.id,
@@ -164,6 +262,7 @@ class Deliverer:
                 deliveries.c.data,
                 campaign_runs.c.campaign,
                 campaign_runs.c.occasion,
+                members.c.id.label("member_found"),
                 members.c.first_name,
                 members.c.locale,
                 members.c.timezone,
@@ -171,40 +270,35 @@ class Deliverer:
                 func.coalesce(balances.c.points, 0).label("balance"),
             )
             .select_from(
-                deliveries.join(members, members.c.id == deliveries.c.member_id)
+                deliveries.outerjoin(members, members.c.id == deliveries.c.member_id)
                 .outerjoin(balances, balances.c.member_id == deliveries.c.member_id)
                 .outerjoin(campaign_runs, campaign_runs.c.id == deliveries.c.run_id)
             )
-            .where(in_ids(conn, deliveries.c.id, ids))
+            .where(in_ids(conn, deliveries.c.id, ids), deliveries.c.status == Status.QUEUED.value)
             .order_by(deliveries.c.id)
         )
-        return [
-            DeliveryRow(
-                id=r.id,
-                channel=r.channel,
-                category=r.category,
-                template=r.template,
-                address=r.address,
-                attempts=r.attempts,
-                data=r.data,
-                # a message speaks for the moment it is due
-                recipient=Recipient.from_row(r, member_id=r.member_id, campaign=r.campaign, occasion=r.occasion, as_of=r.send_at),
+        rows: list[DeliveryRow] = []
+        missing: list[int] = []
+        for r in conn.execute(query):
+            if r.member_found is None:
+                missing.append(r.id)
+                continue
+            rows.append(
+                DeliveryRow(
+                    id=r.id,
+                    channel=r.channel,
+                    category=r.category,
+                    template=r.template,
+                    address=r.address,
+                    attempts=r.attempts,
+                    data=r.data,
+                    # a message speaks for the moment it is due
+                    recipient=Recipient.from_row(
+                        r, member_id=r.member_id, campaign=r.campaign, occasion=r.occasion, as_of=r.send_at
+                    ),
+                )
             )
-            for r in conn.execute(query)
-        ]
-
-    def _record_missing(self, claimed: list[int], rows: list[DeliveryRow]) -> None:
-        """Claimed deliveries whose member row vanished from the program's table since planning."""
-        found = {row.id for row in rows}
-        missing = [i for i in claimed if i not in found]
-        if missing:
-            self._record(
-                [
-                    Outcome(i, Status.FAILED, ReasonCode.MEMBER_MISSING, "member no longer exists", holds_slot=False)
-                    for i in missing
-                ],
-                [],
-            )
+        return rows, missing
 
     def _load_expiring(self, conn: Connection, rows: list[DeliveryRow]) -> dict[int, Lots]:
         """Point lots of the batch's members expiring within the widest horizon any row needs."""
@@ -231,14 +325,17 @@ class Deliverer:
 
     def _deliver_one(
         self,
+        owner: str,
         row: DeliveryRow,
         lots: Lots,
         steps: Steps | None,
         transports: Transports,
-        suppress: list[dict[str, Any]],
-        retry_delays: list[float],
-    ) -> Outcome:
+        pending: _Pending,
+    ) -> Outcome | None:
+        """The row's outcome; None when its claim was taken back before the call."""
         recipient = row.recipient
+        attempt = row.attempts + 1
+        called = False
         try:
             context = self.messages.context(recipient, row.channel, lots, steps, (row.data or {}) if row.triggered else None)
             stale = self.messages.stale_reason(recipient.campaign, context)
@@ -261,6 +358,10 @@ class Deliverer:
             )
             transport = transports[row.channel]
             self.throughput.wait(row.channel)
+            if not self._open(owner, row.id, pending):
+                log.warning("delivery %s: claim taken back before the call (lease expired); not sent here", row.id)
+                return None
+            called = True
             started = time.perf_counter()
             try:
                 result: SendResult = transport.send(message)
@@ -271,38 +372,43 @@ class Deliverer:
             return Outcome(row.id, Status.FAILED, ReasonCode.TEMPLATE_ERROR, f"template error: {exc}", holds_slot=False)
         except PermanentError as exc:
             if exc.suppress:
-                suppress.append({"channel": row.channel, "address": row.address, "reason": exc.describe()})
+                pending.suppress.append({"channel": row.channel, "address": row.address, "reason": exc.describe()})
             return Outcome(row.id, Status.FAILED, permanent_code(exc), exc.describe(), holds_slot=exc.reached_provider)
         except OutcomeUnknown as exc:
             return Outcome(
                 row.id,
-                Status.FAILED,
+                Status.UNKNOWN,
                 ReasonCode.OUTCOME_UNKNOWN,
-                f"outcome unknown, not resent: {exc.describe()}",
+                f"no answer from the provider; it may have been delivered, so it is not resent: {exc.describe()}",
                 holds_slot=True,
+                error=exc.describe(),
             )
         except TransientError as exc:
-            if row.attempts >= self.settings.delivery.max_attempts:
-                reason = f"gave up after {row.attempts} attempts: {exc.describe()}"
-                return Outcome(row.id, Status.FAILED, ReasonCode.GAVE_UP, reason, holds_slot=True)
-            retry_delays.append(self.backoff(row.attempts, exc))
-            return Outcome(
-                row.id, Status.QUEUED, ReasonCode.RETRYING, f"attempt {row.attempts} failed: {exc.describe()}", holds_slot=True
-            )
+            error = f"attempt {attempt}: {exc.describe()}"
+            if attempt >= self.settings.delivery.max_attempts:
+                reason = f"gave up after {attempt} attempts: {exc.describe()}"
+                return Outcome(row.id, Status.FAILED, ReasonCode.GAVE_UP, reason, holds_slot=True, error=error)
+            due = datetime.now(UTC) + timedelta(seconds=self.backoff(attempt, exc))
+            # The decision's reason and code stay; the failure is the row's last_error.
+            return Outcome(row.id, Status.QUEUED, None, None, holds_slot=True, error=error, due=due)
         except ChannelError as exc:  # a ChannelError outside the two families is a transport bug
             log.error("delivery %s: unclassified channel error %r", row.id, exc)
-            return Outcome(row.id, Status.FAILED, ReasonCode.CHANNEL_ERROR, exc.describe(), holds_slot=True)
+            return Outcome(row.id, Status.FAILED, ReasonCode.CHANNEL_ERROR, exc.describe(), holds_slot=called)
         except Exception as exc:
             # One member's bad data must not stop the batch; the traceback goes to the log.
-            # The slot is kept: nothing says the provider did not get the message.
+            # Once the call has started the slot is kept: the provider may have the message.
             log.exception("delivery %s failed unexpectedly", row.id)
             return Outcome(
-                row.id, Status.FAILED, ReasonCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}", holds_slot=True
+                row.id,
+                Status.FAILED,
+                ReasonCode.INTERNAL_ERROR,
+                f"internal error: {type(exc).__name__}: {exc}",
+                holds_slot=called,
             )
         return Outcome(
             row.id,
             Status(result.status.value),
-            ReasonCode.ELIGIBLE,
+            None,
             None,
             holds_slot=True,
             sent_at=datetime.now(UTC),
@@ -317,16 +423,6 @@ class Deliverer:
         high = self.settings.delivery.max_backoff.total_seconds()
         ceiling = min(high, low * 2 ** max(attempt - 1, 0))
         return random.uniform(ceiling / 2, ceiling)
-
-    def _record(self, outcomes: list[Outcome], suppress: list[dict[str, Any]]) -> None:
-        if not outcomes and not suppress:
-            return
-        now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            if outcomes:
-                record_outcomes(conn, outcomes, now)
-            if suppress:
-                add_suppressions(conn, suppress, now)
 
 
 def permanent_code(error: PermanentError) -> ReasonCode:

@@ -47,7 +47,7 @@ class Recipient:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRow:
-    """A ledger row a worker has claimed, with its member."""
+    """A queued ledger row a worker is about to claim, with its member."""
 
     id: int
     channel: str
@@ -55,7 +55,7 @@ class DeliveryRow:
     template: str
     address: str
     attempts: int
-    """Attempts so far, this one included."""
+    """Provider calls made for this row so far (before the next one)."""
     data: dict[str, Any] | None
     """A triggered message's data (None for campaign rows: the campaign's ``data``)."""
     recipient: Recipient
@@ -63,6 +63,11 @@ class DeliveryRow:
     @property
     def member_id(self) -> int:
         return self.recipient.member_id
+
+    @property
+    def send_at(self) -> datetime:
+        """When the row is due (UTC)."""
+        return self.recipient.as_of
 
     @property
     def triggered(self) -> bool:

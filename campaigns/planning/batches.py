@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, func, select
@@ -13,7 +14,7 @@ from campaigns.store.models import deliveries
 
 def queued_batches(
     engine: Engine,
-    run_id: int,
+    run_id: int | None,
     batch_size: int,
     *,
     due_by: datetime | None = None,
@@ -23,11 +24,10 @@ def queued_batches(
 
     A batch never mixes send times: all its deliveries are due at ``send_at``.
     ``due_by`` leaves out deliveries due later; ``members`` (first and last id,
-    inclusive) keeps only those members' deliveries.
+    inclusive) keeps only those members' deliveries. ``run_id`` None: triggered messages.
     """
-    query = select(deliveries.c.id, deliveries.c.send_at).where(
-        deliveries.c.run_id == run_id, deliveries.c.status == Status.QUEUED.value
-    )
+    run = deliveries.c.run_id.is_(None) if run_id is None else deliveries.c.run_id == run_id
+    query = select(deliveries.c.id, deliveries.c.send_at).where(run, deliveries.c.status == Status.QUEUED.value)
     if members is not None:
         query = query.where(deliveries.c.member_id.between(*members))
     if due_by is not None:
@@ -59,3 +59,31 @@ def waiting(engine: Engine, run_id: int, after: datetime) -> tuple[int, datetime
     count: int = row[0]
     first: datetime | None = row[1]
     return count, first
+
+
+@dataclass(frozen=True)
+class Overdue:
+    run_id: int | None
+    """None: triggered messages."""
+    rows: int
+    first_due: datetime
+
+
+def overdue(engine: Engine, due_before: datetime) -> list[Overdue]:
+    """Queued deliveries due before ``due_before``, per run (read from the open-rows index)."""
+    with engine.connect() as conn:
+        result = conn.execute(
+            select(deliveries.c.run_id, func.count(), func.min(deliveries.c.send_at))
+            .where(deliveries.c.status == Status.QUEUED.value, deliveries.c.send_at < due_before)
+            .group_by(deliveries.c.run_id)
+        ).all()
+    return [Overdue(row[0], row[1], row[2]) for row in result]
+
+
+def open_runs(engine: Engine) -> list[int | None]:
+    """Runs (None: triggered messages) with any queued delivery, due or not."""
+    with engine.connect() as conn:
+        found: list[int | None] = list(
+            conn.execute(select(deliveries.c.run_id).where(deliveries.c.status == Status.QUEUED.value).distinct()).scalars()
+        )
+    return found

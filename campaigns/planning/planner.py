@@ -33,7 +33,7 @@ from campaigns.planning.context import RunContext, run_context
 from campaigns.planning.decisions import decide_chunk
 from campaigns.store.engine import upsert_insert
 from campaigns.store.models import campaign_runs, cap_locks, deliveries, members
-from campaigns.store.runs import RunState, load_run
+from campaigns.store.runs import RunState, load_run, renew_plan_lease
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +57,27 @@ def plan_chunks(engine: Engine, settings: Settings, run_id: int) -> Iterator[Pla
     Chunks come in member order, so their deliveries can start while later chunks are
     being planned. When the last chunk has been yielded the run is marked planned.
     Idempotent: planning a run again (after a crash, or concurrently) adds only the
-    decisions that are missing.
+    decisions that are missing. The planner holds the run under a lease
+    (``delivery.plan_lease``) renewed per chunk; when it lapses, the reconciler plans
+    the run again.
     """
     run = load_run(engine, run_id)
     settings.campaign(run.campaign)
+    lease = settings.delivery.plan_lease
+    renew_plan_lease(engine, run.id, datetime.now(UTC) + lease)
     with engine.connect() as conn:
         ctx = run_context(conn, settings, run.id, run.campaign, run.as_of)
     decided = 0
     for member_range, counts in _plan_chunks(engine, settings, ctx, member_chunks(engine, settings.delivery.plan_chunk_size)):
         decided += sum(counts.values())
+        renew_plan_lease(engine, run.id, datetime.now(UTC) + lease)
         yield PlannedChunk(run.campaign, member_range, counts)
     with engine.begin() as conn:
         considered = conn.execute(select(func.count()).select_from(deliveries).where(deliveries.c.run_id == run.id)).scalar_one()
         conn.execute(
             update(campaign_runs)
             .where(campaign_runs.c.id == run.id)
-            .values(state=RunState.PLANNED.value, considered=considered, finished_planning_at=datetime.now(UTC))
+            .values(state=RunState.PLANNED.value, considered=considered, finished_planning_at=datetime.now(UTC), lease_until=None)
         )
     log.info("planned run %s (%s/%s): %d new decisions", run.id, run.campaign, run.occasion, decided)
 

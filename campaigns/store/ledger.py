@@ -13,20 +13,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, text, update
 from sqlalchemy.engine import Connection
 
 from campaigns.store.engine import upsert_insert
-from campaigns.store.models import deliveries, suppressions
+from campaigns.store.models import suppressions
 
 
 class Status(StrEnum):
     # on the way
     QUEUED = "queued"  # decided to send, cap slot reserved, waiting for a worker
-    SENDING = "sending"  # claimed by a worker; outcome not yet recorded
+    SENDING = "sending"  # claimed by a worker under a lease; outcome not yet recorded
     # outcomes
     SENT = "sent"  # accepted by the provider (or written to the outbox)
     DELIVERED = "delivered"  # the provider confirmed delivery
+    UNKNOWN = "unknown"  # the request may have reached the provider; never resent blindly, keeps its slot
     FAILED = "failed"  # gave up; reason carries the last error
     # decisions not to send
     HELD_OUT = "held_out"  # control group
@@ -62,7 +62,8 @@ class ReasonCode(StrEnum):
     RECIPIENT_BLOCKED = "recipient_blocked"
     REJECTED = "rejected"  # the provider refused this message
     OUTCOME_UNKNOWN = "outcome_unknown"  # the request left, no answer came; not resent
-    RETRYING = "retrying"  # a transient failure; another attempt is due
+    WORKER_LOST = "worker_lost"  # the worker stopped during the provider call (lease expired); not resent
+    RETRYING = "retrying"  # rows written before revision 0004 only: a retry now keeps the decision's code
     GAVE_UP = "gave_up"  # transient failures until max_attempts
     CHANNEL_ERROR = "channel_error"  # a transport raised outside the error tree
     INTERNAL_ERROR = "internal_error"  # loyalcast failed on this row (traceback in the log)
@@ -72,78 +73,21 @@ class ReasonCode(StrEnum):
 
 @dataclass
 class Outcome:
-    """What happened to one claimed row; ``reason`` None keeps the row's reason and code
-    (why this channel was chosen)."""
+    """What happened to one claimed row.
+
+    ``code``/``reason`` None keep the row's (why this channel was chosen); ``error``
+    None keeps ``last_error``; ``due`` moves ``send_at`` (a retry's next attempt).
+    """
 
     id: int
     status: Status
-    code: ReasonCode
+    code: ReasonCode | None
     reason: str | None
     holds_slot: bool
     sent_at: datetime | None = None
     provider_message_id: str | None = None
-
-
-# PostgreSQL: the outcomes of a flush in one statement (arrays unnested into rows)
-# instead of one UPDATE per delivery.
-_OUTCOMES_FROM_ARRAYS = text("""
-    UPDATE deliveries AS d
-    SET status = o.status, reason = coalesce(o.reason, d.reason), reason_code = coalesce(o.code, d.reason_code),
-        holds_slot = o.holds_slot,
-        sent_at = o.sent_at, provider_message_id = o.provider_message_id, updated_at = :now
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS varchar[]), CAST(:reasons AS varchar[]),
-                CAST(:codes AS varchar[]), CAST(:holds AS boolean[]), CAST(:sent AS timestamptz[]),
-                CAST(:provider_ids AS varchar[]))
-         AS o(id, status, reason, code, holds_slot, sent_at, provider_message_id)
-    WHERE d.id = o.id
-""")
-
-
-def record_outcomes(conn: Connection, outcomes: list[Outcome], now: datetime) -> None:
-    """Write each outcome's status, reason and code (None keeps the row's), slot, sent
-    time and provider id to its ledger row."""
-    reasons = [None if o.reason is None else o.reason[:500] for o in outcomes]
-    codes = [None if o.reason is None else o.code.value for o in outcomes]
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            _OUTCOMES_FROM_ARRAYS,
-            {
-                "ids": [o.id for o in outcomes],
-                "statuses": [o.status.value for o in outcomes],
-                "reasons": reasons,
-                "codes": codes,
-                "holds": [o.holds_slot for o in outcomes],
-                "sent": [o.sent_at for o in outcomes],
-                "provider_ids": [o.provider_message_id for o in outcomes],
-                "now": now,
-            },
-        )
-        return
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == bindparam("b_id"))
-        .values(
-            status=bindparam("b_status"),
-            reason=func.coalesce(bindparam("b_reason", type_=String), deliveries.c.reason),
-            reason_code=func.coalesce(bindparam("b_code", type_=String), deliveries.c.reason_code),
-            holds_slot=bindparam("b_holds_slot"),
-            sent_at=bindparam("b_sent_at"),
-            provider_message_id=bindparam("b_provider_message_id"),
-            updated_at=now,
-        ),
-        [
-            {
-                "b_id": o.id,
-                "b_status": o.status.value,
-                "b_reason": reason,
-                "b_code": code,
-                "b_holds_slot": o.holds_slot,
-                "b_sent_at": o.sent_at,
-                "b_provider_message_id": o.provider_message_id,
-            }
-            for o, reason, code in zip(outcomes, reasons, codes, strict=True)
-        ],
-    )
+    error: str | None = None
+    due: datetime | None = None
 
 
 def add_suppressions(conn: Connection, entries: list[dict[str, Any]], now: datetime) -> None:

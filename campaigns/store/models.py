@@ -134,6 +134,7 @@ campaign_runs = Table(
     Column("considered", Integer, nullable=False, server_default="0"),
     Column("finished_planning_at", UTCDateTime, nullable=True),
     Column("note", String(500), nullable=False, server_default="", comment="why skipped, or caught up late"),
+    Column("lease_until", UTCDateTime, nullable=True, comment="the planner's lease expires at"),
     UniqueConstraint("campaign", "occasion"),
 )
 
@@ -166,6 +167,11 @@ deliveries = Table(
     Column("sent_at", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("provider_message_id", String(200), nullable=True),
+    Column("lease_owner", String(100), nullable=True, comment="worker holding the claim"),
+    Column("lease_until", UTCDateTime, nullable=True, comment="the claim expires at"),
+    Column("claimed_at", UTCDateTime, nullable=True, comment="latest claim by a worker"),
+    Column("call_started_at", UTCDateTime, nullable=True, comment="the provider call in flight began at"),
+    Column("last_error", String(500), nullable=True, comment="latest failed attempt"),
     Column("idempotency_key", String(200), nullable=True, comment="triggered messages: the caller's key"),
     Column("data", JSON, nullable=True, comment="triggered messages: the caller's template data"),
     UniqueConstraint("run_id", "member_id"),
@@ -176,7 +182,15 @@ deliveries = Table(
         postgresql_where=text("idempotency_key IS NOT NULL"),
         sqlite_where=text("idempotency_key IS NOT NULL"),
     ),
-    Index("ix_deliveries_run_id_status", "run_id", "status"),
+    # The rows still on their way: batches, leases and the reconciler read only these.
+    Index(
+        "ix_deliveries_open",
+        "status",
+        "run_id",
+        "send_at",
+        postgresql_where=text("status IN ('queued', 'sending')"),
+        sqlite_where=text("status IN ('queued', 'sending')"),
+    ),
     # A member's history (`why`) and cap counts (holds_slot rows in a window): one index.
     Index(
         "ix_deliveries_member_caps",

@@ -9,10 +9,10 @@ other (a second scheduler, a rerun, a redelivered message) finds it claimed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.engine import Connection
 
 from campaigns.config.settings import Settings
@@ -99,3 +99,33 @@ def load_run(engine: Engine, run_id: int) -> Run:
     with engine.connect() as conn:
         row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).one()
     return Run(row.id, row.campaign, row.occasion, row.as_of, RunState(row.state), created=False)
+
+
+def renew_plan_lease(engine: Engine, run_id: int, until: datetime) -> None:
+    """The run's planner (or the reconciler, for the message it sent) holds it until ``until``."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(campaign_runs)
+            .where(campaign_runs.c.id == run_id, campaign_runs.c.state == RunState.PLANNING.value)
+            .values(lease_until=until)
+        )
+
+
+def stalled_plans(engine: Engine, *, now: datetime, unclaimed_for: timedelta) -> list[int]:
+    """Runs still ``planning`` whose planner's lease ran out (or that no planner ever
+    took for ``unclaimed_for``): their plan message was lost or their planner died."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(campaign_runs.c.id)
+                .where(
+                    campaign_runs.c.state == RunState.PLANNING.value,
+                    campaign_runs.c.dry_run.is_(False),
+                    or_(
+                        campaign_runs.c.lease_until < now,
+                        and_(campaign_runs.c.lease_until.is_(None), campaign_runs.c.started_at < now - unclaimed_for),
+                    ),
+                )
+                .order_by(campaign_runs.c.id)
+            ).scalars()
+        )

@@ -12,6 +12,7 @@ from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries
 
 IN_FLIGHT = (Status.QUEUED.value, Status.SENDING.value)
+"""Rows still on their way (``unknown`` is an outcome: it is not waited for)."""
 NO_CHANNEL = "-"
 
 
@@ -70,7 +71,9 @@ def run_report(engine: Engine, run_id: int) -> RunReport | None:
 
 
 def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
-    """Every ledger row of the member, oldest first, with its campaign and occasion."""
+    """Every ledger row of the member, oldest first, with its campaign and occasion and
+    its lifecycle: decided (``created_at``), due (``send_at``), claimed (``claimed_at``
+    by ``lease_owner``), provider calls (``attempts``, ``last_error``), outcome."""
     query = (
         select(
             deliveries.c.id,
@@ -81,9 +84,13 @@ def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
             deliveries.c.template,
             deliveries.c.status,
             deliveries.c.reason,
+            deliveries.c.reason_code,
             deliveries.c.send_at,
             deliveries.c.sent_at,
             deliveries.c.attempts,
+            deliveries.c.last_error,
+            deliveries.c.claimed_at,
+            deliveries.c.lease_owner,
             deliveries.c.created_at,
         )
         .select_from(deliveries.outerjoin(campaign_runs, campaign_runs.c.id == deliveries.c.run_id))

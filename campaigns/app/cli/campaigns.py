@@ -64,8 +64,8 @@ def run(
         if later:
             err.print(
                 f"{later} deliveries are due later (quiet hours, send_at_local or deferred by a cap), "
-                f"the first at {when(first)}; they wait in the ledger: run this occasion again after that, "
-                f"or use a Redis broker with `loyalcast worker`"
+                f"the first at {when(first)}; they wait in the ledger: `loyalcast serve` sends each when it is due "
+                f"(with Redis, `loyalcast worker` and `loyalcast scheduler` do)"
             )
     elif wait:
         _follow(application, claimed.id, as_of)
@@ -292,6 +292,11 @@ def send(
         return
     runtime.drain_in_process(broker, threads=1)
     last = [r for r in member_history(application.engine, member_id) if r["template"] == template][-1]
+    later = ""
+    if last["status"] == "queued" and last["send_at"] > datetime.now(UTC):
+        later = f"; due at {when(last['send_at'])}, `loyalcast serve` sends it then"
     out.print(
-        f"member {member_id}: {last['status']} on {last['channel'] or '-'} ({last['reason']})", markup=False, highlight=False
+        f"member {member_id}: {last['status']} on {last['channel'] or '-'} ({last['reason']}){later}",
+        markup=False,
+        highlight=False,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -61,7 +61,7 @@ def why(
         out.print(f"member {member_id}: no campaign has considered this member yet")
         return
     table = Table(title=f"member {member_id}")
-    for column in ("campaign", "occasion", "channel", "status", "reason", "send at", "sent at", "attempts"):
+    for column in ("campaign", "occasion", "channel", "status", "reason", "lifecycle"):
         table.add_column(column)
     for row in rows:
         table.add_row(
@@ -70,11 +70,25 @@ def why(
             row["channel"] or "-",
             row["status"],
             row["reason"],
-            when(row["send_at"]),
-            when(row["sent_at"]),
-            str(row["attempts"]),
+            lifecycle(row),
         )
     out.print(table)
+
+
+def lifecycle(row: dict[str, Any]) -> str:
+    """A ledger row's way from decision to outcome, one step per line."""
+    steps = [f"decided {when(row['created_at'])}"]
+    if row["channel"] is not None and row["status"] not in ("held_out", "capped", "no_consent", "no_contact", "suppressed"):
+        steps.append(f"due {when(row['send_at'])}")
+    if row["claimed_at"] is not None:
+        owner = str(row["lease_owner"] or "?").rsplit("/", 1)[0]  # host/pid/thread, without the claim token
+        steps.append(f"claimed {when(row['claimed_at'])} by {owner}")
+    if row["attempts"]:
+        calls = f"{row['attempts']} provider call{'s' if row['attempts'] != 1 else ''}"
+        steps.append(calls + (f", last error: {row['last_error']}" if row["last_error"] else ""))
+    if row["sent_at"] is not None:
+        steps.append(f"accepted by the provider {when(row['sent_at'])}")
+    return "\n".join(steps)
 
 
 @suppressions_app.command("list")

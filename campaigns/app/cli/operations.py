@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timedelta
 from typing import Annotated, Optional
@@ -16,6 +19,7 @@ from campaigns.app.cli.common import (
     configured_app,
     db_app,
     demo_app,
+    err,
     out,
     parse_now,
     require_schema,
@@ -103,7 +107,7 @@ def fakes(
         telegram.stop()
 
 
-# --- scheduler ------------------------------------------------------------------------
+# --- scheduler, reconciler, serve -------------------------------------------------------
 
 
 @app.command("scheduler")
@@ -113,10 +117,11 @@ def scheduler(
     replay_until: Annotated[Optional[str], typer.Option(help="... until this one, as fast as possible.")] = None,
     step: Annotated[int, typer.Option(help="Replay step in seconds.")] = 30,
 ) -> None:
-    """Start campaign occasions when their cron schedules fire (run one or more; each
-    occasion starts once)."""
+    """Start campaign occasions when their cron schedules fire, and run the reconciler
+    (run one or more; each occasion starts once)."""
     import socket
 
+    from campaigns.app.reconciler import Reconciler
     from campaigns.app.scheduler import Scheduler
 
     application = configured_app()
@@ -132,7 +137,15 @@ def scheduler(
 
     runner = Scheduler(application.settings, application.engine, start, name or f"scheduler@{socket.gethostname()}")
     if replay_from is None:
-        runner.run_forever()
+        if application.in_memory:
+            raise LoyalcastError("with the memory:// broker, run `loyalcast serve` (scheduler, reconciler and worker in one)")
+        if application.settings.metrics.enabled:
+            metrics = application.settings.metrics
+            from campaigns import metrics as metrics_module
+
+            metrics_module.serve_reconciler_metrics(metrics.host, metrics.reconciler_port)
+        stop = _stop_on_signals()
+        runner.run_forever(reconcile=Reconciler(application, broker).run_once, stop=stop)
         return
     zone = application.settings.program.timezone
     start_at = parse_now(replay_from, zone)
@@ -145,6 +158,91 @@ def scheduler(
                 markup=False,
                 highlight=False,
             )
+
+
+@app.command("reconcile")
+def reconcile(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One reconciler pass: settle expired claims, re-drive queued rows no message
+    carries and runs stuck in planning (the scheduler and serve do this continuously)."""
+    from campaigns.app.reconciler import Reconciler
+
+    application = configured_app()
+    require_schema(application)
+    from campaigns.app import actors
+
+    broker = actors.use_broker(runtime.build_broker(application.settings))
+    result = Reconciler(application, broker).run_once()
+    if application.in_memory:
+        runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "broker_lost": result.broker_lost,
+                    "requeued": result.requeued,
+                    "unknown": result.unknown,
+                    "overdue": result.overdue,
+                    "messages": result.messages,
+                    "redriven_runs": result.redriven_runs,
+                    "replanned": result.replanned,
+                }
+            )
+        )
+        return
+    out.print(f"reconciler: {result.describe()}", markup=False, highlight=False)
+
+
+@app.command("serve")
+def serve(
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", "-t", min=1, help="Worker threads (default: delivery.memory_worker_threads).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name recorded as started_by (default: serve@host).")] = "",
+) -> None:
+    """Run scheduler, reconciler and a worker in one process until Ctrl-C or SIGTERM:
+    the embedded default kept running, so messages due later go out when due."""
+    import socket
+
+    import dramatiq
+
+    from campaigns.app.reconciler import Reconciler
+    from campaigns.app.scheduler import Scheduler
+
+    application = configured_app()
+    require_schema(application)
+    application.serving = True
+    from campaigns.app import actors
+
+    broker = actors.use_broker(runtime.build_broker(application.settings))
+    worker = dramatiq.Worker(
+        broker, worker_threads=threads or application.settings.delivery.memory_worker_threads, worker_timeout=100
+    )
+    worker.start()
+
+    def start(run_id: int, now: datetime) -> None:
+        actors.plan_campaign.send(run_id, now.isoformat())
+
+    runner = Scheduler(application.settings, application.engine, start, name or f"serve@{socket.gethostname()}")
+    stop = _stop_on_signals()
+    err.print(f"serving {application.settings.source}: scheduler, reconciler and worker; Ctrl-C stops")
+    try:
+        runner.run_forever(reconcile=Reconciler(application, broker).run_once, stop=stop)
+    finally:
+        worker.stop(timeout=int(runtime.stop_timeout(application.settings) * 1000))
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (the loop finishes its step and returns)."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
 
 
 # --- worker ---------------------------------------------------------------------------
@@ -175,7 +273,11 @@ def worker(
     for queue in queues or []:
         if queue not in known:
             raise typer.BadParameter(f"unknown queue {queue!r} (known: {', '.join(sorted(known))})", param_hint="--queue")
-    sys.argv = ["dramatiq", "workers", "--processes", str(processes), "--threads", str(threads), *ctx.args]
+    extra = list(ctx.args)
+    if not any(arg.startswith("--worker-shutdown-timeout") for arg in extra):
+        # Long enough for every batch to finish its call in flight and hand back the rest.
+        extra += ["--worker-shutdown-timeout", str(int(runtime.stop_timeout(application.settings) * 1000))]
+    sys.argv = ["dramatiq", "workers", "--processes", str(processes), "--threads", str(threads), *extra]
     if queues:
         sys.argv += ["--queues", *queues]
     raise SystemExit(dramatiq_main())
