@@ -121,11 +121,6 @@ def _reconciler_metrics() -> dict[str, Any]:
                         "Runs still planning whose planner lease lapsed, at the last pass",
                         registry=registry,
                     ),
-                    "requeued": Counter(
-                        "loyalcast_expired_claims_total",
-                        "Claimed deliveries handed back to queued because their lease expired before the call",
-                        registry=registry,
-                    ),
                     "unknown": Counter(
                         "loyalcast_lost_calls_total",
                         "Deliveries ended unknown because their worker was lost during the provider call",
@@ -136,14 +131,13 @@ def _reconciler_metrics() -> dict[str, Any]:
         return _reconciler
 
 
-def reconciled(overdue: int, stalled: int, requeued: int, unknown: int) -> None:
+def reconciled(overdue: int, stalled: int, unknown: int) -> None:
     """One reconciler pass's findings."""
     if not _enabled:
         return
     found = _reconciler_metrics()
     found["overdue"].set(overdue)
     found["stalled"].set(stalled)
-    found["requeued"].inc(requeued)
     found["unknown"].inc(unknown)
 
 

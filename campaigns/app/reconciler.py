@@ -4,8 +4,9 @@ Redis and worker memory may vanish at any instant; the ledger does not. Each pas
 this order (every step is idempotent, and two reconcilers racing do no harm: a row is
 only ever sent by the worker whose claim took it):
 
-1. **Expired leases** (``campaigns.store.leases.expire``): a claimed row whose call
-   never started goes back to ``queued``; one whose call had started ends ``unknown``.
+1. **Expired leases** (``campaigns.store.leases.expire``): a row claimed for a provider
+   call by a worker that stopped (or hung) ends ``unknown``; the rows it had not reached
+   are still ``queued`` and are found by the next steps.
 2. **A broker that lost its messages** (``backlog.lost_since_last_look``: Redis flushed
    or restarted empty, a new in-memory broker): every queued row, due or not, is
    enqueued again (delayed until due), and every run still planning is planned again.
@@ -26,7 +27,6 @@ It runs inside ``loyalcast scheduler`` and ``loyalcast serve`` every
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,8 +46,6 @@ class Pass:
     """What one pass found and did."""
 
     broker_lost: bool = False
-    requeued: int = 0
-    """Claimed rows whose call never started, back to ``queued`` (lease expired)."""
     unknown: int = 0
     """Rows whose call had started when their lease expired, now ``unknown``."""
     overdue: int = 0
@@ -60,14 +58,12 @@ class Pass:
 
     @property
     def acted(self) -> bool:
-        return bool(self.broker_lost or self.requeued or self.unknown or self.messages or self.replanned)
+        return bool(self.broker_lost or self.unknown or self.messages or self.replanned)
 
     def describe(self) -> str:
         parts = []
         if self.broker_lost:
             parts.append("the broker had lost its messages")
-        if self.requeued:
-            parts.append(f"{self.requeued} expired claims handed back")
         if self.unknown:
             parts.append(f"{self.unknown} calls in flight of lost workers ended unknown")
         if self.messages:
@@ -90,8 +86,7 @@ class Reconciler:
         result = Pass(broker_lost=backlog.lost_since_last_look(self.broker))
 
         with engine.begin() as conn:
-            expired = leases.expire(conn, now=now)
-        result.requeued, result.unknown = len(expired.requeued), expired.unknown
+            result.unknown = leases.expire(conn, now=now)
 
         # On the in-memory broker the queue is this process's own: a due row it holds
         # no message for was queued by another command and is sent at once.
@@ -101,22 +96,11 @@ class Reconciler:
         if result.broker_lost:
             for run_id in open_runs(engine):
                 self._redrive(result, run_id, now, due_only=not self.app.keeps_delayed)
-        else:
-            if late and backlog.waiting(self.broker, actors.BATCHES_QUEUE) == 0:
-                with engine.connect() as conn:
-                    idle = [o.run_id for o in late if leases.live_leases(conn, o.run_id, now=now) == 0]
-                for run_id in idle:
-                    self._redrive(result, run_id, now, due_only=True)
-            # Handed-back rows of runs not re-driven above: carried right away.
-            handed_back: dict[int | None, list[int]] = defaultdict(list)
-            for row_id, run_id, _send_at in expired.requeued:
-                if run_id not in result.redriven_runs:
-                    handed_back[run_id].append(row_id)
-            size = settings.delivery.batch_size
-            for ids in handed_back.values():
-                for start in range(0, len(ids), size):
-                    actors.carry(now, ids[start : start + size])
-                    result.messages += 1
+        elif late and backlog.waiting(self.broker, actors.BATCHES_QUEUE) == 0:
+            with engine.connect() as conn:
+                idle = [o.run_id for o in late if leases.live_leases(conn, o.run_id, now=now) == 0]
+            for run_id in idle:
+                self._redrive(result, run_id, now, due_only=True)
 
         stalled = stalled_plans(engine, now=now, unclaimed_for=settings.reconciler.overdue)
         if stalled and (result.broker_lost or backlog.waiting(self.broker, actors.PLANS_QUEUE) == 0):
@@ -125,7 +109,7 @@ class Reconciler:
                 actors.plan_campaign.send(run_id)
                 result.replanned.append(run_id)
 
-        metrics.reconciled(result.overdue, len(stalled), result.requeued, result.unknown)
+        metrics.reconciled(result.overdue, len(stalled), result.unknown)
         if result.acted:
             log.warning("reconciler: %s", result.describe())
         return result

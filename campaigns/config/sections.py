@@ -83,12 +83,9 @@ class DeliverySettings(Section):
     max_backoff: Duration = timedelta(minutes=10)
     expiring_horizon_days: int = Field(default=60, ge=1, le=3660)
     """How far ahead templates see expiring points when the segment sets no horizon."""
-    claim_size: int = Field(default=20, ge=1, le=1000)
-    """Rows a worker claims at a time, as it reaches them within a batch."""
     lease: Duration = timedelta(seconds=60)
-    """How long a claim holds without news from its worker (renewed at each provider
-    call); after it, the reconciler hands back rows whose call never started and ends
-    the one in flight ``unknown``."""
+    """How long a worker's claim on the row it is calling a provider for holds; after
+    it, the reconciler ends the row ``unknown`` (the worker stopped or hung)."""
     batch_time_limit: Duration = timedelta(minutes=10)
     """Longest a ``deliver_batch`` message may run: a batch hands back what it has not
     reached before then, and Dramatiq's time limit is set to it."""

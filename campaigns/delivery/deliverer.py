@@ -1,16 +1,15 @@
-"""Delivering one batch of ledger rows: load, then per small group claim, and per row
-open the bracket, send, record.
+"""Delivering one batch of ledger rows: load, then per row claim, send, record.
 
 ``deliver(ids)`` is safe to run twice, at once or later, for the same ids (Dramatiq
 delivers at least once, and the reconciler re-drives rows whose message was lost): a
-row is sent only by the worker whose claim took it from ``queued``, and only while that
-claim is still its own (``campaigns.store.leases``).
+row is sent only by the worker whose claim took it from ``queued``
+(``campaigns.store.leases``).
 
 Per batch, one query loads the queued rows with their members, balances and runs and
-one loads the members' expiring points; the rows are then claimed ``claim_size`` at a
-time as the worker reaches them. Before each provider call one write records the
-previous row's outcome and opens this row's bracket, so a crash leaves at most one row
-per sending thread whose outcome is unknown. One bad member (a template that fails for
+one loads the members' expiring points. Each row is claimed as its turn comes, in the
+one write that records the previous row's outcome, right before its provider call, so a
+crash leaves at most one row per sending thread whose outcome is unknown and every row
+not yet reached still ``queued``. One bad member (a template that fails for
 their data, an invalid address) ends as ``failed`` with the reason and never stops the
 rest of the batch.
 
@@ -27,22 +26,21 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import Connection
 
 from campaigns import metrics
 from campaigns.config.settings import Settings
+from campaigns.delivery.claimant import Claimant, Pending
 from campaigns.delivery.message import Lots, MessageBuilder, Steps
 from campaigns.delivery.rows import DeliveryRow, Recipient
 from campaigns.delivery.throughput import Throughput
 from campaigns.delivery.transports import Transports
 from campaigns.errors import TemplateError
 from campaigns.planning import ladder
-from campaigns.store import leases
 from campaigns.store.engine import in_ids
-from campaigns.store.ledger import Outcome, ReasonCode, Status, add_suppressions
+from campaigns.store.ledger import Outcome, ReasonCode, Status
 from campaigns.store.models import (
     balances,
     campaign_runs,
@@ -80,14 +78,6 @@ class BatchReport:
             self.later.append((due, ids))
 
 
-@dataclass
-class _Pending:
-    """Outcomes not yet written (written with the next bracket, or at the end)."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    suppress: list[dict[str, Any]] = field(default_factory=list)
-
-
 class Deliverer:
     """Sends batches of ledger rows. One instance per process; thread-safe.
 
@@ -110,7 +100,6 @@ class Deliverer:
         """Send the still-queued rows among ``ids``; ``deadline`` (a ``time.monotonic()``
         instant) is when the batch must have stopped."""
         report = BatchReport()
-        now = datetime.now(UTC)
         with self.engine.connect() as conn:
             rows, missing = self._load(conn, ids)
             if not rows and not missing:
@@ -118,52 +107,50 @@ class Deliverer:
             expiring = self._load_expiring(conn, rows)
             ladders = [row.id for row in rows if self.messages.is_ladder(row.recipient.campaign)]
             reminded = ladder.marks_for(conn, ladders) if ladders else {}
-        owner = leases.new_owner()
-        if missing:
-            self._record_missing(owner, missing)
+        with Claimant(self.engine, self.settings.delivery.lease) as claimant:
+            if missing:
+                claimant.fail_missing(missing)
+            self._send_rows(claimant, rows, expiring, reminded, deadline, report)
+        return report
+
+    def _send_rows(
+        self,
+        claimant: Claimant,
+        rows: list[DeliveryRow],
+        expiring: dict[int, Lots],
+        reminded: dict[int, Steps],
+        deadline: float | None,
+        report: BatchReport,
+    ) -> None:
+        """Send each row, claimed as its turn comes; fill ``report``."""
         # When a row is due is the message's business (its delay, relative to the
         # instant a trial runs for): what arrives is sent.
-        due = rows
         transports = Transports(self.settings)
-        pending = _Pending()
+        pending = Pending()
         retries: list[Outcome] = []
-        size = self.settings.delivery.claim_size
         try:
-            for start in range(0, len(due), size):
+            for index, row in enumerate(rows):
                 if self._must_stop(deadline):
+                    # Not yet claimed: still queued, carried in a new message.
                     report.stopped_early = True
-                    report.carry(datetime.now(UTC), [row.id for row in due[start:]])
+                    report.carry(datetime.now(UTC), [r.id for r in rows[index:]])
                     break
-                group = due[start : start + size]
-                claimed = self._claim(owner, [row.id for row in group])
-                for index, row in enumerate(group):
-                    if row.id not in claimed:
-                        continue  # another worker has it, or it is no longer queued
-                    if self._must_stop(deadline):
-                        report.stopped_early = True
-                        self._hand_back(owner, pending, [r.id for r in group[index:] if r.id in claimed])
-                        report.carry(datetime.now(UTC), [r.id for r in group[index:] if r.id in claimed])
-                        report.carry(datetime.now(UTC), [r.id for r in due[start + size :]])
-                        break
-                    outcome = self._deliver_one(
-                        owner, row, expiring.get(row.member_id, []), reminded.get(row.id), transports, pending
-                    )
-                    if outcome is None:
-                        continue
-                    self._observe(row, outcome)
-                    pending.outcomes.append(outcome)
-                    if outcome.status is Status.QUEUED:
-                        retries.append(outcome)
-                    if pending.suppress:
-                        self._write(owner, pending)
-                if report.stopped_early:
-                    break
+                outcome, claimed = self._deliver_one(
+                    claimant, row, expiring.get(row.member_id, []), reminded.get(row.id), transports, pending
+                )
+                if outcome is None:
+                    continue
+                self._observe(row, outcome)
+                (pending.outcomes if claimed else pending.settled).append(outcome)
+                if outcome.status is Status.QUEUED:
+                    retries.append(outcome)
+                if pending.suppress:
+                    claimant.write(pending)
         finally:
             transports.close()
-            self._write(owner, pending)
+            claimant.write(pending)
         if retries:
-            report.carry(max(o.due or now for o in retries), [o.id for o in retries])
-        return report
+            report.carry(max(o.due or datetime.now(UTC) for o in retries), [o.id for o in retries])
 
     # -- steps ---------------------------------------------------------------------
 
@@ -171,56 +158,6 @@ class Deliverer:
         if self.stopping.is_set():
             return True
         return deadline is not None and time.monotonic() + self.call_budget > deadline
-
-    def _claim(self, owner: str, ids: list[int]) -> set[int]:
-        now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            return set(leases.claim(conn, ids, owner, now=now, until=now + self.settings.delivery.lease))
-
-    def _open(self, owner: str, row_id: int, pending: _Pending) -> bool:
-        """Record the pending outcomes and open ``row_id``'s bracket in one write."""
-        now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            if pending.suppress:
-                add_suppressions(conn, pending.suppress, now)
-            result = leases.step(conn, owner, pending.outcomes, now=now, next_id=row_id, until=now + self.settings.delivery.lease)
-        self._lost(pending, result.finished)
-        pending.outcomes, pending.suppress = [], []
-        return result.opened
-
-    def _write(self, owner: str, pending: _Pending) -> None:
-        if not pending.outcomes and not pending.suppress:
-            return
-        now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            if pending.suppress:
-                add_suppressions(conn, pending.suppress, now)
-            result = leases.step(conn, owner, pending.outcomes, now=now)
-        self._lost(pending, result.finished)
-        pending.outcomes, pending.suppress = [], []
-
-    @staticmethod
-    def _lost(pending: _Pending, finished: int) -> None:
-        if finished < len(pending.outcomes):
-            log.warning(
-                "%d outcomes not recorded: their claims had expired and were taken back",
-                len(pending.outcomes) - finished,
-            )
-
-    def _hand_back(self, owner: str, pending: _Pending, ids: list[int]) -> None:
-        self._write(owner, pending)
-        with self.engine.begin() as conn:
-            leases.release(conn, ids, owner, now=datetime.now(UTC))
-
-    def _record_missing(self, owner: str, missing: list[int]) -> None:
-        """Queued rows whose member vanished from the program's table since planning."""
-        now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            claimed = leases.claim(conn, missing, owner, now=now, until=now + self.settings.delivery.lease)
-            outcomes = [
-                Outcome(i, Status.FAILED, ReasonCode.MEMBER_MISSING, "member no longer exists", holds_slot=False) for i in claimed
-            ]
-            leases.step(conn, owner, outcomes, now=now)
 
     @staticmethod
     def _observe(row: DeliveryRow, outcome: Outcome) -> None:
@@ -325,14 +262,16 @@ class Deliverer:
 
     def _deliver_one(
         self,
-        owner: str,
+        claimant: Claimant,
         row: DeliveryRow,
         lots: Lots,
         steps: Steps | None,
         transports: Transports,
-        pending: _Pending,
-    ) -> Outcome | None:
-        """The row's outcome; None when its claim was taken back before the call."""
+        pending: Pending,
+    ) -> tuple[Outcome | None, bool]:
+        """The row's outcome, and whether it was claimed for a provider call (an outcome
+        reached before that settles a row that is still ``queued``); no outcome when
+        another worker claimed the row first."""
         recipient = row.recipient
         attempt = row.attempts + 1
         called = False
@@ -340,11 +279,11 @@ class Deliverer:
             context = self.messages.context(recipient, row.channel, lots, steps, (row.data or {}) if row.triggered else None)
             stale = self.messages.stale_reason(recipient.campaign, context)
             if stale:
-                return Outcome(row.id, Status.STALE, ReasonCode.STALE, stale, holds_slot=False)
+                return Outcome(row.id, Status.STALE, ReasonCode.STALE, stale, holds_slot=False), called
             rendered = self.messages.render(row.template, row.channel, context)
             over_budget = self.messages.over_budget(recipient.campaign, row.channel, rendered.text)
             if over_budget:
-                return Outcome(row.id, Status.FAILED, ReasonCode.OVER_BUDGET, over_budget, holds_slot=False)
+                return Outcome(row.id, Status.FAILED, ReasonCode.OVER_BUDGET, over_budget, holds_slot=False), called
             message = OutgoingMessage(
                 channel=row.channel,
                 reference=row.id,
@@ -356,12 +295,12 @@ class Deliverer:
                 marketing=row.category != "service",
                 unsubscribe_url=context["unsubscribe_url"],
             )
-            transport = transports[row.channel]
             self.throughput.wait(row.channel)
-            if not self._open(owner, row.id, pending):
-                log.warning("delivery %s: claim taken back before the call (lease expired); not sent here", row.id)
-                return None
+            if not claimant.open(row.id, pending):
+                return None, False  # no longer queued: another worker (a duplicate message) has it
             called = True
+            # Opened after the claim: connecting to the provider is part of the attempt.
+            transport = transports[row.channel]
             started = time.perf_counter()
             try:
                 result: SendResult = transport.send(message)
@@ -369,11 +308,11 @@ class Deliverer:
                 metrics.provider_latency(row.channel, transport.name, time.perf_counter() - started)
         except TemplateError as exc:
             log.warning("delivery %s: %s", row.id, exc)
-            return Outcome(row.id, Status.FAILED, ReasonCode.TEMPLATE_ERROR, f"template error: {exc}", holds_slot=False)
+            return Outcome(row.id, Status.FAILED, ReasonCode.TEMPLATE_ERROR, f"template error: {exc}", holds_slot=False), called
         except PermanentError as exc:
             if exc.suppress:
                 pending.suppress.append({"channel": row.channel, "address": row.address, "reason": exc.describe()})
-            return Outcome(row.id, Status.FAILED, permanent_code(exc), exc.describe(), holds_slot=exc.reached_provider)
+            return Outcome(row.id, Status.FAILED, permanent_code(exc), exc.describe(), holds_slot=exc.reached_provider), called
         except OutcomeUnknown as exc:
             return Outcome(
                 row.id,
@@ -382,18 +321,18 @@ class Deliverer:
                 f"no answer from the provider; it may have been delivered, so it is not resent: {exc.describe()}",
                 holds_slot=True,
                 error=exc.describe(),
-            )
+            ), called
         except TransientError as exc:
             error = f"attempt {attempt}: {exc.describe()}"
             if attempt >= self.settings.delivery.max_attempts:
                 reason = f"gave up after {attempt} attempts: {exc.describe()}"
-                return Outcome(row.id, Status.FAILED, ReasonCode.GAVE_UP, reason, holds_slot=True, error=error)
+                return Outcome(row.id, Status.FAILED, ReasonCode.GAVE_UP, reason, holds_slot=True, error=error), called
             due = datetime.now(UTC) + timedelta(seconds=self.backoff(attempt, exc))
             # The decision's reason and code stay; the failure is the row's last_error.
-            return Outcome(row.id, Status.QUEUED, None, None, holds_slot=True, error=error, due=due)
+            return Outcome(row.id, Status.QUEUED, None, None, holds_slot=True, error=error, due=due), called
         except ChannelError as exc:  # a ChannelError outside the two families is a transport bug
             log.error("delivery %s: unclassified channel error %r", row.id, exc)
-            return Outcome(row.id, Status.FAILED, ReasonCode.CHANNEL_ERROR, exc.describe(), holds_slot=called)
+            return Outcome(row.id, Status.FAILED, ReasonCode.CHANNEL_ERROR, exc.describe(), holds_slot=called), called
         except Exception as exc:
             # One member's bad data must not stop the batch; the traceback goes to the log.
             # Once the call has started the slot is kept: the provider may have the message.
@@ -404,7 +343,7 @@ class Deliverer:
                 ReasonCode.INTERNAL_ERROR,
                 f"internal error: {type(exc).__name__}: {exc}",
                 holds_slot=called,
-            )
+            ), called
         return Outcome(
             row.id,
             Status(result.status.value),
@@ -413,7 +352,7 @@ class Deliverer:
             holds_slot=True,
             sent_at=datetime.now(UTC),
             provider_message_id=result.provider_message_id,
-        )
+        ), called
 
     def backoff(self, attempt: int, error: TransientError) -> float:
         """Seconds before the next attempt: the provider's wait, else exponential with jitter."""

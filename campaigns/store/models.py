@@ -170,7 +170,6 @@ deliveries = Table(
     Column("lease_owner", String(100), nullable=True, comment="worker holding the claim"),
     Column("lease_until", UTCDateTime, nullable=True, comment="the claim expires at"),
     Column("claimed_at", UTCDateTime, nullable=True, comment="latest claim by a worker"),
-    Column("call_started_at", UTCDateTime, nullable=True, comment="the provider call in flight began at"),
     Column("last_error", String(500), nullable=True, comment="latest failed attempt"),
     Column("idempotency_key", String(200), nullable=True, comment="triggered messages: the caller's key"),
     Column("data", JSON, nullable=True, comment="triggered messages: the caller's template data"),

@@ -164,7 +164,7 @@ def scheduler(
 def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """One reconciler pass: settle expired claims, re-drive queued rows no message
+    """One reconciler pass: end expired claims unknown, re-drive queued rows no message
     carries and runs stuck in planning (the scheduler and serve do this continuously)."""
     from campaigns.app.reconciler import Reconciler
 
@@ -181,7 +181,6 @@ def reconcile(
             json.dumps(
                 {
                     "broker_lost": result.broker_lost,
-                    "requeued": result.requeued,
                     "unknown": result.unknown,
                     "overdue": result.overdue,
                     "messages": result.messages,

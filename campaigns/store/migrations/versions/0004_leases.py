@@ -1,11 +1,9 @@
 """Leases: the ledger owns a message from decision to outcome.
 
 ``deliveries`` gains the columns of a claim (``lease_owner``, ``lease_until``,
-``claimed_at``), the bracket around a provider call (``call_started_at``: set in the
-same write that makes the call's row the owner's one in-flight row, cleared with its
-outcome) and ``last_error`` (the latest failed attempt, kept apart from the reason).
-A row whose lease expired is handed back to ``queued`` when its call never started and
-ends ``unknown`` when it did (see ``campaigns.store.leases``).
+``claimed_at``: a worker claims a row in the write that comes right before its provider
+call) and ``last_error`` (the latest failed attempt, kept apart from the reason). A row
+whose lease expired ends ``unknown`` (see ``campaigns.store.leases``).
 
 ``campaign_runs`` gains ``lease_until``: a planner renews it per chunk, so a run left in
 ``planning`` by a dead planner (or by a plan message that never reached a worker) is
@@ -14,8 +12,8 @@ found and planned again.
 The index on ``(run_id, status)`` is replaced by a partial index over the rows still on
 their way (``queued``, ``sending``): what batches, leases and the reconciler look up,
 small however long the ledger grows. Rows an earlier version left in ``sending`` get an
-expired lease with their call started: they may have reached the provider, so they end
-``unknown``, not sent twice.
+expired lease: they may have reached the provider, so they end ``unknown``, not sent
+twice.
 
 Revision ID: 0004
 Revises: 0003
@@ -42,7 +40,6 @@ def upgrade() -> None:
         batch.add_column(sa.Column("lease_owner", sa.String(100), nullable=True, comment="worker holding the claim"))
         batch.add_column(sa.Column("lease_until", Timestamp, nullable=True, comment="the claim expires at"))
         batch.add_column(sa.Column("claimed_at", Timestamp, nullable=True, comment="latest claim by a worker"))
-        batch.add_column(sa.Column("call_started_at", Timestamp, nullable=True, comment="the provider call in flight began at"))
         batch.add_column(sa.Column("last_error", sa.String(500), nullable=True, comment="latest failed attempt"))
         batch.drop_index("ix_deliveries_run_id_status")
         batch.create_index(
@@ -52,9 +49,9 @@ def upgrade() -> None:
             sqlite_where=sa.text(_OPEN),
         )
     # Rows a worker of an earlier version left in `sending` may have reached the
-    # provider: their lease is over and their call counts as started, so the
-    # reconciler ends them `unknown` rather than sending them twice.
-    op.execute("UPDATE deliveries SET lease_until = updated_at, call_started_at = updated_at WHERE status = 'sending'")
+    # provider: their lease is over, so the reconciler ends them `unknown` rather than
+    # sending them twice.
+    op.execute("UPDATE deliveries SET lease_until = updated_at WHERE status = 'sending'")
     with op.batch_alter_table("campaign_runs") as batch:
         batch.add_column(sa.Column("lease_until", Timestamp, nullable=True, comment="the planner's lease expires at"))
 
@@ -65,5 +62,5 @@ def downgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_index("ix_deliveries_open")
         batch.create_index("ix_deliveries_run_id_status", ["run_id", "status"])
-        for column in ("last_error", "call_started_at", "claimed_at", "lease_until", "lease_owner"):
+        for column in ("last_error", "claimed_at", "lease_until", "lease_owner"):
             batch.drop_column(column)
