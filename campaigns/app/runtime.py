@@ -97,8 +97,8 @@ class GracefulStop(dramatiq.Middleware):
     """Tells running batches that their worker is shutting down (SIGTERM, Ctrl-C): each
     finishes its provider call in flight, records it and hands back the rest."""
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        app().stopping.clear()
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        app().stopping.clear()  # an in-process worker started again (tests, `run` after `run`)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         app().stopping.set()

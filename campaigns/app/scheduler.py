@@ -12,6 +12,12 @@ An F older than ``scheduler.grace`` was missed (the scheduler was down). The cam
 ``skipped`` with the reason, so it is neither run later nor forgotten. Only the latest
 missed occasion is considered: a scheduler down for a week does not send a week of
 reminders.
+
+``run_forever`` also runs the reconciler every ``reconciler.interval``. PostgreSQL or
+Redis unavailable: one log line when the outage starts, one when it ends, retries with
+backoff in between; an occasion whose planning could not be enqueued stays ``planning``
+(never recorded as planned) and the reconciler plans it once the broker is back. One
+campaign failing to schedule never stops the others.
 """
 
 from __future__ import annotations

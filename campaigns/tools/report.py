@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -25,6 +25,29 @@ class RunReport:
     state: str
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     """``{status: {channel: n}}``; members no channel could reach are under ``"-"``."""
+    overdue: int = 0
+    """Queued rows due for longer than the reconciler's ``overdue`` (their message may be lost)."""
+    expired: int = 0
+    """Rows in a provider call whose worker's lease has expired (the worker is gone)."""
+    stalled: bool = False
+    """Still planning, with the planner's lease lapsed."""
+
+    def warnings(self) -> list[str]:
+        """What an operator should hear about this run, one line each."""
+        found = []
+        if self.overdue:
+            found.append(
+                f"{self.overdue} queued deliveries are overdue: no message carries them any more, or no worker runs; "
+                f"the reconciler (loyalcast scheduler, serve, or `loyalcast reconcile`) enqueues them again"
+            )
+        if self.expired:
+            found.append(
+                f"{self.expired} deliveries were in a provider call when their worker stopped; "
+                f"the reconciler ends them unknown (not resent)"
+            )
+        if self.stalled:
+            found.append("the run is stuck in planning (its planner stopped); the reconciler plans it again")
+        return found
 
     @property
     def total(self) -> int:
@@ -43,6 +66,7 @@ class RunReport:
             "state": self.state,
             "total": self.total,
             "counts": self.counts,
+            "warnings": self.warnings(),
         }
 
 
@@ -54,7 +78,10 @@ def latest_run_id(engine: Engine, campaign: str | None = None) -> int | None:
         return conn.execute(query).scalar()
 
 
-def run_report(engine: Engine, run_id: int) -> RunReport | None:
+def run_report(engine: Engine, run_id: int, overdue_after: timedelta = timedelta(seconds=60)) -> RunReport | None:
+    """Counts per status and channel of the run, and what is stuck in it: queued rows
+    due for longer than ``overdue_after``, calls whose lease expired, a stalled plan."""
+    now = datetime.now(UTC)
     with engine.connect() as conn:
         run = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
         if run is None:
@@ -64,7 +91,14 @@ def run_report(engine: Engine, run_id: int) -> RunReport | None:
             .where(deliveries.c.run_id == run_id)
             .group_by(deliveries.c.status, deliveries.c.channel)
         ).all()
-    report = RunReport(run.id, run.campaign, run.occasion, run.as_of, run.state)
+        stuck = conn.execute(
+            select(
+                func.count().filter(deliveries.c.status == Status.QUEUED.value, deliveries.c.send_at < now - overdue_after),
+                func.count().filter(deliveries.c.status == Status.SENDING.value, deliveries.c.lease_until < now),
+            ).where(deliveries.c.run_id == run_id, deliveries.c.status.in_(IN_FLIGHT))
+        ).one()
+    report = RunReport(run.id, run.campaign, run.occasion, run.as_of, run.state, overdue=stuck[0], expired=stuck[1])
+    report.stalled = run.state == "planning" and run.lease_until is not None and run.lease_until < now
     for row in rows:
         report.counts.setdefault(row.status, {})[row.channel or NO_CHANNEL] = row[2]
     return report

@@ -74,7 +74,7 @@ def run(
             f"run {claimed.id} enqueued on {application.settings.broker_url.split('@')[-1]}; "
             f"follow it with `loyalcast report --run {claimed.id}`"
         )
-    report = run_report(application.engine, claimed.id)
+    report = run_report(application.engine, claimed.id, application.settings.reconciler.overdue)
     assert report is not None
     print_report(report, as_json)
 
@@ -235,7 +235,7 @@ def _follow(application: runtime.App, run_id: int, as_of: datetime, poll_s: floa
     ) as progress:
         task = progress.add_task("planning", total=None, run=run_id)
         while True:
-            report = run_report(application.engine, run_id)
+            report = run_report(application.engine, run_id, application.settings.reconciler.overdue)
             assert report is not None
             done = report.total - report.in_flight
             if report.state == "planned":

@@ -100,6 +100,8 @@ def print_report(report: RunReport, as_json: bool) -> None:
         "all", *(str(sum(report.counts[s].get(c, 0) for s in report.counts)) for c in channels), str(report.total), style="bold"
     )
     out.print(table)
+    for warning in report.warnings():
+        err.print(f"warning: {warning}", markup=False, highlight=False)
 
 
 def status_order(status: str) -> int:

@@ -39,7 +39,7 @@ def report_command(
         run_id = latest_run_id(application.engine, campaign)
         if run_id is None:
             raise LoyalcastError("no campaign has run yet")
-    report = run_report(application.engine, run_id)
+    report = run_report(application.engine, run_id, application.settings.reconciler.overdue)
     if report is None:
         raise LoyalcastError(f"no run {run_id}")
     print_report(report, as_json)
