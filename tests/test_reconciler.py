@@ -100,9 +100,7 @@ def test_a_run_stuck_in_planning_is_planned_again(configured) -> None:
     three_members(application)
     run = claim_run(application.engine, application.settings, "balance_reminder", as_of=NOW - timedelta(hours=1))
     with application.engine.begin() as conn:
-        conn.execute(
-            update(campaign_runs).where(campaign_runs.c.id == run.id).values(started_at=NOW - timedelta(minutes=10))
-        )
+        conn.execute(update(campaign_runs).where(campaign_runs.c.id == run.id).values(started_at=NOW - timedelta(minutes=10)))
 
     # When the reconciler runs
     result = reconcile(application)
