@@ -96,3 +96,52 @@ def subprocess_env(config: Any = None) -> dict[str, str]:
     if config is not None:
         env["LOYALCAST_CONFIG"] = str(config)
     return env
+
+
+def fake_channels(providers: dict[str, Any], **extra: dict[str, Any]) -> dict[str, Any]:
+    """``[channels]`` sections pointing the real transports at the fakes in ``providers``
+    (the Telegram token comes from ``LC_TG_TOKEN``); ``extra`` merges into a channel's."""
+    smtp, sms, telegram = providers["smtp"], providers["sms"], providers["telegram"]
+    sections: dict[str, dict[str, Any]] = {
+        "email": {
+            "transport": "smtp",
+            "host": smtp.address[0],
+            "port": smtp.address[1],
+            "security": "none",
+            "from_address": "Ромашка Бонус <bonus@example.com>",
+        },
+        "sms": {"transport": "http_sms", "url": f"{sms.url}/send", "sender": "ROMASHKA"},
+        "telegram": {"transport": "telegram", "token_env": "LC_TG_TOKEN", "base_url": f"{telegram.url}/bot"},
+    }
+    for channel, changes in extra.items():
+        sections[channel] = {**sections[channel], **changes}
+    return sections
+
+
+def loyalcast_process(config: Any, *args: str, timeout: float = 120) -> Any:
+    """Run the loyalcast CLI as a process of its own; fail the test on a non-zero exit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=timeout,
+        env=subprocess_env(config),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def members_a_third_per_channel(count: int) -> list[dict[str, Any]]:
+    """Members 1..count (for ``add_members``), each reachable on one channel in turn:
+    Telegram chat ``10000 + id``, email ``m<id>@example.com``, phone ``+7916<id>``."""
+    contacts = (
+        lambda i: {"telegram_chat_id": 10_000 + i, "telegram_consent": True},
+        lambda i: {"email": f"m{i}@example.com", "email_consent": True},
+        lambda i: {"phone": f"+7916{i:07d}", "sms_consent": True},
+    )
+    return [{"id": i, **contacts[i % 3](i)} for i in range(1, count + 1)]

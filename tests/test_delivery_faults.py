@@ -16,7 +16,7 @@ from email import policy
 import pytest
 import tomli_w
 from conftest import REPO, deep_merge
-from helpers import add_member, add_members, cli, ledger, run_json
+from helpers import add_member, add_members, cli, fake_channels, ledger, members_a_third_per_channel, run_json
 from sqlalchemy import func, select
 
 from campaigns.app import runtime
@@ -44,7 +44,6 @@ def real_transports(write_settings, providers, monkeypatch):
     monkeypatch.setenv("LC_UNSUBSCRIBE_KEY", "k3y")
 
     def configure(**extra) -> runtime.App:
-        smtp, sms, telegram = providers["smtp"], providers["sms"], providers["telegram"]
         config = write_settings(
             deep_merge(
                 {
@@ -52,23 +51,9 @@ def real_transports(write_settings, providers, monkeypatch):
                         "unsubscribe_url": "https://bonus.example.com/u?m={member_id}&c={channel}&s={signature}",
                         "unsubscribe_secret_env": "LC_UNSUBSCRIBE_KEY",
                     },
-                    "channels": {
-                        "email": {
-                            "transport": "smtp",
-                            "host": smtp.address[0],
-                            "port": smtp.address[1],
-                            "security": "none",
-                            "from_address": "Ромашка Бонус <bonus@example.com>",
-                            "unsubscribe_mailto": "unsub@example.com",
-                        },
-                        "sms": {"transport": "http_sms", "url": f"{sms.url}/send", "sender": "ROMASHKA"},
-                        "telegram": {
-                            "transport": "telegram",
-                            "token_env": "LC_TG_TOKEN",
-                            "base_url": f"{telegram.url}/bot",
-                            "rate_per_second": 200,
-                        },
-                    },
+                    "channels": fake_channels(
+                        providers, email={"unsubscribe_mailto": "unsub@example.com"}, telegram={"rate_per_second": 200}
+                    ),
                     "quiet_hours": {"default": "off", "telegram": "off"},
                     "delivery": {"batch_size": 100, "min_backoff": "1s", "max_backoff": "2s", "max_attempts": 8},
                 },
@@ -86,15 +71,7 @@ def real_transports(write_settings, providers, monkeypatch):
 def test_transient_failures_are_retried_until_every_delivery_is_sent(real_transports, providers) -> None:
     # Given 500 members, a third on each channel, and providers failing 20% of requests
     application = real_transports()
-    members = []
-    for i in range(1, 501):
-        contact = [
-            {"telegram_chat_id": 10_000 + i, "telegram_consent": True},
-            {"email": f"m{i}@example.com", "email_consent": True},
-            {"phone": f"+7916{i:07d}", "sms_consent": True},
-        ][i % 3]
-        members.append({"id": i, **contact})
-    add_members(application.engine, members)
+    add_members(application.engine, members_a_third_per_channel(500))
     providers["faults"].transient_rate = 0.2
     # When the campaign runs once, on the embedded broker
     report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")

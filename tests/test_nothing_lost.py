@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 from conftest import REPO, require_server, shipped_settings
-from helpers import add_members, subprocess_env
+from helpers import add_members, fake_channels, members_a_third_per_channel, subprocess_env
+from helpers import loyalcast_process as loyalcast
 from sqlalchemy import create_engine, func, select
 
 from campaigns.store import schema
@@ -87,19 +88,6 @@ class Processes:
         self.running.clear()
 
 
-def loyalcast(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        env=subprocess_env(config),
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Seconds until ``condition`` held; fails the test after ``timeout``."""
     started = time.monotonic()
@@ -148,7 +136,6 @@ def lossy(write_settings, pg_url: str, providers, monkeypatch, tmp_path: Path) -
     started: list[Processes] = []
 
     def make(broker_url: str, schedule: str | None = None) -> dict[str, Any]:
-        smtp, sms, telegram = providers["smtp"], providers["sms"], providers["telegram"]
         # One campaign, scheduled only when the test says so (the shipped ones would be caught up).
         campaign = {k: v for k, v in shipped_settings()["campaigns"]["balance_reminder"].items() if k != "schedule"}
         if schedule:
@@ -158,23 +145,7 @@ def lossy(write_settings, pg_url: str, providers, monkeypatch, tmp_path: Path) -
                 "campaigns": {"balance_reminder": campaign},
                 "database": {"url": pg_url},
                 "broker": {"url": broker_url},
-                "channels": {
-                    "email": {
-                        "transport": "smtp",
-                        "host": smtp.address[0],
-                        "port": smtp.address[1],
-                        "security": "none",
-                        "from_address": "bonus@example.com",
-                        "timeout": "2s",
-                    },
-                    "sms": {"transport": "http_sms", "url": f"{sms.url}/send", "sender": "ROMASHKA", "timeout": "2s"},
-                    "telegram": {
-                        "transport": "telegram",
-                        "token_env": "LC_TG_TOKEN",
-                        "base_url": f"{telegram.url}/bot",
-                        "timeout": "2s",
-                    },
-                },
+                "channels": fake_channels(providers, email={"timeout": "2s"}, sms={"timeout": "2s"}, telegram={"timeout": "2s"}),
                 "quiet_hours": {"default": "off", "telegram": "off"},
                 "delivery": {"batch_size": 100, "lease": "5s", "batch_time_limit": "60s"},
                 "reconciler": {"interval": "1s", "overdue": "3s"},
@@ -184,15 +155,7 @@ def lossy(write_settings, pg_url: str, providers, monkeypatch, tmp_path: Path) -
         )
         engine = make_engine(pg_url)
         schema.upgrade(engine)
-        members = []
-        for i in range(1, MEMBERS + 1):
-            contact = [
-                {"telegram_chat_id": 10_000 + i, "telegram_consent": True},
-                {"email": f"m{i}@example.com", "email_consent": True},
-                {"phone": f"+7916{i:07d}", "sms_consent": True},
-            ][i % 3]
-            members.append({"id": i, **contact})
-        add_members(engine, members)
+        add_members(engine, members_a_third_per_channel(MEMBERS))
         processes = Processes(config, tmp_path)
         started.append(processes)
         return {"config": config, "engine": engine, "processes": processes, "providers": providers}

@@ -11,20 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from helpers import loyalcast_process as loyalcast
 from helpers import subprocess_env
-
-
-def loyalcast(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        env=subprocess_env(config),
-    )
-    assert done.returncode == 0, done.stderr
-    return done
 
 
 @pytest.fixture

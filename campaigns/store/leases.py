@@ -53,6 +53,19 @@ def new_owner() -> str:
     return f"{host}/{os.getpid()}/{threading.current_thread().name[:24]}/{secrets.token_hex(4)}"
 
 
+# The second half of both statements below: claim the next row (if still queued) and
+# say what the first half recorded.
+_CLAIM_NEXT = """
+    ), claimed AS (
+        UPDATE deliveries
+        SET status = 'sending', lease_owner = :owner, lease_until = :until, claimed_at = :now,
+            attempts = attempts + 1, updated_at = :now
+        WHERE id = :next AND status = 'queued'
+        RETURNING id
+    )
+    SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM claimed) AS claimed
+"""
+
 # PostgreSQL, the common case (at most one outcome, the previous call's): one statement,
 # so one round trip and one commit per provider call. Sent straight to psycopg and
 # prepared once per connection: SQLAlchemy's statement handling cost three times the
@@ -69,20 +82,14 @@ _STEP_ONE = re.sub(
             lease_until = NULL, updated_at = :now
         WHERE d.id = :id AND d.lease_owner = :owner AND d.status IN ('sending', 'unknown')
         RETURNING d.id
-    ), claimed AS (
-        UPDATE deliveries
-        SET status = 'sending', lease_owner = :owner, lease_until = :until, claimed_at = :now,
-            attempts = attempts + 1, updated_at = :now
-        WHERE id = :next AND status = 'queued'
-        RETURNING id
-    )
-    SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM claimed) AS claimed
-""",
+"""
+    + _CLAIM_NEXT,
 )
 
 # PostgreSQL, several outcomes at once (rows that never reached a call: stale, template
 # errors; the end of a batch): arrays unnested into rows.
-_STEP_MANY = text("""
+_STEP_MANY = text(
+    """
     WITH finished AS (
         UPDATE deliveries AS d
         SET status = o.status, reason = coalesce(o.reason, d.reason), reason_code = coalesce(o.code, d.reason_code),
@@ -95,15 +102,9 @@ _STEP_MANY = text("""
              AS o(id, status, reason, code, holds_slot, sent_at, provider_message_id, error, due)
         WHERE d.id = o.id AND d.lease_owner = :owner AND d.status IN ('sending', 'unknown')
         RETURNING d.id
-    ), claimed AS (
-        UPDATE deliveries
-        SET status = 'sending', lease_owner = :owner, lease_until = :until, claimed_at = :now,
-            attempts = attempts + 1, updated_at = :now
-        WHERE id = :next AND status = 'queued'
-        RETURNING id
-    )
-    SELECT (SELECT count(*) FROM finished) AS finished, (SELECT count(*) FROM claimed) AS claimed
-""")
+"""
+    + _CLAIM_NEXT
+)
 
 
 @dataclass(frozen=True)
