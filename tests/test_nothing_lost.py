@@ -110,7 +110,7 @@ def providers() -> Iterator[dict[str, Any]]:
         "sms": FakeSmsGateway(faults=faults).start(),
         "telegram": FakeTelegramApi(faults=faults).start(),
     }
-    yield servers
+    yield {**servers, "faults": faults}
     for server in servers.values():
         server.stop()
 
@@ -135,7 +135,7 @@ def lossy(write_settings, pg_url: str, providers, monkeypatch, tmp_path: Path) -
     monkeypatch.setenv("LC_TG_TOKEN", "123:fake")
     started: list[Processes] = []
 
-    def make(broker_url: str, schedule: str | None = None) -> dict[str, Any]:
+    def make(broker_url: str, schedule: str | None = None, delivery: dict[str, Any] | None = None) -> dict[str, Any]:
         # One campaign, scheduled only when the test says so (the shipped ones would be caught up).
         campaign = {k: v for k, v in shipped_settings()["campaigns"]["balance_reminder"].items() if k != "schedule"}
         if schedule:
@@ -147,7 +147,7 @@ def lossy(write_settings, pg_url: str, providers, monkeypatch, tmp_path: Path) -
                 "broker": {"url": broker_url},
                 "channels": fake_channels(providers, email={"timeout": "2s"}, sms={"timeout": "2s"}, telegram={"timeout": "2s"}),
                 "quiet_hours": {"default": "off", "telegram": "off"},
-                "delivery": {"batch_size": 100, "lease": "5s", "batch_time_limit": "60s"},
+                "delivery": {"batch_size": 100, "lease": "5s", "batch_time_limit": "60s", **(delivery or {})},
                 "reconciler": {"interval": "1s", "overdue": "3s"},
                 "scheduler": {"tick": "1s"},
             },
@@ -231,6 +231,30 @@ def test_kill_9_of_every_worker_loses_nothing(lossy, redis_url: str, kill_at: fl
         f"\nkill -9 at {kill_at:.0%}: at the kill {dict(stranded)}; settled {settled:.1f} s after the restart; "
         f"final {dict(final)}"
     )
+
+
+# --- batches longer than their time limit ---------------------------------------------------
+
+
+def test_a_batch_longer_than_its_time_limit_hands_back_the_rest(lossy, redis_url: str) -> None:
+    # Given batches of 500 that take about 15 s each (30 ms an answer) and a 10 s limit
+    pieces = lossy(redis_url, delivery={"batch_size": 500, "batch_time_limit": "10s"})
+    pieces["providers"]["faults"].slow_seconds = 0.03
+    engine, processes = pieces["engine"], pieces["processes"]
+    processes.start("worker", "worker", "-p", str(PROCESSES), "-t", str(THREADS))
+    processes.start("scheduler", "scheduler")
+
+    # When the campaign runs
+    run_once(pieces)
+    settled = wait_for(lambda: terminal(engine), SETTLE_BOUND_S, "every row terminal")
+
+    # Then each batch stopped in time and handed back the rest: every row sent, once,
+    # and Dramatiq never had to interrupt a batch
+    final = assert_nothing_lost(engine, pieces["providers"], max_unknown=0)
+    assert final["sent"] == MEMBERS
+    log = processes.log("worker")
+    assert "TimeLimitExceeded" not in log and "batch stopped before its time limit" in log
+    print(f"\nbatches of 500 over a 10 s limit: settled {settled:.1f} s; {dict(final)}")
 
 
 # --- Redis flushed --------------------------------------------------------------------------

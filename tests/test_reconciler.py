@@ -129,7 +129,7 @@ def test_a_batch_that_must_stop_hands_back_what_it_has_not_reached(configured, h
         report = application.deliverer.deliver(ids, deadline=time.monotonic() + 1)
 
     # Then nothing was claimed or sent, and every row is handed back to be carried again
-    assert report.stopped_early and [row_ids for _, row_ids in report.later] == [ids]
+    assert report.stopped_early and report.handed_back == 3 and [row_ids for _, row_ids in report.later] == [ids]
     assert {status for _, status, _ in ledger(application.engine, run_id).values()} == {"queued"}
     assert outbox_files(application) == []
 

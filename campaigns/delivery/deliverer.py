@@ -72,6 +72,8 @@ class BatchReport:
     """``(due, ids)`` to carry again in new messages: retries, and the rows handed back
     when the batch stopped early."""
     stopped_early: bool = False
+    handed_back: int = 0
+    """Rows not reached before the stop (still ``queued``, among ``later``)."""
 
     def carry(self, due: datetime, ids: list[int]) -> None:
         if ids:
@@ -133,7 +135,15 @@ class Deliverer:
                 if self._must_stop(deadline):
                     # Not yet claimed: still queued, carried in a new message.
                     report.stopped_early = True
+                    report.handed_back = len(rows) - index
                     report.carry(datetime.now(UTC), [r.id for r in rows[index:]])
+                    if not self.stopping.is_set():
+                        log.warning(
+                            "batch stopped before its time limit: %d of %d deliveries handed back "
+                            "(delivery.batch_size may be too large for delivery.batch_time_limit at this provider speed)",
+                            report.handed_back,
+                            len(rows),
+                        )
                     break
                 outcome, claimed = self._deliver_one(
                     claimant, row, expiring.get(row.member_id, []), reminded.get(row.id), transports, pending
