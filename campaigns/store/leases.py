@@ -17,10 +17,14 @@ member may have the message.
 Every write is fenced: a row is claimed only from ``queued``, and an outcome lands only
 on a row its writer holds (a late true outcome may still replace ``unknown``).
 
-Measured on the 100k benchmark (``make bench-small``): a separate claim of a group of
-rows before their calls added a third more row updates and one more statement per call
-than this (PostgreSQL CPU 0.45 against 0.15 ms a message before leases); the claim at
-the call keeps two row updates a message, as a batch claim did.
+The price is one durable round trip to the database per provider call (before leases a
+batch claimed its 500 rows in one statement and wrote outcomes 100 at a time). Measured
+with ``make bench-small`` (2 cores shared by PostgreSQL, the workers and sinks that
+answer in microseconds): 79% of the transport ceiling before, 52-58% with it, PostgreSQL
+CPU 0.15 -> 0.42-0.52 ms a message. Single-threaded the two designs cost the same CPU
+per message; the difference is the extra blocking round trip per message under a
+saturated CPU. A separate claim of a group of rows before the calls (tried first) cost
+the same and needed a second kind of ``sending`` row, so it was not kept.
 """
 
 from __future__ import annotations
