@@ -196,3 +196,41 @@ def test_settings_that_cannot_work_are_refused_with_their_key(write_settings, ch
     assert message in str(error.value)
     if "schedule" in message:
         assert "never fires" in str(error.value)
+
+
+def test_the_reconcilers_findings_are_prometheus_metrics(configured) -> None:
+    # Given metrics on, and a run with one lost call and rows no message carries
+    import socket
+
+    from campaigns import metrics
+
+    application = configured({**NO_QUIET, "metrics": {"enabled": True}})
+    three_members(application)
+    planned_run(application)
+    with application.engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.member_id == 1)
+            .values(status="sending", lease_owner="host/1/t/dead", lease_until=NOW - timedelta(seconds=1))
+        )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    metrics.serve_reconciler_metrics("127.0.0.1", port)
+    before = _sample(port, "loyalcast_lost_calls_total")
+
+    # When a pass runs
+    reconcile(application)
+
+    # Then the exposition shows what it found
+    assert _sample(port, "loyalcast_lost_calls_total") == before + 1
+    assert _sample(port, "loyalcast_overdue_deliveries") == 2  # the two queued rows, before the pass re-drove them
+    assert _sample(port, "loyalcast_stalled_runs") == 0
+    metrics.set_enabled(False)
+
+
+def _sample(port: int, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))

@@ -134,3 +134,46 @@ def test_a_scheduled_occasion_runs_end_to_end_on_the_embedded_default(write_sett
     report = cli(config, "report", "--json").stdout
     assert '"sent"' in report
     runtime.reset()
+
+
+def test_one_campaign_failing_to_start_does_not_stop_the_others(write_settings) -> None:
+    # Given two campaigns due at the same minute, the first of which cannot be started
+    schedule = {"schedule": "0 10 * * *"}
+    campaigns = only({"balance_reminder": schedule, "win_back": schedule})
+    config = write_settings({"campaigns": campaigns}, drop=("campaigns",))
+    application = runtime.configure(config)
+    schema.upgrade(application.engine)
+    started: list[int] = []
+
+    def start(run_id: int, now: datetime) -> None:
+        if not started and run_id == 1:
+            raise ValueError("this campaign's start failed")
+        started.append(run_id)
+
+    scheduler = Scheduler(application.settings, application.engine, start)
+    # When the scheduler ticks at their fire time
+    decisions = scheduler.tick(datetime(2026, 11, 23, 7, 0, 30, tzinfo=UTC))
+    # Then the other campaign still started
+    assert [(d.campaign, d.action) for d in decisions] == [("win_back", "started")]
+    assert started == [2]
+    runtime.reset()
+
+
+def test_a_broker_outage_at_fire_time_leaves_the_occasion_planning(write_settings) -> None:
+    # Given a campaign due now and a broker that refuses the plan message
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    config = write_settings({"campaigns": only({"balance_reminder": {"schedule": "0 10 * * *"}})}, drop=("campaigns",))
+    application = runtime.configure(config)
+    schema.upgrade(application.engine)
+
+    def start(run_id: int, now: datetime) -> None:
+        raise RedisConnectionError("Connection refused")
+
+    scheduler = Scheduler(application.settings, application.engine, start)
+    # When it ticks
+    decisions = scheduler.tick(datetime(2026, 11, 23, 7, 0, 30, tzinfo=UTC))
+    # Then the occasion is claimed but stays planning (the reconciler plans it later)
+    assert [(d.campaign, d.action) for d in decisions] == [("balance_reminder", "enqueue-failed")]
+    assert [run["state"] for run in occasions(application.engine)] == ["planning"]
+    runtime.reset()
