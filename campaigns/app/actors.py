@@ -48,7 +48,11 @@ QUEUES = (TRIGGERED_QUEUE, PLANS_QUEUE, BATCHES_QUEUE)
 """Every queue loyalcast's actors use (``loyalcast worker --queue`` takes these)."""
 
 
-@dramatiq.actor(queue_name=TRIGGERED_QUEUE, priority=0, max_retries=10, time_limit=300_000)
+TRIGGERED_TIME_LIMIT_S = 300
+"""Dramatiq's time limit for one triggered message (its delivery stops in time within it)."""
+
+
+@dramatiq.actor(queue_name=TRIGGERED_QUEUE, priority=0, max_retries=10, time_limit=TRIGGERED_TIME_LIMIT_S * 1000)
 def send_triggered(
     member_id: int, template: str, data: dict[str, Any] | None, idempotency_key: str, category: str | None = None
 ) -> None:
@@ -63,7 +67,7 @@ def send_triggered(
     if decided.send_at - datetime.now(UTC) > CARRY_NOW:  # quiet hours, or a deferring cap
         carry(decided.send_at, [decided.delivery_id])
         return
-    report = app.deliverer.deliver([decided.delivery_id], deadline=time.monotonic() + 240)
+    report = app.deliverer.deliver([decided.delivery_id], deadline=time.monotonic() + TRIGGERED_TIME_LIMIT_S)
     for due, ids in report.later:
         carry(due, ids)
 
