@@ -21,9 +21,9 @@ The price is one durable round trip to the database per provider call (before le
 batch claimed its 500 rows in one statement and wrote outcomes 100 at a time). Measured
 with ``make bench-small`` (2 cores shared by PostgreSQL, the workers and sinks that
 answer in microseconds): 79% of the transport ceiling before, 52-58% with it, PostgreSQL
-CPU 0.15 -> 0.42-0.52 ms a message. Single-threaded the two designs cost the same CPU
-per message; the difference is the extra blocking round trip per message under a
-saturated CPU. A separate claim of a group of rows before the calls (tried first) cost
+CPU 0.15 -> 0.42-0.52 ms a message. Single-threaded the write adds its round trip:
+0.24 -> 0.45-0.54 ms of worker CPU and 0.07 -> 0.30-0.37 ms of PostgreSQL CPU a message
+(null transport). A separate claim of a group of rows before the calls (tried first) cost
 the same and needed a second kind of ``sending`` row, so it was not kept.
 """
 
