@@ -81,7 +81,12 @@ class _ThreadLoop:
     def close(self) -> None:
         try:
             for request in self.requests:
-                self.loop.run_until_complete(request.shutdown())
+                shutdown = request.shutdown()
+                try:
+                    self.loop.run_until_complete(shutdown)
+                except RuntimeError:
+                    shutdown.close()  # never started (another loop runs here): not "never awaited"
+                    raise
         finally:
             self.loop.close()
 
