@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,22 +16,24 @@ from campaigns.store.models import balances, deliveries, members, point_expirati
 UTC = UTC
 
 
+MEMBER_DEFAULTS: dict[str, Any] = {
+    "first_name": "Member",
+    "locale": "ru",
+    "timezone": "Europe/Moscow",
+    "tier": "basic",
+    "email": None,
+    "phone": None,
+    "telegram_chat_id": None,
+    "email_consent": False,
+    "sms_consent": False,
+    "telegram_consent": False,
+    "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
+}
+"""A member's columns when a test does not say otherwise."""
+
+
 def add_member(engine: Engine, member_id: int, *, points: float = 500, **fields: Any) -> None:
-    row = {
-        "id": member_id,
-        "first_name": fields.pop("first_name", f"Member{member_id}"),
-        "locale": "ru",
-        "timezone": "Europe/Moscow",
-        "tier": "basic",
-        "email": None,
-        "phone": None,
-        "telegram_chat_id": None,
-        "email_consent": False,
-        "sms_consent": False,
-        "telegram_consent": False,
-        "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
-    }
-    row.update(fields)
+    row = {**MEMBER_DEFAULTS, "id": member_id, "first_name": f"Member{member_id}", **fields}
     with engine.begin() as conn:
         conn.execute(insert(members), [row])
         conn.execute(insert(balances), [{"member_id": member_id, "points": points}])
@@ -64,19 +67,7 @@ def run_json(config: Any, campaign: str, *extra: str) -> dict[str, Any]:
 
 def add_members(engine: Engine, rows: list[dict[str, Any]], *, points: float = 500) -> None:
     """Bulk insert of members (each dict as for ``add_member``) with the same balance."""
-    defaults = {
-        "first_name": "Member",
-        "locale": "ru",
-        "timezone": "Europe/Moscow",
-        "tier": "basic",
-        "email": None,
-        "phone": None,
-        "telegram_chat_id": None,
-        "email_consent": False,
-        "sms_consent": False,
-        "telegram_consent": False,
-        "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
-    }
+    defaults = MEMBER_DEFAULTS
     with engine.begin() as conn:
         conn.execute(insert(members), [{**defaults, **row} for row in rows])
         conn.execute(insert(balances), [{"member_id": row["id"], "points": points} for row in rows])
@@ -145,3 +136,20 @@ def members_a_third_per_channel(count: int) -> list[dict[str, Any]]:
         lambda i: {"phone": f"+7916{i:07d}", "sms_consent": True},
     )
     return [{"id": i, **contacts[i % 3](i)} for i in range(1, count + 1)]
+
+
+def fake_providers(faults: Any) -> Iterator[dict[str, Any]]:
+    """Start the fake SMTP server, SMS gateway and Bot API sharing ``faults``; yield them
+    (and ``faults``) by name, stop them afterwards. For a fixture to ``yield from``."""
+    from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi
+
+    servers = {
+        "smtp": FakeSmtpServer(faults=faults).start(),
+        "sms": FakeSmsGateway(faults=faults).start(),
+        "telegram": FakeTelegramApi(faults=faults).start(),
+    }
+    try:
+        yield {**servers, "faults": faults}
+    finally:
+        for server in servers.values():
+            server.stop()

@@ -16,26 +16,18 @@ from email import policy
 import pytest
 import tomli_w
 from conftest import REPO, deep_merge
-from helpers import add_member, add_members, cli, fake_channels, ledger, members_a_third_per_channel, run_json
+from helpers import add_member, add_members, cli, fake_channels, fake_providers, ledger, members_a_third_per_channel, run_json
 from sqlalchemy import func, select
 
 from campaigns.app import runtime
 from campaigns.store import schema
 from campaigns.store.models import deliveries, suppressions
-from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+from channels.fakes import Faults
 
 
 @pytest.fixture
 def providers() -> Iterator[dict]:
-    faults = Faults(seed=11)
-    servers = {
-        "smtp": FakeSmtpServer(faults=faults).start(),
-        "sms": FakeSmsGateway(faults=faults).start(),
-        "telegram": FakeTelegramApi(faults=faults).start(),
-    }
-    yield {**servers, "faults": faults}
-    for server in servers.values():
-        server.stop()
+    yield from fake_providers(Faults(seed=11))
 
 
 @pytest.fixture

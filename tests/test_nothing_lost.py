@@ -24,14 +24,14 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 from conftest import REPO, require_server, shipped_settings
-from helpers import add_members, fake_channels, members_a_third_per_channel, subprocess_env
+from helpers import add_members, fake_channels, fake_providers, members_a_third_per_channel, subprocess_env
 from helpers import loyalcast_process as loyalcast
 from sqlalchemy import create_engine, func, select
 
 from campaigns.store import schema
 from campaigns.store.engine import make_engine
 from campaigns.store.models import campaign_runs, deliveries
-from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+from channels.fakes import Faults
 
 MEMBERS = 1_500
 PROCESSES, THREADS = 2, 4
@@ -101,15 +101,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 @pytest.fixture
 def providers() -> Iterator[dict[str, Any]]:
     # Slow enough (10 ms an answer) that a campaign is still sending when it is hit.
-    faults = Faults(slow_seconds=0.01, seed=5)
-    servers = {
-        "smtp": FakeSmtpServer(faults=faults).start(),
-        "sms": FakeSmsGateway(faults=faults).start(),
-        "telegram": FakeTelegramApi(faults=faults).start(),
-    }
-    yield {**servers, "faults": faults}
-    for server in servers.values():
-        server.stop()
+    yield from fake_providers(Faults(slow_seconds=0.01, seed=5))
 
 
 def accepted(providers: dict[str, Any]) -> Counter[tuple[str, str]]:

@@ -28,7 +28,6 @@ from campaigns.delivery.deliverer import CALL_MARGIN, Deliverer
 from campaigns.delivery.message import MessageBuilder
 from campaigns.delivery.rendering import Renderer
 from campaigns.store.engine import make_engine
-from channels.specs import CHANNELS
 
 _lock = threading.Lock()
 _app: App | None = None
@@ -194,8 +193,7 @@ def stop_timeout(settings: Settings) -> float:
     """Seconds a graceful stop of a worker may take: each batch finishes its provider call
     in flight (at most the slowest channel's timeout), records it and hands back the
     rest. ``loyalcast worker`` passes it to Dramatiq as ``--worker-shutdown-timeout``."""
-    slowest = max(settings.channel(name).timeout.total_seconds() for name in CHANNELS)
-    return slowest + CALL_MARGIN + STOP_MARGIN
+    return settings.slowest_timeout.total_seconds() + CALL_MARGIN + STOP_MARGIN
 
 
 STOP_MARGIN = 10.0

@@ -161,10 +161,9 @@ class Scheduler:
                     reconcile(clock())
                     next_reconcile = time.monotonic() + every
             except OUTAGES as exc:
-                outage = outage or Outage(time.monotonic())
-                if not outage.logged:
+                if outage is None:
                     log.error("%s unavailable: %s; retrying with backoff until it is back", _service(exc), _brief(exc))
-                    outage.logged = True
+                    outage = Outage(time.monotonic())
                 stop.wait(outage.backoff())
                 continue
             if outage is not None:
@@ -193,7 +192,6 @@ class Outage:
     """A period in which PostgreSQL or Redis could not be reached."""
 
     started: float
-    logged: bool = False
     attempts: int = 0
 
     def backoff(self) -> float:

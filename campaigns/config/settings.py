@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, PrivateAttr
@@ -35,6 +36,7 @@ from campaigns.config.sections import (
 from campaigns.config.values import ANY_CHANNEL, ChannelName, Section
 from campaigns.errors import UnknownCampaign
 from channels import TransportOptions
+from channels.specs import CHANNELS
 
 
 class Settings(Section):
@@ -97,6 +99,11 @@ class Settings(Section):
     def channel(self, name: str) -> TransportOptions:
         """The options of channel ``name``'s transport (the outbox's when unset)."""
         return self.channels.get(name) or default_options()
+
+    @property
+    def slowest_timeout(self) -> timedelta:
+        """The longest ``timeout`` of any channel's transport: how long one provider call may take."""
+        return max(self.channel(name).timeout for name in CHANNELS)
 
     def unsubscribe_url(self, member_id: int, channel: str) -> str:
         """The member's one-click unsubscribe link, signed when the URL asks for it."""

@@ -175,7 +175,7 @@ def _transport_problems(settings: Settings) -> list[str]:
 def _lease_problems(settings: Settings) -> list[str]:
     """A claim must outlast the slowest provider call, and a batch its claims."""
     delivery = settings.delivery
-    slowest = max((settings.channel(name).timeout for name in CHANNELS), default=delivery.lease)
+    slowest = settings.slowest_timeout
     problems = []
     if delivery.lease < 2 * slowest:
         problems.append(

@@ -58,7 +58,6 @@ from channels.errors import (
     RecipientBlocked,
     TransientError,
 )
-from channels.specs import CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +70,12 @@ class BatchReport:
     later: list[tuple[datetime, list[int]]] = field(default_factory=list)
     """``(due, ids)`` to carry again in new messages: retries, and the rows handed back
     when the batch stopped early."""
-    stopped_early: bool = False
     handed_back: int = 0
-    """Rows not reached before the stop (still ``queued``, among ``later``)."""
+    """Rows not reached before the batch had to stop (still ``queued``, among ``later``)."""
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.handed_back > 0
 
     def carry(self, due: datetime, ids: list[int]) -> None:
         if ids:
@@ -95,7 +97,7 @@ class Deliverer:
         self.messages = messages
         self.throughput = Throughput(settings)
         self.stopping = stopping or threading.Event()
-        self.call_budget = max(settings.channel(name).timeout.total_seconds() for name in CHANNELS) + CALL_MARGIN
+        self.call_budget = settings.slowest_timeout.total_seconds() + CALL_MARGIN
         """Seconds a batch keeps in hand before its deadline: the slowest call and its write."""
 
     def deliver(self, ids: list[int], deadline: float | None = None) -> BatchReport:
@@ -134,7 +136,6 @@ class Deliverer:
             for index, row in enumerate(rows):
                 if self._must_stop(deadline):
                     # Not yet claimed: still queued, carried in a new message.
-                    report.stopped_early = True
                     report.handed_back = len(rows) - index
                     report.carry(datetime.now(UTC), [r.id for r in rows[index:]])
                     if not self.stopping.is_set():

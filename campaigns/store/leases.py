@@ -47,9 +47,6 @@ from campaigns.store.models import deliveries
 if TYPE_CHECKING:
     import psycopg
 
-OPEN = (Status.QUEUED.value, Status.SENDING.value)
-"""Statuses of rows still on their way (the partial index ``ix_deliveries_open``)."""
-
 
 def new_owner() -> str:
     """A claim owner unique to this process, thread and batch: ``host/pid/thread/token``."""
