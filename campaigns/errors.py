@@ -7,6 +7,10 @@ One flat module, one tree::
      │                        every problem as "key.path: what is wrong"
      ├── TemplateError        a template is missing, does not parse, or fails to render;
      │                        names the template file and line
+     │    └── RenderBudgetExceeded  a template ran longer, or wrote more, than
+     │                             ``[rendering]`` allows (or recursed too deep)
+     ├── ServiceUnavailable   the database or the broker cannot be reached; names the
+     │                        settings key and the URL (its password masked)
      └── UnknownCampaign      a command named a campaign settings.toml does not define
 
 Channel (provider) errors have their own tree in ``channels.errors``: they describe a
@@ -58,3 +62,20 @@ class UnknownCampaign(LoyalcastError):
         self.name = name
         listing = ", ".join(sorted(known)) or "none"
         super().__init__(f"unknown campaign {name!r} (settings define: {listing})")
+
+
+class ServiceUnavailable(LoyalcastError):
+    """The database or the broker cannot be reached.
+
+    ``key`` is the settings key that chose the service (``database.url``, or
+    ``broker.url_env (LOYALCAST_BROKER_URL)``), ``url`` its URL with the password
+    masked, ``detail`` the driver's first line, ``consequence`` what it left behind.
+    """
+
+    def __init__(self, key: str, url: str, detail: str, consequence: str = "") -> None:
+        self.key = key
+        self.url = url
+        self.detail = detail
+        self.consequence = consequence
+        tail = f"; {consequence}" if consequence else ""
+        super().__init__(f"{key}: cannot reach {url}: {detail}{tail}")

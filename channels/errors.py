@@ -16,7 +16,9 @@ request never got an answer) and ``detail`` (the provider's text)::
                                  have been sent; it keeps its cap slot and is not resent blindly
 
     ChannelConfigError           outside the tree: the transport is misconfigured; raised at
-                                 start-up, names the settings key
+     │                           start-up, names the settings key
+     └── MissingSecret           the environment variable holding a secret is not set
+                                 (only commands that contact the provider need it)
 
 ``PermanentError.suppress`` says whether the address should go on the suppression list;
 ``reached_provider`` says whether the provider saw the message at all (a cap slot is
@@ -97,3 +99,8 @@ class ChannelConfigError(Exception):
         self.key = key
         self.problem = problem
         super().__init__(f"{key}: {problem}")
+
+
+class MissingSecret(ChannelConfigError):
+    """The environment variable a ``*_env`` key names is not set. Settings load without
+    it; commands that contact the provider refuse to start."""

@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from channels.errors import ChannelConfigError
+from channels.errors import ChannelConfigError, MissingSecret
 
-_DURATION = re.compile(r"^\s*(\d{1,9})\s*(w|d|h|m|s)\s*$")
+_DURATION = re.compile(r"^\s*(\d+)\s*(w|d|h|m|s)\s*$")
 _DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
@@ -35,13 +35,20 @@ def parse_duration(value: Any) -> timedelta:
     amount, unit = int(match.group(1)), match.group(2)
     try:
         return timedelta(**{_DURATION_UNITS[unit]: amount})
-    except OverflowError:
+    except (OverflowError, ValueError):
         raise ValueError(f"duration {value!r} is too long") from None
+
+
+MAX_DURATION = timedelta(days=3660)
+"""Longest duration any setting takes (ten years): longer ones are typos, and would
+overflow date arithmetic."""
 
 
 def _positive(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError("duration must be longer than zero")
+    if value > MAX_DURATION:
+        raise ValueError(f"duration of {value.days} days is too long (at most {MAX_DURATION.days}d)")
     return value
 
 
@@ -83,5 +90,5 @@ def secret(env_name: str | None, key: str, *, required: bool = False) -> str | N
         return None
     value = os.environ.get(env_name)
     if not value:
-        raise ChannelConfigError(key, f"environment variable {env_name} is not set")
+        raise MissingSecret(key, f"environment variable {env_name} is not set")
     return value

@@ -294,10 +294,28 @@ def test_settings_report_transport_problems_at_start(write_settings) -> None:
     from campaigns.config.loading import load_settings
     from campaigns.errors import ConfigError
 
-    path = write_settings({"channels": {"telegram": {"transport": "telegram", "token_env": "LC_NOT_SET"}}})
-    os.environ.pop("LC_NOT_SET", None)
+    # Given a Telegram section that names no variable for its token
+    path = write_settings({"channels": {"telegram": {"transport": "telegram"}}})
+    # Then the settings do not load, and the key is named
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
+    assert caught.value.problems == [
+        "channels.telegram.token_env: required: the name of the environment variable holding it"
+    ]
+
+
+def test_a_missing_secret_stops_only_what_contacts_the_provider(write_settings) -> None:
+    from campaigns.config.loading import load_settings
+    from campaigns.errors import ConfigError
+
+    # Given a Telegram token variable that is not set
+    path = write_settings({"channels": {"telegram": {"transport": "telegram", "token_env": "LC_NOT_SET"}}})
+    os.environ.pop("LC_NOT_SET", None)
+    # When the settings load (what check, preview, plan and report need)
+    settings = load_settings(path)
+    # Then only asking for the secrets (run, send, serve, worker) names it
+    with pytest.raises(ConfigError) as caught:
+        settings.require_secrets()
     assert caught.value.problems == ["channels.telegram.token_env: environment variable LC_NOT_SET is not set"]
 
 

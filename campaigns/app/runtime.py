@@ -58,6 +58,8 @@ class App:
 
     @cached_property
     def deliverer(self) -> Deliverer:
+        """What sends; ConfigError while a provider secret is missing (nothing is claimed)."""
+        self.settings.require_secrets()
         return Deliverer(self.settings, self.engine, self.messages, self.stopping)
 
     @property
@@ -164,6 +166,11 @@ def drain_in_process(broker: dramatiq.Broker, *, threads: int, timeout_s: float 
                 break
     finally:
         worker.stop()
+
+
+def current() -> App | None:
+    """The configured application, or None before any command configured one."""
+    return _app
 
 
 def reset() -> None:

@@ -31,12 +31,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import dramatiq
 from croniter import croniter
-from redis.exceptions import RedisError
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import DBAPIError
 
+from campaigns.app.outages import BROKER_OUTAGES, OUTAGES, brief, service
 from campaigns.config.settings import Settings
 from campaigns.store.models import campaign_runs
 from campaigns.store.runs import RunState, insert_run
@@ -128,9 +126,9 @@ class Scheduler:
                 run_id,
                 campaign_name,
                 occasion,
-                _brief(exc),
+                brief(exc),
             )
-            return Decision(campaign_name, occasion, "enqueue-failed", run_id, _brief(exc))
+            return Decision(campaign_name, occasion, "enqueue-failed", run_id, brief(exc))
         return Decision(campaign_name, occasion, "started", run_id, reason)
 
     def run_forever(
@@ -162,7 +160,7 @@ class Scheduler:
                     next_reconcile = time.monotonic() + every
             except OUTAGES as exc:
                 if outage is None:
-                    log.error("%s unavailable: %s; retrying with backoff until it is back", _service(exc), _brief(exc))
+                    log.error("%s unavailable: %s; retrying with backoff until it is back", service(exc), brief(exc))
                     outage = Outage(time.monotonic())
                 stop.wait(outage.backoff())
                 continue
@@ -198,19 +196,6 @@ class Outage:
         """Seconds before the next try: 1, 2, 4, ... up to 60."""
         self.attempts += 1
         return float(min(60, 2 ** (self.attempts - 1)))
-
-
-BROKER_OUTAGES: tuple[type[BaseException], ...] = (RedisError, dramatiq.errors.BrokerError)
-OUTAGES: tuple[type[BaseException], ...] = (DBAPIError, *BROKER_OUTAGES)
-
-
-def _service(exc: BaseException) -> str:
-    return "the database" if isinstance(exc, DBAPIError) else "the broker"
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def _age(delta: timedelta) -> str:

@@ -43,6 +43,16 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"<file>: settings file {source!r} not found (use --config or {CONFIG_ENV})"], source) from None
+    except IsADirectoryError:
+        raise ConfigError([f"<file>: {source!r} is a folder, not a settings file"], source) from None
+    except PermissionError:
+        raise ConfigError([f"<file>: no permission to read {source!r}"], source) from None
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {source!r}: {exc.strerror or exc}"], source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"<file>: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"], source
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"<file>: not valid TOML: {exc}"], source) from None
     return settings_from_dict(raw, base_dir=file.resolve().parent, source=source)
@@ -61,7 +71,8 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<s
         raise ConfigError(pydantic_problems(exc), source) from None
     settings._base_dir = base_dir
     settings._source = source
-    problems = semantic_problems(settings)
+    problems, missing_secrets = semantic_problems(settings)
     if problems:
         raise ConfigError(problems, source)
+    settings._missing_secrets = missing_secrets
     return settings

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, create_model
 
 from campaigns.config.values import (
     ANY_CHANNEL,
+    Category,
     Clock,
     Duration,
     QuietWindow,
@@ -41,7 +42,7 @@ class CapRule(Section):
     """
 
     channel: Annotated[str, AfterValidator(_cap_channel)]
-    category: str = "marketing"
+    category: Category = "marketing"
     window: Literal["rolling", "calendar", "min_gap"] = "rolling"
     max: int | None = Field(default=None, ge=1)
     per: Duration | None = None
@@ -105,7 +106,7 @@ class QuietHoursSettings(Section):
     """
 
     default: QuietWindow = "off"
-    ignore_for_categories: list[str] = Field(default_factory=lambda: ["service"])
+    ignore_for_categories: list[Category] = Field(default_factory=lambda: ["service"])
 
     def windows(self) -> dict[str, tuple[Clock, Clock] | None]:
         """``{"default"|channel: ((start_h, start_m), (end_h, end_m)) or None}``."""

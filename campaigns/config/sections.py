@@ -4,21 +4,53 @@ metrics and logging."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from string import Formatter
+from typing import Annotated, Any, Literal
 
+from babel.numbers import list_currencies
 from croniter import CroniterBadDateError, croniter
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from campaigns.config.values import (
+    Category,
     ChannelName,
     Duration,
     LocaleName,
+    Name,
     Section,
     TimeZoneName,
     parse_clock,
 )
 from channels.specs import CHANNELS
+
+UNSUBSCRIBE_PLACEHOLDERS = ("member_id", "channel", "signature")
+
+
+def _currency(value: str) -> str:
+    if value not in list_currencies():
+        raise ValueError(f"unknown currency {value!r} (use an ISO 4217 code such as 'RUB', 'EUR')")
+    return value
+
+
+def _unsubscribe_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(f"must be an http(s) URL, got {value!r}")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write a literal brace as {{{{ or }}}})") from None
+    allowed = ", ".join(f"{{{name}}}" for name in UNSUBSCRIBE_PLACEHOLDERS)
+    for name, spec, conversion in fields:
+        if name not in UNSUBSCRIBE_PLACEHOLDERS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"unknown placeholder {shown} (use {allowed})")
+    return value
+
+
+Currency = Annotated[str, AfterValidator(_currency)]
+UnsubscribeUrl = Annotated[str, AfterValidator(_unsubscribe_url)]
 
 
 class PluralWords(Section):
@@ -36,14 +68,14 @@ class PluralWords(Section):
 
 
 class ProgramSettings(Section):
-    name: str
+    name: Name
     timezone: TimeZoneName = "Europe/Moscow"
     default_locale: LocaleName = "ru"
     locales: list[LocaleName] = Field(default_factory=lambda: ["ru", "en"], min_length=1)
-    currency: str = "RUB"
+    currency: Currency = "RUB"
     """ISO 4217 code for the ``money`` filter and SMS cost estimates."""
     site_url: str = "https://example.com"
-    unsubscribe_url: str = "https://example.com/unsubscribe?member={member_id}"
+    unsubscribe_url: UnsubscribeUrl = "https://example.com/unsubscribe?member={member_id}"
     """One-click unsubscribe link; placeholders ``{member_id}``, ``{channel}``, ``{signature}``."""
     unsubscribe_secret_env: str | None = None
     """Environment variable holding the key that signs ``{signature}`` (HMAC-SHA256)."""
@@ -93,6 +125,10 @@ class DeliverySettings(Section):
     """How long a planner's claim on a run holds without progress (renewed per chunk)."""
 
 
+TEMPLATE_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]{1,100}")
+"""A template is a folder directly under ``templates_dir``."""
+
+
 class SegmentSettings(Section):
     """Filters that together (AND) select members. Every filter is optional."""
 
@@ -111,7 +147,7 @@ class CampaignSettings(Section):
     segment: str
     template: str
     channels: list[ChannelName] = Field(min_length=1)
-    category: str = "marketing"
+    category: Category = "marketing"
     schedule: str | None = None
     description: str = ""
     max_segments: int = Field(default=2, ge=1, le=10)
@@ -166,6 +202,8 @@ class CampaignSettings(Section):
     @field_validator("template")
     @classmethod
     def _template_exists(cls, value: str, info: ValidationInfo) -> str:
+        if not TEMPLATE_NAME.fullmatch(value):
+            raise ValueError(f"template {value!r} is not a folder name (letters, digits, '_', '-', '.'; no '/' or '..')")
         templates = (info.context or {}).get("templates")
         if templates is not None and templates.is_dir() and not (templates / value).is_dir():
             raise ValueError(f"template {value!r} does not exist (no folder {str(templates / value)!r})")
@@ -190,7 +228,7 @@ class TriggeredSettings(Section):
 
     channels: list[ChannelName] = Field(default_factory=lambda: list(CHANNELS), min_length=1)
     """Priority list; channels the template has no text for are left out."""
-    category: str = "service"
+    category: Category = "service"
     """Category when the caller names none (``service`` is exempt from marketing caps)."""
 
 

@@ -34,7 +34,7 @@ from campaigns.config.sections import (
     TriggeredSettings,
 )
 from campaigns.config.values import ANY_CHANNEL, ChannelName, Section
-from campaigns.errors import UnknownCampaign
+from campaigns.errors import ConfigError, UnknownCampaign
 from channels import TransportOptions
 from channels.specs import CHANNELS
 
@@ -59,6 +59,7 @@ class Settings(Section):
 
     _base_dir: Path = PrivateAttr(default=Path("."))
     _source: str = PrivateAttr(default="<settings>")
+    _missing_secrets: list[str] = PrivateAttr(default_factory=list)
 
     @property
     def base_dir(self) -> Path:
@@ -88,6 +89,13 @@ class Settings(Section):
     @property
     def broker_url(self) -> str:
         return self._secret(self.broker.url, self.broker.url_env) or "memory://"
+
+    def require_secrets(self) -> None:
+        """Raise ConfigError naming each provider secret missing from the environment.
+        Commands that contact providers (``run``, ``send``, ``serve``, workers) call it;
+        the others work without the secrets."""
+        if self._missing_secrets:
+            raise ConfigError(self._missing_secrets, self._source)
 
     def campaign(self, name: str) -> CampaignSettings:
         """The campaign called ``name``; UnknownCampaign when the settings define none."""

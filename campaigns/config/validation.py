@@ -15,8 +15,8 @@ from sqlalchemy.exc import ArgumentError
 from campaigns.config.settings import Settings
 from campaigns.config.templates import missing_parts
 from channels import TRANSPORTS, build_transport
-from channels.errors import ChannelConfigError
-from channels.specs import CHANNELS, channel_spec
+from channels.errors import ChannelConfigError, MissingSecret
+from channels.specs import channel_spec
 
 
 def format_key_path(loc: tuple[Any, ...]) -> str:
@@ -60,8 +60,10 @@ def transport_name(section: Any) -> str:
     return str(section.get("transport")) if isinstance(section, dict) else repr(section)
 
 
-def semantic_problems(settings: Settings) -> list[str]:
-    """Checks that span several keys or look outside the file (env, templates)."""
+def semantic_problems(settings: Settings) -> tuple[list[str], list[str]]:
+    """Checks that span several keys or look outside the file (env, templates): the
+    problems, and apart from them the provider secrets missing from the environment
+    (only commands that contact providers need those)."""
     problems: list[str] = []
     for key, env_name, value in (
         ("database", settings.database.url_env, settings.database.url),
@@ -94,10 +96,6 @@ def semantic_problems(settings: Settings) -> list[str]:
             if getattr(words, category, None) is None:
                 problems.append(f"program.points_word.{locale_name}.{category}: missing ({locale_name} needs this plural form)")
 
-    try:
-        program.unsubscribe_url.format(member_id=1, channel=next(iter(CHANNELS)), signature="")
-    except (KeyError, IndexError, ValueError) as exc:
-        problems.append(f"program.unsubscribe_url: unknown placeholder {exc} (use {{member_id}}, {{channel}}, {{signature}})")
     if "{signature}" in program.unsubscribe_url:
         if not program.unsubscribe_secret_env:
             problems.append("program.unsubscribe_secret_env: required when unsubscribe_url uses {signature}")
@@ -133,7 +131,8 @@ def semantic_problems(settings: Settings) -> list[str]:
         ):
             problems.append(f"segments.{name}.max_days_since_purchase: smaller than min_days_since_purchase")
 
-    problems += _transport_problems(settings)
+    transport_problems, missing_secrets = _transport_problems(settings)
+    problems += transport_problems
     problems += _lease_problems(settings)
 
     templates = settings.templates_path
@@ -155,21 +154,25 @@ def semantic_problems(settings: Settings) -> list[str]:
                     f"{prefix}.channels[{index}]: template {campaign.template!r} has no {' or '.join(group)} "
                     f"for channel {channel!r}"
                 )
-    return problems
+    return problems, missing_secrets
 
 
-def _transport_problems(settings: Settings) -> list[str]:
-    """Build every configured transport once (no network), so a missing host, secret or
-    field fails at start-up with its key, not at the first send."""
-    problems = []
+def _transport_problems(settings: Settings) -> tuple[list[str], list[str]]:
+    """Build every configured transport once (no network), so a missing host or field
+    fails at start-up with its key, not at the first send. Missing secrets come back
+    apart: ``(problems, missing secrets)``."""
+    problems, missing = [], []
     for channel, section in settings.channels.items():
         try:
             transport = build_transport(channel, section.transport, outbox_dir=settings.outbox_path, options=section)
+        except MissingSecret as exc:
+            missing.append(f"{exc.key}: {exc.problem}")
+            continue
         except ChannelConfigError as exc:
             problems.append(f"{exc.key}: {exc.problem}")
             continue
         transport.close()
-    return problems
+    return problems, missing
 
 
 def _lease_problems(settings: Settings) -> list[str]:

@@ -18,10 +18,12 @@ from channels.specs import CHANNELS, UnknownChannel
 
 __all__ = [
     "ANY_CHANNEL",
+    "Category",
     "ChannelName",
     "Clock",
     "Duration",
     "LocaleName",
+    "Name",
     "QuietWindow",
     "Section",
     "TimeZoneName",
@@ -36,6 +38,34 @@ class Section(BaseModel):
 
     # A misspelt key is a mistake the marketer wants to hear about, not a silent default.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _name(value: str) -> str:
+    value = " ".join(value.split())
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > 200:
+        raise ValueError(f"is {len(value)} characters long (at most 200)")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+"""A text that must say something (a program's name); runs of white space become one space."""
+
+_CATEGORY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def _category(value: str) -> str:
+    if not _CATEGORY.fullmatch(value):
+        raise ValueError(
+            f"invalid category {value!r} (lower-case letters, digits, '_' and '-', e.g. 'marketing', 'expiry', 'service')"
+        )
+    return value
+
+
+Category = Annotated[str, AfterValidator(_category)]
+"""A message category (``marketing``, ``expiry``, ``service``), as cap rules and the
+ledger name it."""
 
 
 def known_channel(value: str) -> str:

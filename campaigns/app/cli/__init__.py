@@ -1,16 +1,20 @@
 """The ``loyalcast`` command line, one module per group of commands.
 
-Exit codes: 0 success; 1 a command failed (unknown campaign, unknown run, failed
-delivery run); 2 the settings are invalid (one line per problem on stderr, no traceback).
+Exit codes: 0 success; 1 a command failed (unknown campaign, unknown run, a run that
+delivered nothing, a preview that rendered nothing); 2 the settings are invalid, or a
+service they name (database, broker) cannot be reached: one line per problem on
+stderr, naming the key, no traceback.
 """
 
 from __future__ import annotations
 
 import sys
 
+from campaigns.app import runtime
 from campaigns.app.cli import campaigns, ledger, operations  # noqa: F401  # they register their commands
 from campaigns.app.cli.common import app
-from campaigns.errors import ConfigError, LoyalcastError
+from campaigns.app.outages import UNREACHABLE, unreachable
+from campaigns.errors import ConfigError, LoyalcastError, ServiceUnavailable
 
 __all__ = ["app", "main"]
 
@@ -23,6 +27,15 @@ def main() -> None:
         # Plain writes: one problem per line, never wrapped to the terminal's width.
         for problem in exc.problems:
             print(f"{exc.source}: {problem}" if exc.source else problem, file=sys.stderr)
+        raise SystemExit(2) from None
+    except ServiceUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except UNREACHABLE as exc:
+        configured = runtime.current()
+        if configured is None:
+            raise
+        print(f"error: {unreachable(exc, configured.settings)}", file=sys.stderr)
         raise SystemExit(2) from None
     except LoyalcastError as exc:
         print(f"error: {exc}", file=sys.stderr)

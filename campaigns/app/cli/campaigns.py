@@ -30,6 +30,7 @@ from campaigns.app.cli.common import (
     require_schema,
     when,
 )
+from campaigns.app.outages import BROKER_OUTAGES, unreachable
 from campaigns.errors import LoyalcastError
 from campaigns.tools.report import due_in_flight, run_report
 from channels.specs import channel_spec
@@ -48,6 +49,7 @@ def run(
     from campaigns.store.runs import claim_run
 
     application = configured_app()
+    application.settings.require_secrets()
     require_schema(application)
     as_of = parse_now(now, application.settings.program.timezone)
     claimed = claim_run(application.engine, application.settings, campaign, as_of=as_of, occasion=occasion, started_by="cli")
@@ -57,7 +59,14 @@ def run(
     from campaigns.app import actors
 
     broker = actors.use_broker(runtime.build_broker(application.settings))
-    actors.plan_campaign.send(claimed.id, as_of.isoformat())
+    try:
+        actors.plan_campaign.send(claimed.id, as_of.isoformat())
+    except BROKER_OUTAGES as exc:
+        raise unreachable(
+            exc,
+            application.settings,
+            f"run {claimed.id} stays planning: the reconciler (`loyalcast scheduler`) plans it once the broker is back",
+        ) from None
     if application.in_memory:
         runtime.drain_in_process(broker, threads=application.settings.delivery.memory_worker_threads)
         later, first = waiting(application.engine, claimed.id, as_of)
@@ -265,6 +274,7 @@ def send(
     from campaigns.tools.report import member_history
 
     application = configured_app()
+    application.settings.require_secrets()
     require_schema(application)
     try:
         values = json.loads(data)

@@ -210,6 +210,7 @@ def serve(
     from campaigns.app.scheduler import Scheduler
 
     application = configured_app()
+    application.settings.require_secrets()
     require_schema(application)
     application.serving = True
     from campaigns.app import actors
@@ -262,6 +263,7 @@ def worker(
     from dramatiq.cli import main as dramatiq_main
 
     application = configured_app()
+    application.settings.require_secrets()
     if application.in_memory:
         raise LoyalcastError("the memory:// broker has no separate workers: `loyalcast run` processes in-process")
     if application.settings.metrics.enabled:
