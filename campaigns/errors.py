@@ -55,6 +55,10 @@ class TemplateError(LoyalcastError):
         super().__init__(f"{where}: {message}")
 
 
+class RenderBudgetExceeded(TemplateError):
+    """A template ran longer, wrote more, or recursed deeper than ``[rendering]`` allows."""
+
+
 class UnknownCampaign(LoyalcastError):
     """No campaign of that name is defined in the settings."""
 

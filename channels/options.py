@@ -22,6 +22,11 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(w|d|h|m|s)\s*$")
 _DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
+MAX_DURATION = timedelta(days=3660)
+"""Longest duration any setting takes (ten years): longer ones are typos, and would
+overflow date arithmetic."""
+
+
 def parse_duration(value: Any) -> timedelta:
     """``"30d"``, ``"2w"``, ``"12h"``, ``"90m"``, ``"45s"`` (or a timedelta) -> timedelta;
     ValueError for anything else."""
@@ -36,12 +41,7 @@ def parse_duration(value: Any) -> timedelta:
     try:
         return timedelta(**{_DURATION_UNITS[unit]: amount})
     except (OverflowError, ValueError):
-        raise ValueError(f"duration {value!r} is too long") from None
-
-
-MAX_DURATION = timedelta(days=3660)
-"""Longest duration any setting takes (ten years): longer ones are typos, and would
-overflow date arithmetic."""
+        raise ValueError(f"duration {value!r} is too long (at most {MAX_DURATION.days}d)") from None
 
 
 def _positive(value: timedelta) -> timedelta:

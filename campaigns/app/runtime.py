@@ -50,7 +50,7 @@ class App:
 
     @cached_property
     def renderer(self) -> Renderer:
-        return Renderer(self.settings.templates_path, self.settings.program)
+        return Renderer(self.settings.templates_path, self.settings.program, self.settings.rendering)
 
     @cached_property
     def messages(self) -> MessageBuilder:

@@ -257,6 +257,23 @@ class ReconcilerSettings(Section):
     queue, has lost its message and is sent again."""
 
 
+class RenderingSettings(Section):
+    """The budget of one template render (``run``, ``send``, ``check``, ``preview``, ``plan``)."""
+
+    time_limit: Duration = timedelta(seconds=2)
+    """Longest one part of a message (subject, text, HTML) may take to render; a
+    template still running then is interrupted and the row fails ``template_error``."""
+    max_output: int = Field(default=100_000, ge=1_000, le=10_000_000)
+    """Most characters one part may write (and any string a template builds)."""
+
+    @field_validator("time_limit")
+    @classmethod
+    def _at_most_a_minute(cls, value: timedelta) -> timedelta:
+        if value > timedelta(minutes=1):
+            raise ValueError("at most 1m: a render longer than that is a template bug, and it holds a worker thread")
+        return value
+
+
 class SchedulerSettings(Section):
     tick: Duration = timedelta(seconds=30)
     """How often the scheduler looks at the clock."""

@@ -29,6 +29,7 @@ from campaigns.config.sections import (
     OutboxSettings,
     ProgramSettings,
     ReconcilerSettings,
+    RenderingSettings,
     SchedulerSettings,
     SegmentSettings,
     TriggeredSettings,
@@ -50,6 +51,7 @@ class Settings(Section):
     quiet_hours: QuietHours = Field(default_factory=QuietHours)
     scheduler: SchedulerSettings = SchedulerSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
+    rendering: RenderingSettings = RenderingSettings()
     triggered: TriggeredSettings = TriggeredSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -23,6 +23,8 @@ def format_key_path(loc: tuple[Any, ...]) -> str:
     """``('campaigns', 'x', 'channels', 1)`` -> ``campaigns.x.channels[1]``."""
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for an invalid key of a table; the path already names it
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         elif out:
@@ -138,6 +140,9 @@ def semantic_problems(settings: Settings) -> tuple[list[str], list[str]]:
     templates = settings.templates_path
     if not templates.is_dir():
         problems.append(f"templates_dir: folder {str(templates)!r} does not exist")
+    # Without the folder, or with a default locale the program does not have, every
+    # template would look incomplete: the one line above says what to fix.
+    look_inside = templates.is_dir() and program.default_locale in program.locales
     for name, campaign in settings.campaigns.items():
         prefix = f"campaigns.{name}"
         for index, channel in enumerate(campaign.channels):
@@ -148,7 +153,7 @@ def semantic_problems(settings: Settings) -> tuple[list[str], list[str]]:
         if campaign.kind == "standard" and campaign.stages is not None:
             problems.append(f'{prefix}.stages: means nothing without kind = "expiring_ladder"')
         template_dir = templates / campaign.template
-        for index, channel in enumerate(campaign.channels):
+        for index, channel in enumerate(campaign.channels if look_inside else []):
             for group in missing_parts(template_dir, channel_spec(channel), program.default_locale):
                 problems.append(
                     f"{prefix}.channels[{index}]: template {campaign.template!r} has no {' or '.join(group)} "

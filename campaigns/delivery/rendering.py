@@ -10,6 +10,12 @@ The environment is sandboxed (a template cannot reach Python internals) and uses
 ``StrictUndefined`` (a misspelt variable is an error, never an empty string). ``.html``
 parts are autoescaped, so member data cannot inject markup into any message.
 
+Every render has a budget (``[rendering]``): ``time_limit`` per part, enforced by
+interrupting the thread (``campaigns.delivery.budget``), and ``max_output`` characters
+per part, checked as the output grows and before a template builds a big string
+(``*``, ``**``, ``%``, ``format``, ``center``, ``indent``, ``replace``). Runaway loops,
+huge strings and recursion become a RenderBudgetExceeded naming the file and line.
+
 Filters (the member's locale and time zone come from the render context):
 
 - ``points``: ``1250|points`` -> ``1 250 баллов`` / ``1,250 points`` (CLDR plurals);
@@ -17,12 +23,15 @@ Filters (the member's locale and time zone come from the render context):
 - ``money``: an amount in the program's currency (``1 500,00 ₽``, ``RUB1,500.00``, as CLDR writes them);
 - ``date``: a UTC timestamp or date shown in the member's zone as the locale writes a
   day and month ("30 ноября", "November 30"), or in a Babel ``pattern``;
-- ``relative_date``: the day relative to the member's today ("завтра", "через 3 дня").
+- ``relative_date``: the day relative to the member's today ("завтра", "через 3 дня");
+- ``short(n)``: at most ``n`` characters, cut at a word and ended with "…" (names in
+  texts billed per segment).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,9 +59,10 @@ from jinja2 import (
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-from campaigns.config.sections import ProgramSettings
+from campaigns.config.sections import ProgramSettings, RenderingSettings
 from campaigns.config.zones import zone_info
-from campaigns.errors import TemplateError
+from campaigns.delivery.budget import WATCHDOG, RenderTimeout
+from campaigns.errors import RenderBudgetExceeded, TemplateError
 from channels.specs import MessageKind, channel_spec
 
 
@@ -76,12 +86,15 @@ class Renderer:
     see edits; restart it, as after any settings change).
     """
 
-    def __init__(self, templates_dir: Path, program: ProgramSettings) -> None:
+    def __init__(self, templates_dir: Path, program: ProgramSettings, budget: RenderingSettings | None = None) -> None:
         self.templates_dir = templates_dir
         self.program = program
+        self.budget = budget or RenderingSettings()
         # Filled as renders ask; two threads may compile the same template once each.
         self._found: dict[tuple[str, str, str], Template | None] = {}
-        self.env = SandboxedEnvironment(
+        self._timeouts: dict[str, int] = {}
+        self.env = BudgetedSandbox(
+            self.budget.max_output,
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
@@ -96,7 +109,9 @@ class Renderer:
             money=_money_filter(program),
             date=_date_filter,
             relative_date=_relative_date_filter,
+            short=short,
         )
+        self.env.guard_filters()
 
     def candidates(self, name: str, part: str, locale: str) -> list[str]:
         names = [f"{name}/{locale}/{part}", f"{name}/{self.program.default_locale}/{part}", f"{name}/{part}"]
@@ -149,15 +164,138 @@ class Renderer:
         self._found[key] = template
         return template
 
+    TIMEOUTS_BEFORE_REFUSING = 3
+    """A template that ran out of time this often in a process fails at once after that
+    (a batch of a hanging template would otherwise spend the time limit on every row)."""
+
     def _render_template(self, template: Template, context: dict[str, Any]) -> str:
+        limit_s = self.budget.time_limit.total_seconds()
+        timeouts = self._timeouts.get(template.name or "", 0)
+        if timeouts >= self.TIMEOUTS_BEFORE_REFUSING:
+            raise RenderBudgetExceeded(
+                f"ran out of time (rendering.time_limit {limit_s:g} s) {timeouts} times in this process; "
+                "not rendered again until it restarts",
+                file=template.name,
+            )
+        token = WATCHDOG.arm(limit_s)
         try:
-            return template.render(context)
+            try:
+                result = self._within_output(template, context)
+            finally:
+                fired = WATCHDOG.disarm(token)
+            if fired:  # finished just as the deadline passed
+                raise RenderTimeout
+            return result
+        except RenderTimeout as exc:
+            WATCHDOG.disarm(token)  # in case the interrupt arrived before the finally ran
+            self._timeouts[template.name or ""] = timeouts + 1
+            raise RenderBudgetExceeded(
+                f"still rendering after {limit_s:g} s (rendering.time_limit): a loop that does not end?",
+                file=template.name,
+                # Jinja rewrites the traceback of an Exception only: map the compiled line here.
+                line=_compiled_line(exc, template),
+            ) from None
+        except RecursionError:
+            raise RenderBudgetExceeded(
+                "recursion too deep (a macro that calls itself without end?)", file=template.name
+            ) from None
+        except MemoryError:
+            raise RenderBudgetExceeded("ran out of memory", file=template.name) from None
+        except RenderBudgetExceeded as exc:
+            raise RenderBudgetExceeded(
+                exc.message, file=template.name, line=exc.line or _template_line(exc, template.filename)
+            ) from None
         except JinjaTemplateError as exc:
             raise TemplateError(_describe(exc), file=template.name, line=_template_line(exc, template.filename)) from None
         except (ArithmeticError, TypeError, ValueError, LookupError) as exc:
             raise TemplateError(
                 f"{type(exc).__name__}: {exc}", file=template.name, line=_template_line(exc, template.filename)
             ) from None
+
+    def _within_output(self, template: Template, context: dict[str, Any]) -> str:
+        limit = self.budget.max_output
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > limit:
+                raise RenderBudgetExceeded(f"writes more than {limit:,} characters (rendering.max_output)")
+            parts.append(chunk)
+        return "".join(parts)
+
+
+class BudgetedSandbox(SandboxedEnvironment):
+    """Jinja's sandbox, refusing to build a string (or list) longer than ``max_output``
+    before it is built: the operators and filters that can multiply a size."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, max_output: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_output = max_output
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(sequence, str | list | tuple) and isinstance(times, int):
+                    self._check_size(len(sequence) * max(times, 0), "'*'")
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+                if right * abs(left).bit_length() > 4096:
+                    raise RenderBudgetExceeded(f"{left} ** {right} is too big a number")
+        elif operator == "%" and isinstance(left, str):
+            self._check_widths(left)
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``'{:>99999999}'.format(x)``: check the widths before Jinja's safe formatter runs."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        owner = getattr(value, "__self__", "")
+        self._check_widths(str(owner))
+        return wrapped
+
+    def guard_filters(self) -> None:
+        """Wrap the built-in filters whose output size is an argument."""
+        center, indent, replace, format_ = (self.filters[name] for name in ("center", "indent", "replace", "format"))
+
+        def guarded_center(value: Any, width: int = 80) -> Any:
+            self._check_size(width, "center")
+            return center(value, width)
+
+        def guarded_indent(value: Any, width: int | str = 4, *args: Any, **kwargs: Any) -> Any:
+            self._check_size(
+                len(str(value)) + (len(width) if isinstance(width, str) else width) * (str(value).count("\n") + 1), "indent"
+            )
+            return indent(value, width, *args, **kwargs)
+
+        @pass_context
+        def guarded_replace(context: Context, value: Any, old: str, new: str, count: int | None = None) -> Any:
+            text = str(value)
+            occurrences = text.count(old) if old else len(text) + 1
+            if count is not None:
+                occurrences = min(occurrences, max(count, 0))
+            self._check_size(len(text) + occurrences * max(len(new) - len(old), 0), "replace")
+            return replace(context.eval_ctx, value, old, new, count)
+
+        def guarded_format(value: str, *args: Any, **kwargs: Any) -> str:
+            self._check_widths(value)
+            return str(format_(value, *args, **kwargs))
+
+        self.filters.update(center=guarded_center, indent=guarded_indent, replace=guarded_replace, format=guarded_format)
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.max_output:
+            raise RenderBudgetExceeded(f"{what} would make {size:,} characters (rendering.max_output is {self.max_output:,})")
+
+    def _check_widths(self, fmt: str) -> None:
+        for width in _WIDTHS.findall(fmt):
+            self._check_size(int(width), "a format width")
+
+
+_WIDTHS = re.compile(r"(\d{4,})")
+"""Numbers of four digits or more in a format string: the widths that could be huge."""
 
 
 def _describe(exc: JinjaTemplateError) -> str:
@@ -177,6 +315,12 @@ def _template_line(exc: BaseException, filename: str | None) -> int | None:
         if os.path.abspath(frame.f_code.co_filename) == wanted:
             line = lineno
     return line
+
+
+def _compiled_line(exc: BaseException, template: Template) -> int | None:
+    """The template line of the innermost frame of ``template``'s compiled code."""
+    line = _template_line(exc, template.filename)
+    return template.get_corresponding_lineno(line) if line is not None else None
 
 
 @lru_cache(maxsize=64)
@@ -263,3 +407,16 @@ def _formatted_date(value: date, locale: str, pattern: str | None) -> str:
     if pattern is None:
         return format_skeleton("MMMMd", value, locale=babel_locale(locale))
     return format_date(value, format=pattern, locale=babel_locale(locale))
+
+
+def short(value: Any, length: int = 20) -> str:
+    """``value`` in at most ``length`` characters: cut at the last space that leaves at
+    least half, else mid-word, and ended with "…". Collapses runs of white space."""
+    text = " ".join(str(value).split())
+    if len(text) <= length:
+        return text
+    cut = text[: max(length - 1, 0)]
+    space = cut.rfind(" ")
+    if space >= length // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:-") + "…"
