@@ -21,13 +21,14 @@ from pydantic import Field
 
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
+    AddressUnsupported,
     ChannelConfigError,
     InvalidRecipient,
     MessageRejected,
     OutcomeUnknown,
     ProviderUnavailable,
 )
-from channels.mime import build_email, flatten, parse_sender
+from channels.mime import build_email, envelope_address, flatten, parse_sender
 from channels.options import TransportOptions, secret
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
@@ -134,18 +135,32 @@ class SmtpTransport(Transport):
 
     # -- steps -------------------------------------------------------------------------
 
+    def check(self, message: OutgoingMessage) -> None:
+        super().check(message)
+        envelope_address(message.to, self.name)
+
     def prepare(self, message: OutgoingMessage) -> Envelope:
         email = build_email(message, sender=self.sender, provider=self.name, mailto_unsubscribe=self.unsubscribe_mailto)
         # Flattened here and sent with sendmail(): send_message() would parse the
         # addresses back out of the headers we just wrote.
-        return Envelope(self.sender.addr_spec, message.to, flatten(email, linesep="\r\n"), str(email["Message-ID"]))
+        recipient = envelope_address(message.to, self.name)
+        return Envelope(self.sender.addr_spec, recipient, flatten(email, linesep="\r\n"), str(email["Message-ID"]))
 
     def transmit(self, payload: Envelope) -> str:
         for attempt in (1, 2):
             self.open()
             assert self._connection is not None
+            options: list[str] = []
+            if not payload.recipient.isascii():
+                self._connection.ehlo_or_helo_if_needed()
+                if not self._connection.has_extn("smtputf8"):
+                    raise AddressUnsupported(
+                        f"{payload.recipient!r} needs SMTPUTF8, which {self.host}:{self.port} does not offer",
+                        provider=self.name,
+                    )
+                options = ["SMTPUTF8"]
             try:
-                self._connection.sendmail(payload.sender, [payload.recipient], payload.data)
+                self._connection.sendmail(payload.sender, [payload.recipient], payload.data, mail_options=options)
                 return payload.message_id
             except smtplib.SMTPServerDisconnected as exc:
                 self._connection = None

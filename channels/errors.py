@@ -11,6 +11,8 @@ request never got an answer) and ``detail`` (the provider's text)::
      ├── PermanentError          retrying will not help
      │    ├── InvalidRecipient       the address can never work (bad number, no such mailbox)
      │    ├── RecipientBlocked       the member blocked us (Telegram bot blocked, unsubscribed)
+     │    ├── AddressUnsupported     a valid address this provider cannot carry (an
+     │    │                          internationalized mailbox without SMTPUTF8); not suppressed
      │    └── MessageRejected        the provider refused this message (content, length)
      └── OutcomeUnknown          the request left but no answer came back: the message may
                                  have been sent; it keeps its cap slot and is not resent blindly
@@ -82,6 +84,15 @@ class RecipientBlocked(PermanentError):
     """The member blocked or unsubscribed from this sender."""
 
     suppress = True
+
+
+class AddressUnsupported(PermanentError):
+    """The address is valid but this provider cannot carry it (an internationalized
+    mailbox, ``иван@пример.рф``, on a server without SMTPUTF8). The address is not
+    suppressed: another provider, or the same one upgraded, can reach it."""
+
+    suppress = False
+    reached_provider = False
 
 
 class MessageRejected(PermanentError):

@@ -92,22 +92,25 @@ class FakeSmtpServer:
     """An SMTP server on loopback (no TLS); ``messages`` holds every accepted message and
     ``envelopes`` its ``(MAIL FROM, [RCPT TO, ...])``.
 
-    With ``login=(user, password)`` it requires AUTH (PLAIN or LOGIN) before mail.
+    With ``login=(user, password)`` it requires AUTH (PLAIN or LOGIN) before mail;
+    ``smtputf8=False`` leaves the SMTPUTF8 extension out of its EHLO answer.
     """
 
-    def __init__(self, port: int = 0, faults: Faults | None = None, login: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, port: int = 0, faults: Faults | None = None, login: tuple[str, str] | None = None, smtputf8: bool = True
+    ) -> None:
         self.faults = faults or Faults()
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.lock = threading.Lock()
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if login is not None:
 
             def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
                 given = (data.login.decode(), data.password.decode()) if isinstance(data, LoginPassword) else None
                 return AuthResult(success=given == login)
 
-            options = {"authenticator": authenticate, "auth_required": True, "auth_require_tls": False}
+            options.update(authenticator=authenticate, auth_required=True, auth_require_tls=False)
         self.controller = Controller(_SmtpHandler(self), hostname="127.0.0.1", port=port or _free_port(), **options)
 
     @property

@@ -94,6 +94,32 @@ def flatten(email: Message, *, linesep: str = "\n") -> bytes:
     return buffer.getvalue()
 
 
+MAX_NAME = 200
+"""Longest display name put in ``To`` (characters); loyalcast's own names are shorter."""
+SHORT_NAME = 60
+"""An ASCII display name up to this long goes as it is; longer ones are encoded, so they fold."""
+
+
+def envelope_address(address: str, provider: str) -> str:
+    """The address as SMTP sends it: the domain in IDNA (``пример.рф`` ->
+    ``xn--e1afmkfd.xn--p1ai``), the mailbox as written. InvalidRecipient (before any
+    provider call) for what cannot be an address. A result that is not ASCII needs the
+    server's SMTPUTF8."""
+    if address.count("@") != 1 or _CONTROL.search(address) or " " in address:
+        raise InvalidRecipient(f"not an email address: {address!r}", provider=provider, reached_provider=False)
+    local, domain = address.split("@")
+    if not local or not domain or len(local) > 64 or len(address) > 254:
+        raise InvalidRecipient(f"not an email address: {address!r}", provider=provider, reached_provider=False)
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidRecipient(
+                f"not an email address: {address!r} (the domain is not valid IDNA)", provider=provider, reached_provider=False
+            ) from None
+    return f"{local}@{domain}"
+
+
 def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mailto_unsubscribe: str | None = None) -> Message:
     """The MIME message for ``message``: text and/or HTML alternatives and list headers.
 
@@ -103,12 +129,7 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
     a Cyrillic two-part message). Non-ASCII names and subjects are RFC 2047 encoded;
     bodies are 8bit UTF-8, quoted-printable when a line would break SMTP's limit.
     """
-    if message.to.count("@") != 1 or _CONTROL.search(message.to):
-        raise InvalidRecipient(f"not an email address: {message.to!r}", provider=provider, reached_provider=False)
-    if not message.to.isascii():
-        raise InvalidRecipient(
-            f"internationalized email addresses are not supported: {message.to!r}", provider=provider, reached_provider=False
-        )
+    to = envelope_address(message.to, provider)
     if message.text is not None and message.html is not None:
         email: Message = MIMEMultipart("alternative", boundary=_boundary(message.text, message.html), policy=POLICY)
         email.attach(_text_part(message.text, "plain"))
@@ -118,7 +139,11 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
     else:
         email = _text_part(message.text or "", "plain")
     email["From"] = formataddr((sender.display_name, sender.addr_spec), charset="utf-8")
-    email["To"] = formataddr((one_line(message.to_name or ""), message.to), charset="utf-8")
+    name = one_line(message.to_name or "")[:MAX_NAME]
+    if to.isascii() and name.isascii() and len(name) <= SHORT_NAME:
+        email["To"] = formataddr((name, to))
+    else:  # an RFC 2047 encoded name folds; the mailbox goes as written (UTF-8 under SMTPUTF8)
+        email["To"] = f"{Header(name, 'utf-8').encode()} <{to}>" if name else to
     email["Subject"] = Header(one_line(message.subject or ""), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header
     email["Date"] = format_datetime(datetime.now(UTC))
     email["Message-ID"] = make_msgid(idstring=f"lc{message.reference}", domain=sender.domain)

@@ -138,11 +138,11 @@ class TelegramTransport(Transport):
     def check(self, message: OutgoingMessage) -> None:
         super().check(message)
         try:
-            int(message.to)
+            chat_id = int(message.to)
         except ValueError:
-            raise InvalidRecipient(
-                f"not a Telegram chat id: {message.to!r}", provider=self.name, reached_provider=False
-            ) from None
+            chat_id = 0
+        if chat_id == 0 or not -(2**63) <= chat_id < 2**63:
+            raise InvalidRecipient(f"not a Telegram chat id: {message.to!r}", provider=self.name, reached_provider=False)
 
     def prepare(self, message: OutgoingMessage) -> dict[str, Any]:
         return {

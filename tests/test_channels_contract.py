@@ -15,6 +15,7 @@ import pytest
 from channels import build_transport
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
+    AddressUnsupported,
     ChannelConfigError,
     InvalidRecipient,
     MessageRejected,
@@ -26,6 +27,7 @@ from channels.errors import (
     TransientError,
 )
 from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+from channels.mime import build_email, flatten, parse_sender
 
 
 @dataclass
@@ -237,12 +239,49 @@ def test_smtp_envelope_comes_from_the_message_and_the_body_travels_unchanged(fak
     assert received["To"].addresses[0].display_name == "Анна"
 
 
-def test_an_internationalized_email_address_fails_before_the_provider(fakes, tmp_path) -> None:
-    provider = make("smtp", fakes, tmp_path)
-    with pytest.raises(InvalidRecipient) as caught, provider.transport as transport:
-        transport.send(OutgoingMessage(channel="email", reference=1, to="анна@пример.рф", text="x"))
-    assert caught.value.reached_provider is False
-    assert provider.accepted() == []
+def _smtp(server: FakeSmtpServer, tmp_path) -> Any:
+    options = {"host": server.address[0], "port": server.address[1], "security": "none", "from_address": "x@example.com"}
+    return build_transport("email", "smtp", outbox_dir=tmp_path, options=options)
+
+
+def test_an_internationalized_mailbox_goes_with_smtputf8(tmp_path) -> None:
+    # Given an SMTP server that offers SMTPUTF8
+    server = FakeSmtpServer(smtputf8=True).start()
+    try:
+        # When a letter goes to a Cyrillic mailbox at a Cyrillic domain
+        with _smtp(server, tmp_path) as transport:
+            transport.send(OutgoingMessage(channel="email", reference=1, to="анна@пример.рф", to_name="Анна", text="x"))
+        # Then it is accepted, the domain in IDNA and the mailbox as written
+        assert server.envelopes == [("x@example.com", ["анна@xn--e1afmkfd.xn--p1ai"])]
+    finally:
+        server.stop()
+
+
+def test_an_internationalized_mailbox_without_smtputf8_is_refused_but_not_suppressed(tmp_path) -> None:
+    # Given an SMTP server without SMTPUTF8
+    server = FakeSmtpServer(smtputf8=False).start()
+    try:
+        with pytest.raises(AddressUnsupported) as caught, _smtp(server, tmp_path) as transport:
+            transport.send(OutgoingMessage(channel="email", reference=1, to="анна@пример.рф", text="x"))
+        # Then nothing reached the provider and the address stays usable elsewhere
+        assert caught.value.reached_provider is False and caught.value.suppress is False
+        assert server.messages == []
+        # And an ASCII mailbox at an IDN domain needs no SMTPUTF8 at all
+        with _smtp(server, tmp_path) as transport:
+            transport.send(OutgoingMessage(channel="email", reference=2, to="anna@пример.рф", text="x"))
+        assert server.envelopes == [("x@example.com", ["anna@xn--e1afmkfd.xn--p1ai"])]
+    finally:
+        server.stop()
+
+
+def test_no_header_line_exceeds_998_octets(tmp_path) -> None:
+    # Given names and subjects far longer than a header line may be, ASCII and Cyrillic
+    for name, subject in (("A" * 100_000, "S" * 5_000), ("Я" * 100_000, "Тема " * 2_000)):
+        message = OutgoingMessage(channel="email", reference=1, to="a@example.com", to_name=name, subject=subject, text="x")
+        # When the letter is built
+        data = flatten(build_email(message, sender=parse_sender("Ромашка <b@example.com>"), provider="smtp"), linesep="\r\n")
+        # Then every line fits RFC 5322's limit
+        assert max(len(line) for line in data.split(b"\r\n")) <= 998
 
 
 def test_smtp_reuses_one_connection_and_reopens_a_dropped_one(fakes, tmp_path) -> None:
@@ -299,9 +338,7 @@ def test_settings_report_transport_problems_at_start(write_settings) -> None:
     # Then the settings do not load, and the key is named
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
-    assert caught.value.problems == [
-        "channels.telegram.token_env: required: the name of the environment variable holding it"
-    ]
+    assert caught.value.problems == ["channels.telegram.token_env: required: the name of the environment variable holding it"]
 
 
 def test_a_missing_secret_stops_only_what_contacts_the_provider(write_settings) -> None:

@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
@@ -39,6 +39,7 @@ from campaigns.delivery.throughput import Throughput
 from campaigns.delivery.transports import Transports
 from campaigns.errors import TemplateError
 from campaigns.planning import ladder
+from campaigns.planning.reroute import reroute
 from campaigns.store.engine import in_ids
 from campaigns.store.ledger import Outcome, ReasonCode, Status
 from campaigns.store.models import (
@@ -50,6 +51,7 @@ from campaigns.store.models import (
 )
 from channels.base import OutgoingMessage, SendResult
 from channels.errors import (
+    AddressUnsupported,
     ChannelError,
     InvalidRecipient,
     OutcomeUnknown,
@@ -146,9 +148,20 @@ class Deliverer:
                             len(rows),
                         )
                     break
-                outcome, claimed = self._deliver_one(
-                    claimant, row, expiring.get(row.member_id, []), reminded.get(row.id), transports, pending
-                )
+                lots, steps = expiring.get(row.member_id, []), reminded.get(row.id)
+                outcome, claimed = self._deliver_one(claimant, row, lots, steps, transports, pending)
+                while outcome is not None and outcome.code is ReasonCode.OVER_BUDGET and not claimed:
+                    moved = reroute(self.engine, self.settings, row.id, outcome.reason or "", row.recipient.as_of)
+                    if moved is None:
+                        break  # no channel left: the row fails over budget
+                    outcome = None  # the new decision is written
+                    if moved.status != Status.QUEUED.value or moved.channel is None:
+                        break
+                    if moved.send_at > datetime.now(UTC):
+                        report.carry(moved.send_at, [row.id])
+                        break
+                    row = replace(row, channel=moved.channel, address=moved.address or "")
+                    outcome, claimed = self._deliver_one(claimant, row, lots, steps, transports, pending)
                 if outcome is None:
                     continue
                 self._observe(row, outcome)
@@ -302,10 +315,11 @@ class Deliverer:
                 text=rendered.text,
                 subject=rendered.subject,
                 html=rendered.html,
-                to_name=recipient.first_name,
+                to_name=context["member"]["first_name"] or None,
                 marketing=row.category != "service",
                 unsubscribe_url=context["unsubscribe_url"],
             )
+            transports.check(message)  # a malformed address fails here, before a claim or a connection
             self.throughput.wait(row.channel)
             if not claimant.open(row.id, pending):
                 return None, False  # no longer queued: another worker (a duplicate message) has it
@@ -381,4 +395,6 @@ def permanent_code(error: PermanentError) -> ReasonCode:
         return ReasonCode.INVALID_RECIPIENT
     if isinstance(error, RecipientBlocked):
         return ReasonCode.RECIPIENT_BLOCKED
+    if isinstance(error, AddressUnsupported):
+        return ReasonCode.ADDRESS_UNSUPPORTED
     return ReasonCode.REJECTED

@@ -6,6 +6,7 @@ check, plan's cost estimate), so what they show is exactly what is sent.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from campaigns.config.settings import Settings
 from campaigns.config.zones import zone_info
-from campaigns.delivery.rendering import Rendered, Renderer
+from campaigns.delivery.rendering import Rendered, Renderer, short
 from campaigns.delivery.rows import Recipient
 from campaigns.planning import ladder
 from channels.specs import channel_spec
@@ -75,7 +76,7 @@ class MessageBuilder:
         horizon = as_of + timedelta(days=self.horizon_days(recipient.campaign))
         per_date: dict[date, float] = defaultdict(float)
         for expires_at, points in lots:
-            if not as_of < expires_at <= horizon:
+            if points <= 0 or not as_of < expires_at <= horizon:  # a negative lot is a correction, never news
                 continue
             per_date[expires_at.astimezone(zone_info(zone)).date()] += points
         dates: list[dict[str, Any]] = [{"date": day, "points": tidy(points)} for day, points in sorted(per_date.items())]
@@ -97,8 +98,14 @@ class MessageBuilder:
                 "planned": [day.isoformat() for day, _ in steps],
             }
         return {
-            "member": {"id": recipient.member_id, "first_name": recipient.first_name, "tier": recipient.tier, "locale": locale},
-            "balance": tidy(float(recipient.balance)),
+            "member": {
+                "id": recipient.member_id,
+                "first_name": display_name(recipient.first_name),
+                "tier": recipient.tier or "",
+                "locale": locale,
+            },
+            # A negative balance (a refund clawed back) is shown as 0: a reminder never says "-500 points".
+            "balance": tidy(max(float(recipient.balance or 0), 0.0)),
             "expiring": {
                 "total": tidy(sum(item["points"] for item in dates)),
                 "nearest_date": dates[0]["date"] if dates else None,
@@ -170,6 +177,21 @@ def member_zone(zone_name: str | None, program_zone: str) -> str:
         except (ZoneInfoNotFoundError, ValueError):
             log.warning("unknown member time zone %r; using %s", zone_name, program_zone)
     return program_zone
+
+
+NAME_MAX = 40
+"""Longest first name a template sees, in characters (longer ones are cut with "…")."""
+
+
+@lru_cache(maxsize=16_384)
+def display_name(raw: str | None) -> str:
+    """The member's first name as templates see it: ``""`` when there is none, white
+    space runs and control characters collapsed to one space, at most
+    :data:`NAME_MAX` characters (cut at a word, ended with "…")."""
+    if not raw:
+        return ""
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(raw))
+    return short(text, NAME_MAX)
 
 
 def tidy(value: float) -> float | int:

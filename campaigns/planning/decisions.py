@@ -147,9 +147,11 @@ def _count_inserted(conn: Connection, insert: Any) -> Counter[tuple[str, str]]:
     return Counter((row.status, row.channel or "-") for row in returned)
 
 
-def decision_insert(
+def decision_rows(
     conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None = None
 ) -> Any:
+    """The SELECT of one ledger row per segment member of ``member_range`` (columns named
+    as :data:`INSERTED_COLUMNS`)."""
     campaign = ctx.campaign
     channels = campaign.channels
     segment_select = segment_query(
@@ -269,7 +271,7 @@ def decision_insert(
         else_=literal("", String),
     )
     now = datetime.now(ctx.as_of.tzinfo)
-    body = select(
+    values = (
         literal(ctx.run_id, BigInteger()),
         capped.c.member_id,
         capped.c.channel,
@@ -288,7 +290,18 @@ def decision_insert(
         literal(0, Integer),
         literal(ctx.idempotency_key, String()),
         literal(ctx.data, deliveries.c.data.type),
-    ).where(literal(True, Boolean))  # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+    )
+    # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+    return select(*(value.label(name) for value, name in zip(values, INSERTED_COLUMNS, strict=True))).where(
+        literal(True, Boolean)
+    )
+
+
+def decision_insert(
+    conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None = None
+) -> Any:
+    """The INSERT of :func:`decision_rows` into the ledger, skipping members already decided."""
+    body = decision_rows(conn, settings, ctx, member_range, only)
     insert = upsert_insert(conn, deliveries).from_select(INSERTED_COLUMNS, body)
     if ctx.idempotency_key is not None:
         # The key's unique index is partial: the conflict target must repeat its WHERE.

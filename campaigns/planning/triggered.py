@@ -120,7 +120,7 @@ def _decide(
             campaign,
             SegmentSettings(),
             now,
-            _zones(member_zone, settings.program.timezone),
+            member_zones(member_zone, settings.program.timezone),
             idempotency_key=key,
             data=data,
         )
@@ -135,7 +135,8 @@ def _decide(
     return Decided(row.id, row.status, row.reason, row.send_at)
 
 
-def _zones(member_zone: str | None, program_zone: str) -> tuple[str, ...]:
+def member_zones(member_zone: str | None, program_zone: str) -> tuple[str, ...]:
+    """The zones a one-member decision needs: the program's, and the member's when known."""
     zones = {program_zone}
     if member_zone:
         try:
