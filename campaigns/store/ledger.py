@@ -58,7 +58,6 @@ class ReasonCode(StrEnum):
     STALE = "stale"  # re-validation at send time: the reminder is no longer true
     TEMPLATE_ERROR = "template_error"  # the member's message did not render
     OVER_BUDGET = "over_budget"  # longer than the campaign's max_segments on every channel left
-    REROUTED = "rerouted"  # too long for its channel's segment budget: decided again on the next channel
     INVALID_RECIPIENT = "invalid_recipient"
     RECIPIENT_BLOCKED = "recipient_blocked"
     ADDRESS_UNSUPPORTED = "address_unsupported"  # a valid address the provider cannot carry; not suppressed

@@ -1,9 +1,11 @@
 """``loyalcast check``: render every template for every locale and channel before a
 campaign does it at 3 a.m.
 
-Sample members: for each locale, a real member from the database when it has one, and
-always a synthetic worst case (a long name, a six-digit balance, three expiry dates),
-because a segment budget is broken by the longest text, not the typical one.
+Sample members: for each locale, a real member from the database when it has one (the
+one with the longest name, the same member on SQLite and PostgreSQL), and always two
+synthetic ones: a worst case (a long name, a six-digit balance, three expiry dates),
+because a segment budget is broken by the longest text, not the typical one; and a
+member with no name, no tier and a negative balance, because source columns may be NULL.
 
 Findings are plain lines naming the template file (and line, for template errors).
 """
@@ -56,7 +58,8 @@ def sample_recipients(
         segment = settings.segments[settings.campaign(campaign).segment]
         source = segment_query(segment, as_of=as_of, default_locale=program.default_locale).subquery()
         query = select(source).where(func.coalesce(source.c.locale, program.default_locale) == locale)
-        longest = func.length(source.c.first_name).desc()
+        # NULLS LAST: PostgreSQL sorts NULL first in a descending order, SQLite last.
+        longest = func.length(source.c.first_name).desc().nulls_last()
         order = (longest, source.c.id)
     else:
         query = (
@@ -64,7 +67,7 @@ def sample_recipients(
             .select_from(members.outerjoin(balances, balances.c.member_id == members.c.id))
             .where(func.coalesce(members.c.locale, program.default_locale) == locale)
         )
-        order = (func.length(members.c.first_name).desc(), members.c.id)
+        order = (func.length(members.c.first_name).desc().nulls_last(), members.c.id)
     with engine.connect() as conn:
         found = conn.execute(query.order_by(*order).limit(1)).first()
     if found is not None:
@@ -83,6 +86,8 @@ def sample_recipients(
     )
     lots: Lots = [(as_of + timedelta(days=d), points) for d, points in ((3, 1_250), (17, 12_345), (29, 101))]
     samples.append((synthetic, lots))
+    nameless = replace(synthetic, member_id=-1, first_name=None, tier=None, balance=-500.0)
+    samples.append((nameless, lots))
     return samples
 
 
@@ -123,7 +128,7 @@ def _render_findings(
     messages: MessageBuilder, recipient: Recipient, lots: Lots, name: str, channels: list[str], locale: str
 ) -> list[Finding]:
     root = messages.settings.templates_path
-    who = f"member {recipient.member_id}" if recipient.member_id else "synthetic member"
+    who = {0: "synthetic member", -1: "synthetic member without a name"}.get(recipient.member_id, f"member {recipient.member_id}")
     findings = []
     for channel in channels:
         preview = render_channel(messages, recipient, lots, name, channel)

@@ -54,6 +54,13 @@ class RunReport:
         return sum(n for per_channel in self.counts.values() for n in per_channel.values())
 
     @property
+    def nothing_delivered(self) -> bool:
+        """Rows were attempted (failed or unknown) and not one was sent or delivered."""
+        done = sum(sum(self.counts.get(status.value, {}).values()) for status in (Status.SENT, Status.DELIVERED))
+        tried = sum(sum(self.counts.get(status.value, {}).values()) for status in (Status.FAILED, Status.UNKNOWN))
+        return tried > 0 and done == 0
+
+    @property
     def in_flight(self) -> int:
         return sum(sum(self.counts.get(status, {}).values()) for status in IN_FLIGHT)
 

@@ -86,6 +86,9 @@ def run(
     report = run_report(application.engine, claimed.id, application.settings.reconciler.overdue)
     assert report is not None
     print_report(report, as_json)
+    if (application.in_memory or wait) and report.nothing_delivered:
+        err.print(f"run {claimed.id}: nothing was delivered; `loyalcast why` shows each row's reason")
+        raise typer.Exit(1)
 
 
 @app.command("plan")
@@ -209,6 +212,8 @@ def preview(
     if html_file:
         Path(html_file).write_text(preview_page(member, campaign, previews), encoding="utf-8")
         err.print(f"wrote {html_file}")
+    if previews and all(item.problem or item.rendered is None for item in previews):
+        raise typer.Exit(1)
 
 
 @app.command("check")
