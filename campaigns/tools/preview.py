@@ -6,7 +6,8 @@ delivery (``MessageBuilder``), so a preview is exactly the message.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,9 +19,12 @@ from campaigns.config.zones import zone_info
 from campaigns.delivery.message import Lots, MessageBuilder, Steps, member_zone
 from campaigns.delivery.rendering import Rendered
 from campaigns.delivery.rows import Recipient
+from campaigns.delivery.transports import Transports
 from campaigns.errors import LoyalcastError, TemplateError
 from campaigns.planning import ladder
 from campaigns.store.models import balances, members, point_expirations, suppressions
+from channels.base import OutgoingMessage
+from channels.errors import InvalidRecipient, PermanentError
 from channels.smstext import SmsLength
 from channels.specs import CHANNELS, channel_spec
 
@@ -183,15 +187,21 @@ def preview_member(
 
 @dataclass(frozen=True)
 class SegmentEstimate:
-    """Billed segments and cost of one channel's messages in a plan."""
+    """Billed segments and cost of one channel's messages in a plan: only the texts that
+    would go out; what would not is counted apart, by reason."""
 
     channel: str
     recipients: int
+    """Rows the plan queues on the channel."""
     sampled: int
+    sendable: int
+    """Estimated messages that would go out (exact when every recipient was sampled)."""
     segments: int
-    """Estimated segments for all recipients (exact when every recipient was sampled)."""
+    """Estimated segments of those messages."""
     cost: float
     currency: str
+    failing: dict[str, int] = field(default_factory=dict)
+    """Estimated rows that would not go out on this channel, by reason."""
 
 
 def estimate_segments(
@@ -203,20 +213,58 @@ def estimate_segments(
     recipients: int,
     as_of: datetime,
 ) -> SegmentEstimate:
-    """Render ``channel``'s message for ``member_ids`` (a sample of ``recipients``) and
-    extrapolate its segments and cost."""
+    """Render ``channel``'s message for ``member_ids`` (a sample of ``recipients``),
+    check each address as its transport would, and extrapolate."""
     settings = messages.settings
     campaign = settings.campaign(campaign_name)
     found = members_by_id(engine, member_ids, campaign_name, as_of)
     lots = lots_by_member(engine, list(found), as_of)
-    total = 0
-    for member_id, member in found.items():
-        preview = render_channel(messages, member.recipient, lots[member_id], campaign.template, channel)
-        total += preview.length.segments if preview.length else 0
+    transports = Transports(settings)
+    total, sendable = 0, 0
+    failing: Counter[str] = Counter()
+    try:
+        for member_id, member in found.items():
+            preview = render_channel(messages, member.recipient, lots[member_id], campaign.template, channel)
+            problem = _would_fail(transports, preview, channel, member.contacts.get(channel) or "")
+            if problem:
+                failing[problem] += 1
+                continue
+            sendable += 1
+            total += preview.length.segments if preview.length else 0
+    finally:
+        transports.close()
     sampled = len(member_ids)
-    segments = round(total * recipients / sampled) if sampled else 0
+    scale = recipients / sampled if sampled else 0
     price = settings.channel(channel).price_per_segment
-    return SegmentEstimate(channel, recipients, sampled, segments, round(segments * price, 2), settings.program.currency)
+    segments = round(total * scale)
+    return SegmentEstimate(
+        channel,
+        recipients,
+        sampled,
+        round(sendable * scale),
+        segments,
+        round(segments * price, 2),
+        settings.program.currency,
+        {reason: round(n * scale) for reason, n in failing.most_common()},
+    )
+
+
+def _would_fail(transports: Transports, preview: ChannelPreview, channel: str, address: str) -> str | None:
+    """Why this member's message would not go out on ``channel`` (None: it would)."""
+    if preview.nothing_due:
+        return "no reminder due (stale)"
+    if preview.error is not None:
+        return f"template error: {preview.error}"
+    if preview.over_budget:
+        return "over the segment budget: decided again on the next channel"
+    assert preview.rendered is not None
+    try:
+        transports.check(OutgoingMessage(channel=channel, reference=0, to=address, text=preview.rendered.text))
+    except InvalidRecipient as exc:
+        return f"invalid address: {exc.detail.split(':')[0]}"
+    except PermanentError as exc:
+        return f"refused: {exc.detail}"
+    return None
 
 
 def _text(value: Any) -> str | None:

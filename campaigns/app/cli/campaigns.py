@@ -142,6 +142,8 @@ def plan(
                 else {
                     "recipients": estimate.recipients,
                     "sampled": estimate.sampled,
+                    "sendable": estimate.sendable,
+                    "failing": estimate.failing,
                     "segments": estimate.segments,
                     "cost": estimate.cost,
                     "currency": estimate.currency,
@@ -172,9 +174,13 @@ def plan(
             else f"estimated from {estimate.sampled} rendered"
         )
         out.print(
-            f"{channel_spec(channel).label}: {estimate.recipients} messages, {estimate.segments} segments, "
-            f"about {estimate.cost:,.2f} {estimate.currency} ({how})"
+            f"{channel_spec(channel).label}: {estimate.sendable} messages, {estimate.segments} segments, "
+            f"about {estimate.cost:,.2f} {estimate.currency} ({how})",
+            markup=False,
+            highlight=False,
         )
+        for reason, count in estimate.failing.items():
+            out.print(f"  {count} of the {estimate.recipients} would not go out: {reason}", markup=False, highlight=False)
 
 
 @app.command("preview")
