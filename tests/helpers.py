@@ -53,15 +53,15 @@ def ledger(engine: Engine, run_id: int | None = None) -> dict[int, tuple[str | N
         return {row.member_id: (row.channel, row.status, row.reason) for row in conn.execute(query)}
 
 
-def cli(config: Any, *args: str) -> Any:
-    """Invoke the loyalcast CLI in this process; fail the test on a non-zero exit."""
+def cli(config: Any, *args: str, exit_code: int = 0) -> Any:
+    """Invoke the loyalcast CLI in this process; fail the test on another exit code."""
     result = CliRunner().invoke(cli_app, ["--config", str(config), *args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     return result
 
 
-def run_json(config: Any, campaign: str, *extra: str) -> dict[str, Any]:
-    output = cli(config, "run", campaign, "--json", *extra).stdout
+def run_json(config: Any, campaign: str, *extra: str, exit_code: int = 0) -> dict[str, Any]:
+    output = cli(config, "run", campaign, "--json", *extra, exit_code=exit_code).stdout
     return json.loads(output[output.index("{") :])
 
 

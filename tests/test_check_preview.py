@@ -86,7 +86,8 @@ def test_an_sms_over_budget_fails_before_the_provider_and_frees_its_slot(checked
     config, templates = checked
     (templates / "balance_reminder/ru/sms.txt").write_text("ж" * 135)  # 3 UCS-2 segments
     add_member(runtime.app().engine, 1, phone="+79160000001", sms_consent=True)
-    report = run_json(config, "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    # (sms is the campaign's last channel: nothing to reroute to, and the run delivered nothing: exit 1)
+    report = run_json(config, "balance_reminder", "--now", "2026-11-23T12:00+03:00", exit_code=1)
     channel, status, reason = ledger(runtime.app().engine, report["run_id"])[1]
     assert (channel, status) == ("sms", "failed")
     assert reason == "SMS is 3 segments (UCS-2, 135 characters); the campaign allows 2"
@@ -174,7 +175,15 @@ def test_plan_estimates_sms_segments_and_cost(write_settings, templates) -> None
         add_member(runtime.app().engine, member_id, phone=f"+7916000000{member_id}", sms_consent=True)
     output = cli(config, "plan", "balance_reminder", "--now", "2026-11-23T12:00+03:00", "--json").stdout
     plan = json.loads(output[output.index("{") :])
-    assert plan["sms"] == {"recipients": 3, "sampled": 3, "segments": 6, "cost": 21.0, "currency": "RUB"}
+    assert plan["sms"] == {
+        "recipients": 3,
+        "sampled": 3,
+        "sendable": 3,
+        "failing": {},
+        "segments": 6,
+        "cost": 21.0,
+        "currency": "RUB",
+    }
     runtime.reset()
 
 

@@ -192,7 +192,7 @@ def test_running_out_of_attempts_fails_with_the_last_error(real_transports, prov
     application = real_transports(delivery={"batch_size": 10, "min_backoff": "1s", "max_backoff": "1s", "max_attempts": 3})
     add_member(application.engine, 1, telegram_chat_id=1001, telegram_consent=True)
     providers["faults"].transient_rate = 1.0
-    report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    report = run_json(runtime.config_file(), "balance_reminder", "--now", "2026-11-23T12:00+03:00", exit_code=1)
     assert report["counts"] == {"failed": {"telegram": 1}}
     with application.engine.connect() as conn:
         row = conn.execute(select(deliveries)).one()

@@ -12,8 +12,9 @@ from campaigns.app import runtime
 from campaigns.planning.batches import queued_batches
 from campaigns.planning.ladder import current_stage
 from campaigns.planning.planner import plan_run
-from campaigns.store.models import deliveries, point_expirations
+from campaigns.store.models import deliveries, ladder_marks, point_expirations
 from campaigns.store.runs import claim_run
+from campaigns.tools.report import member_history
 
 UTC = UTC
 D = date(2026, 12, 20)
@@ -81,8 +82,11 @@ def test_forty_daily_runs_send_each_stage_once_per_date(configured) -> None:
     assert "завтра" in messages[2] and "200 баллов" in messages[2]
     assert "через 7 дней" in messages[-7]
     with engine.connect() as conn:
-        statuses = conn.execute(select(deliveries.c.status)).scalars().all()
-    assert statuses == ["sent"] * 6
+        rows = conn.execute(select(deliveries.c.status, deliveries.c.reason_code).order_by(deliveries.c.id)).all()
+    assert [status for status, _ in rows if status != "not_due"] == ["sent"] * 6
+    # And every other run recorded why it sent nothing
+    # (the 120-point lot of D+3 expires at 09:00 UTC, the occasion's instant that day: 80 are left)
+    assert {code for status, code in rows if status == "not_due"} == {"already_reminded", "below_min_points"}
 
 
 def test_a_late_first_run_sends_only_the_current_stage(configured) -> None:
@@ -112,5 +116,43 @@ def test_points_below_the_minimum_get_no_reminder_and_spent_points_are_stale(con
         application.deliverer.deliver(ids)
     with engine.connect() as conn:
         rows = conn.execute(select(deliveries.c.member_id, deliveries.c.status, deliveries.c.reason)).all()
-    assert [(m, s) for m, s, _ in rows] == [(2, "stale")]
-    assert rows[0].reason == "the points this reminder is about (2026-12-20) are now below the campaign's minimum 100"
+    assert sorted((m, s) for m, s, _ in rows) == [(1, "not_due"), (2, "stale")]
+    reasons = {m: reason for m, _, reason in rows}
+    assert reasons[1] == "points expiring (99 on 2026-12-20) are each below the campaign's min_points 100"
+    assert reasons[2] == "the points this reminder is about (2026-12-20) are now below the campaign's minimum 100"
+
+
+def test_two_lots_a_day_apart_on_sms_get_their_last_chance_together(configured) -> None:
+    # Given SMS only, the shipped 3-day gap between expiry SMS, and 60 points expiring on
+    # D and 70 on D+1 (both above min_points 50)
+    application = configured(
+        {
+            **ladder_settings(min_points=50, channels=["sms"]),
+            "caps": [{"channel": "sms", "category": "expiry", "window": "min_gap", "gap": "3d"}],
+        }
+    )
+    engine = application.engine
+    add_member(engine, 1, phone="+79161234567", sms_consent=True, locale="ru")
+    add_expiration(engine, 1, 60, datetime(2026, 12, 20, 15, 0, tzinfo=UTC))
+    add_expiration(engine, 1, 70, datetime(2026, 12, 21, 15, 0, tzinfo=UTC))
+    outbox = runtime.app().settings.outbox_path / "sms"
+
+    # When the ladder runs every day for 35 days
+    texts = {}
+    for offset in range(35):
+        day = D - timedelta(days=33) + timedelta(days=offset)
+        for delivery_id in run_day(application, day):
+            texts[(day - D).days] = json.loads((outbox / f"{delivery_id}.json").read_text())["text"]
+
+    # Then each stage of the second lot went out together with the first lot's (merged
+    # forward), the last chance included, and nothing was capped
+    assert sorted(texts) == [-30, -7, -1]
+    assert texts[-1].startswith("Member1, завтра сгорает 60 баллов, до 21 декабря ещё 70 баллов.")
+    with engine.connect() as conn:
+        statuses = conn.execute(select(deliveries.c.status)).scalars().all()
+        marks = conn.execute(select(ladder_marks.c.expires_on, ladder_marks.c.stage)).all()
+    assert "capped" not in statuses
+    assert {(m.expires_on.day, m.stage) for m in marks} == {(20, 30), (20, 7), (20, 1), (21, 30), (21, 7), (21, 1)}
+    # And `why` names the dates and stages each reminder was about
+    last = [row for row in member_history(engine, 1) if row["status"] == "sent"][-1]
+    assert last["reminds"] == [{"expires_on": "2026-12-20", "stage": 1}, {"expires_on": "2026-12-21", "stage": 1}]

@@ -42,7 +42,7 @@ class MessageBuilder:
         ``delivery.expiring_horizon_days``."""
         spec = self.settings.campaigns.get(campaign or "")
         if spec is not None and spec.stages:
-            return max(spec.stages) + 1
+            return ladder.horizon_days(self.settings, spec)
         segment = self.settings.segments.get(spec.segment) if spec else None
         if segment is not None and segment.expiring_within_days:
             return segment.expiring_within_days

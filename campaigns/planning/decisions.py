@@ -119,17 +119,48 @@ def decide_chunk(
     ``campaigns.planning.ladder``) and records the reminders it queued.
     """
     steps = None
+    inserted: Counter[tuple[str, str]] = Counter()
     if ctx.campaign.kind == "expiring_ladder":
-        steps = ladder.candidates(conn, settings, ctx.campaign_name, ctx.as_of, member_range, ctx.zones)
+        found = ladder.candidates(conn, settings, ctx.campaign_name, ctx.as_of, member_range, ctx.zones)
+        inserted += _insert_not_due(conn, ctx, found.left_out)
+        steps = found.due
         if not steps:
-            return Counter()
+            return inserted
     insert = decision_insert(conn, settings, ctx, member_range, only=sorted(steps) if steps else None)
-    inserted = _count_inserted(conn, insert)
+    inserted += _count_inserted(conn, insert)
     if any(rule.action == "defer" for rule in settings.caps):
         defer_chunk(conn, settings, ctx, member_range)
     if steps:
         ladder.record(conn, ctx.campaign_name, ctx.run_id, steps)
     return inserted
+
+
+def _insert_not_due(conn: Connection, ctx: RunContext, left_out: dict[int, tuple[ReasonCode, str]]) -> Counter[tuple[str, str]]:
+    """A ``not_due`` row for each member the ladder considered and left out."""
+    if not left_out:
+        return Counter()
+    now = datetime.now(ctx.as_of.tzinfo)
+    rows = [
+        {
+            "run_id": ctx.run_id,
+            "member_id": member_id,
+            "channel": None,
+            "category": ctx.campaign.category,
+            "template": ctx.campaign.template,
+            "status": Status.NOT_DUE.value,
+            "reason": reason[:500],
+            "reason_code": code.value,
+            "holds_slot": False,
+            "send_at": ctx.as_of,
+            "created_at": now,
+            "updated_at": now,
+            "attempts": 0,
+        }
+        for member_id, (code, reason) in sorted(left_out.items())
+    ]
+    result = conn.execute(upsert_insert(conn, deliveries).on_conflict_do_nothing(index_elements=["run_id", "member_id"]), rows)
+    added = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
+    return Counter({(Status.NOT_DUE.value, "-"): added})
 
 
 def _count_inserted(conn: Connection, insert: Any) -> Counter[tuple[str, str]]:

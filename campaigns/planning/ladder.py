@@ -12,6 +12,20 @@ A run that starts late (first run 5 days before D) sends only the current stage 
 never a burst of the stages it missed. One message per run covers every date whose
 current stage is new, so a member with points expiring on D and D+3 gets a message
 for each date as it reaches each stage.
+
+**Merging forward.** A reminder sent today holds a cap slot, and the campaign's cap
+rules (``min_gap``, or one message per window) would cap any other reminder due within
+that gap, possibly a date's last chance. So when a member has a reminder due today,
+every stage of another date (or of the same one) that would become due within the
+gap is sent with it, today, and marked as given: two lots a day apart get one
+1-day-and-2-day reminder instead of a 1-day reminder and a capped one. The gap is the
+longest ``min_gap``, or ``per`` of a rule allowing one message, among the cap rules of
+the campaign's category on its channels (:func:`merge_days`).
+
+**Left out.** A member of the segment with points expiring within the ladder's horizon
+and nothing to be reminded of gets a ``not_due`` row saying why (every date below
+``min_points``, or each date's current stage already reminded), so ``why`` answers
+"why did they get nothing?".
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from campaigns.config.settings import Settings
 from campaigns.config.zones import zone_info
 from campaigns.planning.segments import segment_query
 from campaigns.store.engine import in_ids, upsert_insert
+from campaigns.store.ledger import ReasonCode
 from campaigns.store.models import deliveries, ladder_marks, point_expirations
 
 
@@ -38,6 +53,14 @@ class Step:
     stage: int
     points: float
     days_left: int
+
+
+@dataclass(frozen=True)
+class Candidates:
+    due: dict[int, list[Step]]
+    """Members with a reminder due, and its steps."""
+    left_out: dict[int, tuple[ReasonCode, str]]
+    """Members with points expiring in the horizon and no reminder due: code and reason."""
 
 
 def current_stage(days_left: int, stages: list[int]) -> int | None:
@@ -57,17 +80,41 @@ def points_by_date(lots: list[tuple[datetime, float]], zone: ZoneInfo, after: da
     return dict(totals)
 
 
+def merge_days(settings: Settings, campaign: CampaignSettings) -> int:
+    """Days within which a reminder sent now would cap another of the campaign's
+    reminders: the longest ``min_gap``, or ``per`` of a rule allowing one message,
+    among the cap rules of its category on its channels (0: none would)."""
+    longest = timedelta(0)
+    for channel in campaign.channels:
+        for rule in settings.caps_for(channel, campaign.category):
+            if rule.window == "min_gap" and rule.gap is not None:
+                longest = max(longest, rule.gap)
+            elif rule.window == "rolling" and rule.limit == 1 and rule.per is not None:
+                longest = max(longest, rule.per)
+    return -(-int(longest.total_seconds()) // 86400)
+
+
+def horizon_days(settings: Settings, campaign: CampaignSettings) -> int:
+    """How far ahead the ladder looks at expiring points: its longest stage, a day, and
+    the merge gap (a stage pulled forward may be that far ahead)."""
+    return max(campaign.stages or [0]) + 1 + merge_days(settings, campaign)
+
+
 def due_steps(
     lots: list[tuple[datetime, float]],
     zone: ZoneInfo,
     as_of: datetime,
     campaign: CampaignSettings,
     marked: set[tuple[date, int]],
+    merge: int = 0,
 ) -> list[Step]:
-    """The (date, stage) reminders due for one member at ``as_of`` and not given yet."""
+    """The (date, stage) reminders due for one member at ``as_of`` and not given yet;
+    when one is, also those that would become due within ``merge`` days (see the
+    module's "Merging forward")."""
     stages = campaign.stages or []
     today = as_of.astimezone(zone).date()
-    steps = []
+    steps: list[Step] = []
+    upcoming: list[Step] = []
     for expires_on, points in sorted(points_by_date(lots, zone, as_of).items()):
         if points < campaign.min_points:
             continue
@@ -75,7 +122,45 @@ def due_steps(
         stage = current_stage(days_left, stages)
         if stage is not None and (expires_on, stage) not in marked:
             steps.append(Step(expires_on, stage, points, days_left))
-    return steps
+        for ahead in range(1, merge):
+            later = current_stage(days_left - ahead, stages)
+            if later is not None and later != stage and (expires_on, later) not in marked:
+                upcoming.append(Step(expires_on, later, points, days_left))
+                break
+    if not steps:
+        return []
+    given = {(step.expires_on, step.stage) for step in steps}
+    return steps + [step for step in upcoming if (step.expires_on, step.stage) not in given]
+
+
+def left_out(
+    lots: list[tuple[datetime, float]],
+    zone: ZoneInfo,
+    as_of: datetime,
+    campaign: CampaignSettings,
+    marked: set[tuple[date, int]],
+) -> tuple[ReasonCode, str]:
+    """Why a member with these lots gets no reminder now (``due_steps`` found none)."""
+    stages = campaign.stages or []
+    today = as_of.astimezone(zone).date()
+    totals = sorted(points_by_date(lots, zone, as_of).items())
+    enough = [(day, points) for day, points in totals if points >= campaign.min_points]
+    if not enough:
+        listed = ", ".join(f"{points:g} on {day.isoformat()}" for day, points in totals[:5])
+        return (
+            ReasonCode.BELOW_MIN_POINTS,
+            f"points expiring ({listed}) are each below the campaign's min_points {campaign.min_points:g}",
+        )
+    reminded = [
+        (day, stage)
+        for day, _ in enough
+        if (stage := current_stage((day - today).days, stages)) is not None and (day, stage) in marked
+    ]
+    if reminded:
+        listed = ", ".join(f"{day.isoformat()} at {stage} days" for day, stage in reminded[:5])
+        return ReasonCode.ALREADY_REMINDED, f"already reminded of {listed}"
+    first = min(day - timedelta(days=max(stages)) for day, _ in enough)
+    return ReasonCode.STAGE_NOT_REACHED, f"no stage reached yet: the first reminder is due on {first.isoformat()}"
 
 
 def candidates(
@@ -85,11 +170,12 @@ def candidates(
     as_of: datetime,
     member_range: tuple[int, int],
     zones: tuple[str, ...],
-) -> dict[int, list[Step]]:
-    """Members of the chunk (and of the campaign's segment) with a reminder due: two queries."""
+) -> Candidates:
+    """Members of the chunk (and of the campaign's segment) with points expiring within
+    the horizon: those with a reminder due, and why the others have none. Two queries."""
     campaign = settings.campaigns[campaign_name]
     program_zone = settings.program.timezone
-    horizon = as_of + timedelta(days=max(campaign.stages or [0]) + 1)
+    horizon = as_of + timedelta(days=horizon_days(settings, campaign))
     segment = segment_query(
         settings.segments[campaign.segment],
         as_of=as_of,
@@ -106,7 +192,7 @@ def candidates(
         lots[lot.id].append((lot.expires_at, float(lot.points)))
         zone_of[lot.id] = lot.timezone if lot.timezone in zones else program_zone
     if not lots:
-        return {}
+        return Candidates({}, {})
     marked: dict[int, set[tuple[date, int]]] = defaultdict(set)
     for mark in conn.execute(
         select(ladder_marks.c.member_id, ladder_marks.c.expires_on, ladder_marks.c.stage).where(
@@ -114,12 +200,17 @@ def candidates(
         )
     ):
         marked[mark.member_id].add((mark.expires_on, mark.stage))
-    found = {}
+    found: dict[int, list[Step]] = {}
+    skipped: dict[int, tuple[ReasonCode, str]] = {}
+    merge = merge_days(settings, campaign)
     for member_id, member_lots in lots.items():
-        steps = due_steps(member_lots, zone_info(zone_of[member_id]), as_of, campaign, marked[member_id])
+        zone = zone_info(zone_of[member_id])
+        steps = due_steps(member_lots, zone, as_of, campaign, marked[member_id], merge)
         if steps:
             found[member_id] = steps
-    return found
+        else:
+            skipped[member_id] = left_out(member_lots, zone, as_of, campaign, marked[member_id])
+    return Candidates(found, skipped)
 
 
 def record(conn: Connection, campaign_name: str, run_id: int | None, steps: dict[int, list[Step]]) -> int:

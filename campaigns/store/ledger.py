@@ -36,6 +36,7 @@ class Status(StrEnum):
     SUPPRESSED = "suppressed"  # every reachable address is on the suppression list
     DUPLICATE = "duplicate"  # the same idempotency key was already used
     STALE = "stale"  # the reminder was no longer true at send time
+    NOT_DUE = "not_due"  # a ladder considered the member and had nothing to remind of this time
 
 
 class ReasonCode(StrEnum):
@@ -54,6 +55,9 @@ class ReasonCode(StrEnum):
     UNKNOWN_MEMBER = "unknown_member"  # triggered: no such member
     UNKNOWN_TEMPLATE = "unknown_template"  # triggered: no such template
     BAD_DATA = "bad_data"  # triggered: data is not a JSON object
+    BELOW_MIN_POINTS = "below_min_points"  # ladder: every expiring date is under the campaign's min_points
+    ALREADY_REMINDED = "already_reminded"  # ladder: each date's current stage was reminded before
+    STAGE_NOT_REACHED = "stage_not_reached"  # ladder: points expire within the horizon, before the first stage
     # outcomes
     STALE = "stale"  # re-validation at send time: the reminder is no longer true
     TEMPLATE_ERROR = "template_error"  # the member's message did not render

@@ -108,7 +108,8 @@ def ladder_steps(settings: Settings, recipient: Recipient, lots: Lots) -> Steps 
     if campaign is None or campaign.kind != "expiring_ladder":
         return None
     zone = zone_info(member_zone(recipient.timezone, settings.program.timezone))
-    return [(step.expires_on, step.stage) for step in ladder.due_steps(lots, zone, recipient.as_of, campaign, set())]
+    merge = ladder.merge_days(settings, campaign)
+    return [(step.expires_on, step.stage) for step in ladder.due_steps(lots, zone, recipient.as_of, campaign, set(), merge)]
 
 
 def sample_data(settings: Settings, template: str) -> dict[str, Any] | None:

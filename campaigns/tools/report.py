@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from campaigns.store.ledger import Status
-from campaigns.store.models import campaign_runs, deliveries
+from campaigns.store.models import campaign_runs, deliveries, ladder_marks
 
 IN_FLIGHT = (Status.QUEUED.value, Status.SENDING.value)
 """Rows still on their way (``unknown`` is an outcome: it is not waited for)."""
@@ -55,10 +55,10 @@ class RunReport:
 
     @property
     def nothing_delivered(self) -> bool:
-        """Rows were attempted (failed or unknown) and not one was sent or delivered."""
-        done = sum(sum(self.counts.get(status.value, {}).values()) for status in (Status.SENT, Status.DELIVERED))
-        tried = sum(sum(self.counts.get(status.value, {}).values()) for status in (Status.FAILED, Status.UNKNOWN))
-        return tried > 0 and done == 0
+        """Rows failed and not one was sent, delivered or possibly delivered (``unknown``)."""
+        reached = (Status.SENT, Status.DELIVERED, Status.UNKNOWN)
+        done = sum(sum(self.counts.get(status.value, {}).values()) for status in reached)
+        return sum(self.counts.get(Status.FAILED.value, {}).values()) > 0 and done == 0
 
     @property
     def in_flight(self) -> int:
@@ -114,7 +114,8 @@ def run_report(engine: Engine, run_id: int, overdue_after: timedelta = timedelta
 def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
     """Every ledger row of the member, oldest first, with its campaign and occasion and
     its lifecycle: decided (``created_at``), due (``send_at``), claimed (``claimed_at``
-    by ``lease_owner``), provider calls (``attempts``, ``last_error``), outcome."""
+    by ``lease_owner``), provider calls (``attempts``, ``last_error``), outcome; and
+    ``reminds``, the ``(expires_on, stage)`` pairs a ladder reminder is about."""
     query = (
         select(
             deliveries.c.id,
@@ -139,7 +140,17 @@ def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
         .order_by(deliveries.c.created_at, deliveries.c.id)
     )
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+        reminds: dict[int, list[dict[str, Any]]] = {}
+        for mark in conn.execute(
+            select(ladder_marks.c.delivery_id, ladder_marks.c.expires_on, ladder_marks.c.stage)
+            .where(ladder_marks.c.member_id == member_id)
+            .order_by(ladder_marks.c.expires_on, ladder_marks.c.stage.desc())
+        ):
+            reminds.setdefault(mark.delivery_id, []).append({"expires_on": mark.expires_on.isoformat(), "stage": mark.stage})
+    for row in rows:
+        row["reminds"] = reminds.get(row["id"], [])
+    return rows
 
 
 def due_in_flight(engine: Engine, run_id: int, due_by: datetime) -> int:

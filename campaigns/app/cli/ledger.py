@@ -69,7 +69,8 @@ def why(
             row["occasion"] or "",
             row["channel"] or "-",
             row["status"],
-            row["reason"],
+            row["reason"]
+            + "".join(f"\nreminds of points expiring {m['expires_on']}: the {m['stage']}-day reminder" for m in row["reminds"]),
             lifecycle(row),
         )
     out.print(table)
