@@ -79,7 +79,14 @@ class ChannelSpec:
 CHANNELS: dict[str, ChannelSpec] = {
     spec.name: spec
     for spec in (
-        ChannelSpec("telegram", "Telegram", MessageKind.MARKUP, contact="telegram_chat_id", consent="telegram_consent"),
+        ChannelSpec(
+            "telegram",
+            "Telegram",
+            MessageKind.MARKUP,
+            contact="telegram_chat_id",
+            consent="telegram_consent",
+            marketing_cap=timedelta(days=7),
+        ),
         ChannelSpec(
             "email", "Email", MessageKind.LETTER, contact="email", consent="email_consent", marketing_cap=timedelta(days=14)
         ),

@@ -41,11 +41,11 @@ def test_rolling_caps_over_time(configured) -> None:
 
     # When the balance reminder runs at +0 days, everybody gets it on their first channel
     assert statuses(0) == {1: ("email", "sent"), 2: ("sms", "sent"), 3: ("telegram", "sent"), 4: ("email", "sent")}
-    # At +10 days: email (1 per 14 days) and SMS (1 per 30 days) are capped; Telegram has
-    # no cap; member 4's capped email does not fall through to SMS
+    # At +10 days: email (1 per 14 days) and SMS (1 per 30 days) are capped; Telegram (1
+    # per 7 days) is not; member 4's capped email does not fall through to SMS
     assert statuses(10) == {1: ("email", "capped"), 2: ("sms", "capped"), 3: ("telegram", "sent"), 4: ("email", "capped")}
-    # At +15 days email flows again, SMS does not
-    assert statuses(15) == {1: ("email", "sent"), 2: ("sms", "capped"), 3: ("telegram", "sent"), 4: ("email", "sent")}
+    # At +15 days email flows again, SMS does not, and Telegram's +10 was 5 days ago
+    assert statuses(15) == {1: ("email", "sent"), 2: ("sms", "capped"), 3: ("telegram", "capped"), 4: ("email", "sent")}
     # At +31 days SMS flows again; the +15 email was 16 days ago, so email flows too
     assert statuses(31) == {1: ("email", "sent"), 2: ("sms", "sent"), 3: ("telegram", "sent"), 4: ("email", "sent")}
 
@@ -53,7 +53,8 @@ def test_rolling_caps_over_time(configured) -> None:
     history = ledger(engine)
     with engine.connect() as conn:
         reasons = conn.execute(select(deliveries.c.reason).where(deliveries.c.status == "capped")).scalars().all()
-    assert reasons and all(r.startswith(("cap email/marketing: 1 per 14d", "cap sms/marketing: 1 per 30d")) for r in reasons)
+    rules = ("cap email/marketing: 1 per 14d", "cap sms/marketing: 1 per 30d", "cap telegram/marketing: 1 per 7d")
+    assert reasons and all(r.startswith(rules) for r in reasons)
     assert history  # every run left rows
 
 

@@ -31,6 +31,8 @@ def test_shipped_settings_are_valid() -> None:
     assert [r.name for r in settings.caps] == [
         "sms/marketing: 1 per 30d",
         "email/marketing: 1 per 14d",
+        "telegram/marketing: 1 per 7d",
+        "email/content: 1 per 7d",
         "sms/expiry: at least 3d apart",
     ]
 

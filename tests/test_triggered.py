@@ -215,3 +215,15 @@ def test_a_triggered_message_overtakes_a_queued_campaign(redis_config, pg_url, s
     assert urgent < last_campaign
     assert after > 1000, after  # many campaign messages were still waiting behind it
     engine.dispose()
+
+
+def test_consent_is_marketing_consent(configured) -> None:
+    # Given a member with an email address who gave no marketing consent
+    application = configured(NO_QUIET)
+    add_member(application.engine, 1, email="a@example.com", email_consent=False)
+    # When a service message and a marketing one are sent to them
+    send(application, 1, "points_credited", {"points": 5, "order_number": "A-1"}, "k-service")
+    send(application, 1, "points_credited", {"points": 5, "order_number": "A-1"}, "k-marketing", category="marketing")
+    # Then the service message goes out (it needs only the address), the marketing one does not
+    statuses = {row.idempotency_key: row.status for row in rows(application.engine)}
+    assert statuses == {"k-service": "sent", "k-marketing": "no_consent"}

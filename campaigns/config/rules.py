@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, create_model
 
 from campaigns.config.values import (
     ANY_CHANNEL,
+    SERVICE,
     Category,
     Clock,
     Duration,
@@ -106,7 +107,7 @@ class QuietHoursSettings(Section):
     """
 
     default: QuietWindow = "off"
-    ignore_for_categories: list[Category] = Field(default_factory=lambda: ["service"])
+    ignore_for_categories: list[Category] = Field(default_factory=lambda: [SERVICE])
 
     def windows(self) -> dict[str, tuple[Clock, Clock] | None]:
         """``{"default"|channel: ((start_h, start_m), (end_h, end_m)) or None}``."""

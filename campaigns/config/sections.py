@@ -14,6 +14,7 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from campaigns.config.values import (
+    SERVICE,
     Category,
     ChannelName,
     Duration,
@@ -228,7 +229,7 @@ class TriggeredSettings(Section):
 
     channels: list[ChannelName] = Field(default_factory=lambda: list(CHANNELS), min_length=1)
     """Priority list; channels the template has no text for are left out."""
-    category: Category = "service"
+    category: Category = SERVICE
     """Category when the caller names none (``service`` is exempt from marketing caps)."""
 
 

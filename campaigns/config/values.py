@@ -25,6 +25,7 @@ __all__ = [
     "LocaleName",
     "Name",
     "QuietWindow",
+    "SERVICE",
     "Section",
     "TimeZoneName",
     "format_duration",
@@ -62,6 +63,11 @@ def _category(value: str) -> str:
         )
     return value
 
+
+SERVICE = "service"
+"""The category of service messages (a receipt, points credited): they need no marketing
+consent (only a reachable, unsuppressed address), carry no unsubscribe header, and
+quiet hours skip them by default."""
 
 Category = Annotated[str, AfterValidator(_category)]
 """A message category (``marketing``, ``expiry``, ``service``), as cap rules and the

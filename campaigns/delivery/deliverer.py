@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from campaigns import metrics
 from campaigns.config.settings import Settings
+from campaigns.config.values import SERVICE
 from campaigns.delivery.claimant import Claimant, Pending
 from campaigns.delivery.message import Lots, MessageBuilder, Steps
 from campaigns.delivery.rows import DeliveryRow, Recipient
@@ -316,7 +317,7 @@ class Deliverer:
                 subject=rendered.subject,
                 html=rendered.html,
                 to_name=context["member"]["first_name"] or None,
-                marketing=row.category != "service",
+                marketing=row.category != SERVICE,
                 unsubscribe_url=context["unsubscribe_url"],
             )
             transports.check(message)  # a malformed address fails here, before a claim or a connection

@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection
 
 from campaigns.config.rules import CapRule
 from campaigns.config.settings import Settings
-from campaigns.config.values import ANY_CHANNEL
+from campaigns.config.values import ANY_CHANNEL, SERVICE
 from campaigns.planning import ladder
 from campaigns.planning.caps import (
     window_bounds,
@@ -198,14 +198,15 @@ def decision_rows(
     # 1. reach: per-channel state and address, holdout draw
     zone = func.coalesce(segment.c.timezone, ctx.program_zone)
     reach_columns: list[Any] = [segment.c.id.label("member_id"), segment.c.tier.label("tier"), zone.label("zone")]
+    # Consent columns are marketing consent: a service message needs only the address.
+    consent_needed = campaign.category != SERVICE
     for channel in channels:
         contact = _contact(segment, channel)
-        state = case(
-            (or_(contact.is_(None), contact == ""), STATE_NO_CONTACT),
-            (not_(segment.c[channel_spec(channel).consent]), STATE_NO_CONSENT),
-            (exists().where(suppressions.c.channel == channel, suppressions.c.address == contact), STATE_SUPPRESSED),
-            else_=STATE_OK,
-        )
+        whens: list[tuple[ColumnElement[bool], str]] = [(or_(contact.is_(None), contact == ""), STATE_NO_CONTACT)]
+        if consent_needed:  # a NULL consent is no consent
+            whens.append((not_(func.coalesce(segment.c[channel_spec(channel).consent], false())), STATE_NO_CONSENT))
+        whens.append((exists().where(suppressions.c.channel == channel, suppressions.c.address == contact), STATE_SUPPRESSED))
+        state = case(*whens, else_=STATE_OK)
         reach_columns += [state.label(f"state_{channel}"), contact.label(f"address_{channel}")]
     if campaign.holdout > 0:
         salt = campaign.holdout_salt or ctx.campaign_name

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from campaigns.config.sections import CampaignSettings
 from campaigns.config.settings import Settings
+from campaigns.config.values import SERVICE
 from campaigns.config.zones import zone_info
 from campaigns.delivery.message import Lots, MessageBuilder, Steps, member_zone
 from campaigns.delivery.rendering import Rendered
@@ -154,11 +155,13 @@ def render_channel(
     return ChannelPreview(channel, "", rendered, None, length, over)
 
 
-def reachability(engine: Engine, member: Member, channel: str) -> str:
+def reachability(engine: Engine, member: Member, channel: str, category: str) -> str:
+    """``"yes"``, or why the campaign could not reach the member on ``channel`` (consent
+    is marketing consent: a service message does not need it)."""
     address = member.contacts[channel]
     if address in (None, ""):
         return "no contact"
-    if not member.consents[channel]:
+    if category != SERVICE and not member.consents[channel]:
         return "no consent"
     with engine.connect() as conn:
         suppressed = conn.execute(
@@ -182,7 +185,7 @@ def preview_member(
     previews = []
     for channel in channels or campaign.channels:
         preview = render_channel(messages, member.recipient, lots, campaign.template, channel)
-        previews.append(replace(preview, reachable=reachability(engine, member, channel)))
+        previews.append(replace(preview, reachable=reachability(engine, member, channel, campaign.category)))
     return previews
 
 
