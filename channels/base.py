@@ -4,7 +4,8 @@ A :class:`Transport` delivers one kind of message (``email``, ``sms`` or ``teleg
 to one kind of provider. The base class fixes the order of steps in :meth:`Transport.send`;
 a provider module fills in the steps:
 
-1. ``check(message)``   reject what the provider would reject anyway (length, address form);
+1. ``check(message)``   reject what the provider would reject anyway (length, and the
+   address form of ``channels.addresses``), before any call;
 2. ``prepare(message)`` turn the message into the provider's payload;
 3. ``transmit(payload)``  make the provider call; map provider failures to ``channels.errors``;
 4. ``result(response)`` normalize the provider's answer into a :class:`SendResult`.
@@ -22,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from channels.addresses import check_address
 from channels.errors import MessageRejected
 from channels.options import TransportOptions
 
@@ -71,6 +73,9 @@ class Transport(ABC):
     Options: ClassVar[type[TransportOptions]]
     """The model of this transport's ``[channels.<name>]`` keys; its ``transport`` field
     is ``Literal[name]``."""
+    default_region: str = "RU"
+    """Where a phone number in a local format is read (ISO 3166 code; the SMS transport's
+    ``default_region`` option)."""
     max_length: ClassVar[int | None] = None
     """Longest text body the provider accepts, in characters (None: no limit)."""
 
@@ -91,6 +96,7 @@ class Transport(ABC):
     def check(self, message: OutgoingMessage) -> None:
         if message.channel not in self.channels:
             raise MessageRejected(f"transport {self.name} does not carry {message.channel}", provider=self.name)
+        check_address(message.channel, message.to, provider=self.name, default_region=self.default_region)
         if self.max_length is not None and message.text is not None and len(message.text) > self.max_length:
             raise MessageRejected(f"text is {len(message.text)} characters, the limit is {self.max_length}", provider=self.name)
 

@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import Field
 
+from channels.addresses import envelope_address
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
     AddressUnsupported,
@@ -28,7 +29,7 @@ from channels.errors import (
     OutcomeUnknown,
     ProviderUnavailable,
 )
-from channels.mime import build_email, envelope_address, flatten, parse_sender
+from channels.mime import build_email, flatten, parse_sender
 from channels.options import TransportOptions, secret
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
@@ -134,10 +135,6 @@ class SmtpTransport(Transport):
                 connection.close()
 
     # -- steps -------------------------------------------------------------------------
-
-    def check(self, message: OutgoingMessage) -> None:
-        super().check(message)
-        envelope_address(message.to, self.name)
 
     def prepare(self, message: OutgoingMessage) -> Envelope:
         email = build_email(message, sender=self.sender, provider=self.name, mailto_unsubscribe=self.unsubscribe_mailto)

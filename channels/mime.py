@@ -21,8 +21,8 @@ from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
+from channels.addresses import envelope_address
 from channels.base import OutgoingMessage
-from channels.errors import InvalidRecipient
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -100,26 +100,6 @@ SHORT_NAME = 60
 """An ASCII display name up to this long goes as it is; longer ones are encoded, so they fold."""
 
 
-def envelope_address(address: str, provider: str) -> str:
-    """The address as SMTP sends it: the domain in IDNA (``пример.рф`` ->
-    ``xn--e1afmkfd.xn--p1ai``), the mailbox as written. InvalidRecipient (before any
-    provider call) for what cannot be an address. A result that is not ASCII needs the
-    server's SMTPUTF8."""
-    if address.count("@") != 1 or _CONTROL.search(address) or " " in address:
-        raise InvalidRecipient(f"not an email address: {address!r}", provider=provider, reached_provider=False)
-    local, domain = address.split("@")
-    if not local or not domain or len(local) > 64 or len(address) > 254:
-        raise InvalidRecipient(f"not an email address: {address!r}", provider=provider, reached_provider=False)
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise InvalidRecipient(
-                f"not an email address: {address!r} (the domain is not valid IDNA)", provider=provider, reached_provider=False
-            ) from None
-    return f"{local}@{domain}"
-
-
 def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mailto_unsubscribe: str | None = None) -> Message:
     """The MIME message for ``message``: text and/or HTML alternatives and list headers.
 
@@ -143,7 +123,10 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
     if to.isascii() and name.isascii() and len(name) <= SHORT_NAME:
         email["To"] = formataddr((name, to))
     else:  # an RFC 2047 encoded name folds; the mailbox goes as written (UTF-8 under SMTPUTF8)
-        email["To"] = f"{Header(name, 'utf-8').encode()} <{to}>" if name else to
+        # compat32 would encode a non-ASCII str whole, mailbox included; surrogate-escaped
+        # UTF-8 bytes are written out as they are.
+        mailbox = to.encode("utf-8").decode("ascii", "surrogateescape")
+        email["To"] = f"{Header(name, 'utf-8').encode()} <{mailbox}>" if name else mailbox
     email["Subject"] = Header(one_line(message.subject or ""), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header
     email["Date"] = format_datetime(datetime.now(UTC))
     email["Message-ID"] = make_msgid(idstring=f"lc{message.reference}", domain=sender.domain)

@@ -21,14 +21,13 @@ number is ``InvalidRecipient``, other 4xx ``MessageRejected``.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import phonenumbers
 import requests
 from pydantic import Field
 
+from channels.addresses import normalize_number
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
     ChannelConfigError,
@@ -45,18 +44,6 @@ from channels.smstext import measure
 DEFAULT_FIELDS = {"to": "to", "text": "text", "sender": "sender", "reference": "reference"}
 TWILIO_INVALID_NUMBER = {21211, 21214, 21217, 21401, 21407, 21421, 21614}
 TWILIO_BLOCKED = {21610}  # the recipient replied STOP
-
-
-@lru_cache(maxsize=256)  # check() and prepare() both need it for the same message
-def normalize_number(raw: str, default_region: str = "RU") -> str:
-    """E.164 form of ``raw``; ValueError when it cannot be a valid number."""
-    try:
-        number = phonenumbers.parse(raw, default_region)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(f"not a phone number: {raw!r} ({exc})") from None
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"not a valid phone number: {raw!r}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 class HttpSmsOptions(TransportOptions):
@@ -152,13 +139,6 @@ class HttpSmsTransport(Transport):
             fields=options.fields,
             default_region=region,
         )
-
-    def check(self, message: OutgoingMessage) -> None:
-        super().check(message)
-        try:
-            normalize_number(message.to, self.default_region)
-        except ValueError as exc:
-            raise InvalidRecipient(str(exc), provider=self.name, reached_provider=False) from None
 
     def prepare(self, message: OutgoingMessage) -> tuple[dict[str, Any], int]:
         to = normalize_number(message.to, self.default_region)

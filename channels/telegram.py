@@ -135,15 +135,6 @@ class TelegramTransport(Transport):
         token = secret(options.token_env, f"channels.{channel}.token_env", required=True)
         return cls(token or "", base_url=options.base_url or DEFAULT_BASE_URL, timeout=options.timeout.total_seconds())
 
-    def check(self, message: OutgoingMessage) -> None:
-        super().check(message)
-        try:
-            chat_id = int(message.to)
-        except ValueError:
-            chat_id = 0
-        if chat_id == 0 or not -(2**63) <= chat_id < 2**63:
-            raise InvalidRecipient(f"not a Telegram chat id: {message.to!r}", provider=self.name, reached_provider=False)
-
     def prepare(self, message: OutgoingMessage) -> dict[str, Any]:
         return {
             "chat_id": int(message.to),

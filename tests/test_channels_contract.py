@@ -251,8 +251,10 @@ def test_an_internationalized_mailbox_goes_with_smtputf8(tmp_path) -> None:
         # When a letter goes to a Cyrillic mailbox at a Cyrillic domain
         with _smtp(server, tmp_path) as transport:
             transport.send(OutgoingMessage(channel="email", reference=1, to="анна@пример.рф", to_name="Анна", text="x"))
-        # Then it is accepted, the domain in IDNA and the mailbox as written
+        # Then it is accepted, the domain in IDNA and the mailbox as written, in the envelope and the To header
         assert server.envelopes == [("x@example.com", ["анна@xn--e1afmkfd.xn--p1ai"])]
+        to = server.messages[0]["To"].addresses[0].addr_spec  # 8-bit header bytes parse surrogate-escaped
+        assert to.encode("ascii", "surrogateescape").decode("utf-8") == "анна@xn--e1afmkfd.xn--p1ai"
     finally:
         server.stop()
 

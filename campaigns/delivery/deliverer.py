@@ -276,6 +276,7 @@ class Deliverer:
             .where(
                 in_ids(conn, point_expirations.c.member_id, member_ids),
                 point_expirations.c.expires_at > as_of,
+                point_expirations.c.points > 0,
                 point_expirations.c.expires_at <= horizon,
             )
             .order_by(point_expirations.c.member_id, point_expirations.c.expires_at)

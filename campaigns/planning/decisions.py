@@ -96,10 +96,17 @@ def _per_zone(zone: ColumnElement[str], values: dict[str, Any], program_zone: st
     return case(*whens, else_=literal(default, type_))
 
 
+ADDRESS_LENGTH = 320
+"""Characters of an address the ledger keeps (``deliveries.address``): no valid email,
+phone or chat id is longer, so a longer value stays invalid once cut and fails its
+channel's address check instead of failing the whole chunk's insert."""
+
+
 def _contact(segment: Any, channel: str) -> ColumnElement[str]:
     """The member's address on ``channel`` as text (the column its spec names)."""
     column: ColumnElement[Any] = segment.c[channel_spec(channel).contact]
-    return column if isinstance(column.type, String) else cast(column, String)
+    text = column if isinstance(column.type, String) else cast(column, String)
+    return func.substr(text, 1, ADDRESS_LENGTH)
 
 
 def _joined(parts: list[ColumnElement[str]], separator: str) -> ColumnElement[str]:

@@ -187,7 +187,11 @@ def candidates(
     for lot in conn.execute(
         select(segment.c.id, segment.c.timezone, point_expirations.c.expires_at, point_expirations.c.points)
         .select_from(segment.join(point_expirations, point_expirations.c.member_id == segment.c.id))
-        .where(point_expirations.c.expires_at > as_of, point_expirations.c.expires_at <= horizon)
+        .where(
+            point_expirations.c.expires_at > as_of,
+            point_expirations.c.expires_at <= horizon,
+            point_expirations.c.points > 0,  # NULL or a negative correction is never news
+        )
     ):
         lots[lot.id].append((lot.expires_at, float(lot.points)))
         zone_of[lot.id] = lot.timezone if lot.timezone in zones else program_zone

@@ -21,7 +21,11 @@ def expiring_points_subquery(as_of: datetime, within_days: int, member_range: tu
     """Points per member expiring in ``(as_of, as_of + within_days]``, as a subquery
     with columns ``member_id`` and ``points``."""
     horizon = as_of + timedelta(days=within_days)
-    conditions = [point_expirations.c.expires_at > as_of, point_expirations.c.expires_at <= horizon]
+    conditions = [
+        point_expirations.c.expires_at > as_of,
+        point_expirations.c.expires_at <= horizon,
+        point_expirations.c.points > 0,
+    ]
     if member_range is not None:
         conditions.append(point_expirations.c.member_id.between(*member_range))
     return (

@@ -25,7 +25,7 @@ from campaigns.errors import LoyalcastError, TemplateError
 from campaigns.planning import ladder
 from campaigns.store.models import balances, members, point_expirations, suppressions
 from channels.base import OutgoingMessage
-from channels.errors import InvalidRecipient, PermanentError
+from channels.errors import InvalidRecipient, MissingSecret, PermanentError
 from channels.smstext import SmsLength
 from channels.specs import CHANNELS, channel_spec
 
@@ -91,7 +91,11 @@ def lots_by_member(engine: Engine, member_ids: list[int], as_of: datetime) -> di
     with engine.connect() as conn:
         for lot in conn.execute(
             select(point_expirations.c.member_id, point_expirations.c.expires_at, point_expirations.c.points)
-            .where(point_expirations.c.member_id.in_(member_ids), point_expirations.c.expires_at > as_of)
+            .where(
+                point_expirations.c.member_id.in_(member_ids),
+                point_expirations.c.expires_at > as_of,
+                point_expirations.c.points > 0,
+            )
             .order_by(point_expirations.c.member_id, point_expirations.c.expires_at)
         ):
             found[lot.member_id].append((lot.expires_at, float(lot.points)))
@@ -264,6 +268,8 @@ def _would_fail(transports: Transports, preview: ChannelPreview, channel: str, a
     assert preview.rendered is not None
     try:
         transports.check(OutgoingMessage(channel=channel, reference=0, to=address, text=preview.rendered.text))
+    except MissingSecret:
+        return None  # the transport cannot be built without its secret: its address check is skipped
     except InvalidRecipient as exc:
         return f"invalid address: {exc.detail.split(':')[0]}"
     except PermanentError as exc:
