@@ -198,3 +198,46 @@ def test_check_renders_triggered_templates_with_their_sample_data(checked) -> No
         line.startswith("error: points_credited/en/telegram.html:1: undefined variable") and "order_number" in line
         for line in lines
     ), lines
+
+
+def test_an_sms_over_budget_is_decided_again_on_the_next_channel(write_settings, templates) -> None:
+    # Given a campaign over SMS then email, and an SMS text of 3 segments
+    config = write_settings(
+        {
+            "templates_dir": str(templates),
+            "quiet_hours": {"default": "off"},
+            "campaigns": {"balance_reminder": {"channels": ["sms", "email"]}},
+        }
+    )
+    schema.upgrade(runtime.configure(config).engine)
+    (templates / "balance_reminder/ru/sms.txt").write_text("ж" * 135)
+    engine = runtime.app().engine
+    add_member(engine, 1, phone="+79160000001", sms_consent=True, email="one@example.com", email_consent=True)
+    add_member(engine, 2, phone="+79160000002", sms_consent=True)  # no email to fall back to
+    # When the campaign runs
+    report = run_json(config, "balance_reminder", "--now", "2026-11-23T12:00+03:00")
+    # Then member 1 gets the email instead, and the ledger says why; member 2 fails over budget
+    rows = ledger(engine, report["run_id"])
+    assert rows[1][:2] == ("email", "sent")
+    assert rows[1][2] == (
+        "rerouted from sms (SMS is 3 segments (UCS-2, 135 characters); the campaign allows 2); eligible on email"
+    )
+    assert rows[2] == ("sms", "failed", "SMS is 3 segments (UCS-2, 135 characters); the campaign allows 2")
+    assert report["counts"] == {"sent": {"email": 1}, "failed": {"sms": 1}}
+
+
+def test_plan_counts_only_the_sms_that_would_go_out(write_settings, templates) -> None:
+    import json
+
+    # Given three SMS members, one with a number that cannot work
+    config = write_settings({"templates_dir": str(templates), "channels": {"sms": {"price_per_segment": 2.0}}})
+    schema.upgrade(runtime.configure(config).engine)
+    for member_id, phone in ((1, "+79160000001"), (2, "+79160000002"), (3, "12345")):
+        add_member(runtime.app().engine, member_id, phone=phone, sms_consent=True)
+    # When the plan is shown
+    output = cli(config, "plan", "balance_reminder", "--now", "2026-11-23T12:00+03:00", "--json").stdout
+    sms = json.loads(output[output.index("{") :])["sms"]
+    # Then two messages are counted and the third is listed with why
+    assert (sms["recipients"], sms["sendable"]) == (3, 2)
+    assert sms["failing"] == {"invalid address: not a valid phone number": 1}
+    assert sms["cost"] == sms["segments"] * 2.0
