@@ -46,7 +46,8 @@ class Rerouted:
 def reroute(engine: Engine, settings: Settings, delivery_id: int, why: str, as_of: datetime) -> Rerouted | None:
     """Decide queued row ``delivery_id`` again on the channels after its own, as of
     ``as_of``; ``why`` (what was wrong on its channel) starts the new reason. None when
-    the row is no longer queued there, or its channel was the last one."""
+    the row is no longer queued there, its channel was the last one, or no later
+    channel reaches the member (the row then fails on its own channel)."""
     with engine.begin() as conn:
         row = conn.execute(
             select(
@@ -89,7 +90,9 @@ def reroute(engine: Engine, settings: Settings, delivery_id: int, why: str, as_o
             data=row.data,
         )
         decided = conn.execute(decision_rows(conn, settings, ctx, (row.member_id, row.member_id))).first()
-        if decided is None:  # the member row is gone; the deliverer records that
+        if decided is None or decided.channel is None:
+            # The member row is gone, or no later channel reaches them: the row fails
+            # over budget (which also gives back its slot, released above).
             return None
         reason = f"rerouted from {row.channel} ({why}); {decided.reason}"[:REASON_LIMIT]
         conn.execute(
