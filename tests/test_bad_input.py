@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,7 +171,7 @@ def test_the_fakes_example_works_exactly_as_written(tmp_path: Path) -> None:
     (work / ".venv").symlink_to(REPO / ".venv")
     env = {**subprocess_env(), "PATH": os.environ.get("PATH", "")}
     fakes = subprocess.Popen(
-        commands[0], shell=True, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        commands[0], shell=True, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         _wait_for_port(8081)
@@ -181,7 +182,7 @@ def test_the_fakes_example_works_exactly_as_written(tmp_path: Path) -> None:
             assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         report = result.stdout
     finally:
-        fakes.terminate()
+        os.killpg(fakes.pid, signal.SIGTERM)  # the shell and the fakes it started
         fakes.wait(timeout=20)
     assert "sent" in report
     engine = sa.create_engine(f"sqlite:///{work / 'var-fakes' / 'loyalcast.db'}")
