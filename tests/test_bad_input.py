@@ -73,9 +73,8 @@ def test_unreadable_settings_files_give_one_line(tmp_path: Path) -> None:
     assert _problems(missing) == [f"<file>: settings file {str(missing)!r} not found (use --config or LOYALCAST_CONFIG)"]
 
 
-def _loyalcast(
-    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
+def _loyalcast(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (``main``: its exit codes and one-line errors) in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "campaigns.app.cli", "--config", str(config), *args],
         capture_output=True,
