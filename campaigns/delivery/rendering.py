@@ -31,7 +31,6 @@ Filters (the member's locale and time zone come from the render context):
 from __future__ import annotations
 
 import os
-import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,11 +56,10 @@ from jinja2 import (
     TemplateError as JinjaTemplateError,
 )
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
 
 from campaigns.config.sections import ProgramSettings, RenderingSettings
 from campaigns.config.zones import zone_info
-from campaigns.delivery.budget import WATCHDOG, RenderTimeout
+from campaigns.delivery.budget import WATCHDOG, BudgetedSandbox, RenderTimeout
 from campaigns.errors import RenderBudgetExceeded, TemplateError
 from channels.specs import MessageKind, channel_spec
 
@@ -222,80 +220,6 @@ class Renderer:
                 raise RenderBudgetExceeded(f"writes more than {limit:,} characters (rendering.max_output)")
             parts.append(chunk)
         return "".join(parts)
-
-
-class BudgetedSandbox(SandboxedEnvironment):
-    """Jinja's sandbox, refusing to build a string (or list) longer than ``max_output``
-    before it is built: the operators and filters that can multiply a size."""
-
-    intercepted_binops = frozenset({"*", "**", "%"})
-
-    def __init__(self, max_output: int, **options: Any) -> None:
-        super().__init__(**options)
-        self.max_output = max_output
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for sequence, times in ((left, right), (right, left)):
-                if isinstance(sequence, str | list | tuple) and isinstance(times, int):
-                    self._check_size(len(sequence) * max(times, 0), "'*'")
-        elif operator == "**":
-            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
-                if right * abs(left).bit_length() > 4096:
-                    raise RenderBudgetExceeded(f"{left} ** {right} is too big a number")
-        elif operator == "%" and isinstance(left, str):
-            self._check_widths(left)
-        return super().call_binop(context, operator, left, right)
-
-    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        """``'{:>99999999}'.format(x)``: check the widths before Jinja's safe formatter runs."""
-        wrapped = super().wrap_str_format(value)
-        if wrapped is None:
-            return None
-        owner = getattr(value, "__self__", "")
-        self._check_widths(str(owner))
-        return wrapped
-
-    def guard_filters(self) -> None:
-        """Wrap the built-in filters whose output size is an argument."""
-        center, indent, replace, format_ = (self.filters[name] for name in ("center", "indent", "replace", "format"))
-
-        def guarded_center(value: Any, width: int = 80) -> Any:
-            self._check_size(width, "center")
-            return center(value, width)
-
-        def guarded_indent(value: Any, width: int | str = 4, *args: Any, **kwargs: Any) -> Any:
-            self._check_size(
-                len(str(value)) + (len(width) if isinstance(width, str) else width) * (str(value).count("\n") + 1), "indent"
-            )
-            return indent(value, width, *args, **kwargs)
-
-        @pass_context
-        def guarded_replace(context: Context, value: Any, old: str, new: str, count: int | None = None) -> Any:
-            text = str(value)
-            occurrences = text.count(old) if old else len(text) + 1
-            if count is not None:
-                occurrences = min(occurrences, max(count, 0))
-            self._check_size(len(text) + occurrences * max(len(new) - len(old), 0), "replace")
-            return replace(context.eval_ctx, value, old, new, count)
-
-        def guarded_format(value: str, *args: Any, **kwargs: Any) -> str:
-            self._check_widths(value)
-            return str(format_(value, *args, **kwargs))
-
-        self.filters.update(center=guarded_center, indent=guarded_indent, replace=guarded_replace, format=guarded_format)
-
-    def _check_size(self, size: int, what: str) -> None:
-        if size > self.max_output:
-            raise RenderBudgetExceeded(f"{what} would make {size:,} characters (rendering.max_output is {self.max_output:,})")
-
-    def _check_widths(self, fmt: str) -> None:
-        for width in _WIDTHS.findall(fmt):
-            self._check_size(int(width), "a format width")
-
-
-_WIDTHS = re.compile(r"(\d{4,})")
-"""Numbers of four digits or more in a format string: the widths that could be huge."""
 
 
 def _describe(exc: JinjaTemplateError) -> str:
