@@ -10,8 +10,10 @@ one loads the members' expiring points. Each row is claimed as its turn comes, i
 one write that records the previous row's outcome, right before its provider call, so a
 crash leaves at most one row per sending thread whose outcome is unknown and every row
 not yet reached still ``queued``. One bad member (a template that fails for
-their data, an invalid address) ends as ``failed`` with the reason and never stops the
-rest of the batch.
+their data, an invalid address, checked by the transport before the claim) ends as
+``failed`` with the reason and never stops the rest of the batch. A text over its
+channel's segment budget is decided again on the campaign's next channel
+(``campaigns.planning.reroute``) and, when that is due now, sent in the same batch.
 
 A batch stops early, handing back the rows it has not reached, when its worker is
 shutting down or its time limit is near; ``BatchReport.later`` says what to carry again.
