@@ -19,13 +19,14 @@ import phonenumbers
 
 from channels.errors import InvalidRecipient
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+"""Runs of control characters: never part of an address or a header."""
 
 
 def envelope_address(address: str, provider: str) -> str:
     """The email address as SMTP sends it (the domain in IDNA); InvalidRecipient for
     what cannot be an address."""
-    if address.count("@") != 1 or _CONTROL.search(address) or " " in address:
+    if address.count("@") != 1 or CONTROL.search(address) or " " in address:
         raise _invalid(f"not an email address: {address!r}", provider)
     local, domain = address.split("@")
     if not local or not domain or len(local) > 64 or len(address) > 254:

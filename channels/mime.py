@@ -8,7 +8,6 @@ flattened to one line (CR, LF and other control characters become spaces) before
 from __future__ import annotations
 
 import io
-import re
 import secrets
 from datetime import UTC, datetime
 from email.charset import QP, Charset
@@ -21,15 +20,13 @@ from email.mime.text import MIMEText
 from email.policy import Compat32
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
-from channels.addresses import envelope_address
+from channels.addresses import CONTROL, envelope_address
 from channels.base import OutgoingMessage
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def one_line(value: str) -> str:
     """Collapse control characters and runs of spaces into single spaces."""
-    return " ".join(_CONTROL.sub(" ", value).split())
+    return " ".join(CONTROL.sub(" ", value).split())
 
 
 def parse_sender(value: str) -> Address:

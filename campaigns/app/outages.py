@@ -4,6 +4,7 @@ masked)."""
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
@@ -60,8 +61,6 @@ def unreachable(exc: BaseException, settings: Settings, doing: str = "") -> Serv
 
 
 def _key(section: str, env_name: str | None) -> str:
-    import os
-
     if env_name and os.environ.get(env_name):
         return f"{section}.url_env ({env_name})"
     return f"{section}.url"

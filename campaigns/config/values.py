@@ -29,6 +29,7 @@ __all__ = [
     "Section",
     "TimeZoneName",
     "format_duration",
+    "is_marketing",
     "parse_clock",
     "parse_duration",
 ]
@@ -68,6 +69,13 @@ SERVICE = "service"
 """The category of service messages (a receipt, points credited): they need no marketing
 consent (only a reachable, unsuppressed address), carry no unsubscribe header, and
 quiet hours skip them by default."""
+
+
+def is_marketing(category: str) -> bool:
+    """Whether messages of ``category`` are marketing: they need the member's marketing
+    consent and carry an unsubscribe link. Every category but ``service`` is."""
+    return category != SERVICE
+
 
 Category = Annotated[str, AfterValidator(_category)]
 """A message category (``marketing``, ``expiry``, ``service``), as cap rules and the

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from campaigns import metrics
 from campaigns.config.settings import Settings
-from campaigns.config.values import SERVICE
+from campaigns.config.values import is_marketing
 from campaigns.delivery.claimant import Claimant, Pending
 from campaigns.delivery.message import Lots, MessageBuilder, Steps
 from campaigns.delivery.rows import DeliveryRow, Recipient
@@ -320,7 +320,7 @@ class Deliverer:
                 subject=rendered.subject,
                 html=rendered.html,
                 to_name=context["member"]["first_name"] or None,
-                marketing=row.category != SERVICE,
+                marketing=is_marketing(row.category),
                 unsubscribe_url=context["unsubscribe_url"],
             )
             transports.check(message)  # a malformed address fails here, before a claim or a connection

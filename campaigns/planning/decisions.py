@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection
 
 from campaigns.config.rules import CapRule
 from campaigns.config.settings import Settings
-from campaigns.config.values import ANY_CHANNEL, SERVICE
+from campaigns.config.values import ANY_CHANNEL, is_marketing
 from campaigns.planning import ladder
 from campaigns.planning.caps import (
     window_bounds,
@@ -206,7 +206,7 @@ def decision_rows(
     zone = func.coalesce(segment.c.timezone, ctx.program_zone)
     reach_columns: list[Any] = [segment.c.id.label("member_id"), segment.c.tier.label("tier"), zone.label("zone")]
     # Consent columns are marketing consent: a service message needs only the address.
-    consent_needed = campaign.category != SERVICE
+    consent_needed = is_marketing(campaign.category)
     for channel in channels:
         contact = _contact(segment, channel)
         whens: list[tuple[ColumnElement[bool], str]] = [(or_(contact.is_(None), contact == ""), STATE_NO_CONTACT)]

@@ -30,6 +30,9 @@ from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries, members
 
 REASON_LIMIT = 500
+REDECIDED = ("channel", "status", "reason_code", "cap_rule", "address", "holds_slot", "send_at", "deferred_from")
+"""The columns of :func:`decision_rows` a new decision overwrites (the reason is
+prefixed with why the row moved)."""
 
 
 @dataclass(frozen=True)
@@ -99,15 +102,8 @@ def reroute(engine: Engine, settings: Settings, delivery_id: int, why: str, as_o
             update(deliveries)
             .where(deliveries.c.id == delivery_id)
             .values(
-                channel=decided.channel,
-                status=decided.status,
+                {column: decided._mapping[column] for column in REDECIDED},
                 reason=reason,
-                reason_code=decided.reason_code,
-                cap_rule=decided.cap_rule,
-                address=decided.address,
-                holds_slot=decided.holds_slot,
-                send_at=decided.send_at,
-                deferred_from=decided.deferred_from,
                 updated_at=datetime.now(as_of.tzinfo),
             )
         )

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from campaigns.config.sections import CampaignSettings
 from campaigns.config.settings import Settings
-from campaigns.config.values import SERVICE
+from campaigns.config.values import is_marketing
 from campaigns.config.zones import zone_info
 from campaigns.delivery.message import Lots, MessageBuilder, Steps, member_zone
 from campaigns.delivery.rendering import Rendered
@@ -165,7 +165,7 @@ def reachability(engine: Engine, member: Member, channel: str, category: str) ->
     address = member.contacts[channel]
     if address in (None, ""):
         return "no contact"
-    if category != SERVICE and not member.consents[channel]:
+    if is_marketing(category) and not member.consents[channel]:
         return "no consent"
     with engine.connect() as conn:
         suppressed = conn.execute(
