@@ -102,9 +102,8 @@ def reroute(engine: Engine, settings: Settings, delivery_id: int, why: str, as_o
             update(deliveries)
             .where(deliveries.c.id == delivery_id)
             .values(
-                {column: decided._mapping[column] for column in REDECIDED},
-                reason=reason,
-                updated_at=datetime.now(as_of.tzinfo),
+                {column: decided._mapping[column] for column in REDECIDED}
+                | {"reason": reason, "updated_at": datetime.now(as_of.tzinfo)}
             )
         )
         if decided.deferred_from is not None:
