@@ -503,7 +503,7 @@ def ceiling_messages(config: Path, members: int) -> Path:
                         "subject": rendered.subject,
                         "html": rendered.html,
                         "to_name": member.recipient.first_name,
-                        "unsubscribe_url": app.settings.unsubscribe_url(member_id, channel),
+                        "unsubscribe_url": app.settings.unsubscribe_url(member_id, channel, "marketing"),
                     },
                     ensure_ascii=False,
                 )

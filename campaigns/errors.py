@@ -11,7 +11,8 @@ One flat module, one tree::
      │                             ``[rendering]`` allows (or recursed too deep)
      ├── ServiceUnavailable   the database or the broker cannot be reached; names the
      │                        settings key and the URL (its password masked)
-     └── UnknownCampaign      a command named a campaign settings.toml does not define
+     ├── UnknownCampaign      a command named a campaign settings.toml does not define
+     └── InvalidLink          a member's signed link is malformed, altered or truncated
 
 Channel (provider) errors have their own tree in ``channels.errors``: they describe a
 delivery attempt, not a mistake in loyalcast's input.
@@ -83,3 +84,8 @@ class ServiceUnavailable(LoyalcastError):
         self.consequence = consequence
         tail = f"; {consequence}" if consequence else ""
         super().__init__(f"{key}: cannot reach {url}: {detail}{tail}")
+
+
+class InvalidLink(LoyalcastError):
+    """A member's link (unsubscribe, preferences, opt-in) is malformed, altered,
+    truncated or signed by a key no longer accepted; nothing was changed."""

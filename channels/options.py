@@ -80,6 +80,11 @@ class TransportOptions(BaseModel):
     """What the provider charges per billed segment, in the program's currency, for
     channels billed per segment (plan's cost estimate)."""
 
+    def opt_in_url(self, token: str) -> str | None:
+        """A link by which a member opts in to this channel, carrying loyalcast's signed
+        ``token`` back (Telegram's ``/start`` deep link); None when the provider has none."""
+        return None
+
 
 def secret(env_name: str | None, key: str, *, required: bool = False) -> str | None:
     """The value of the environment variable ``env_name`` names; ``key`` is the settings

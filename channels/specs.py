@@ -49,6 +49,9 @@ class ChannelSpec:
     measure: Callable[[str], SmsLength] | None = None
     """How a text is counted for billing, where the provider bills per segment; a
     campaign's ``max_segments`` limits texts of such channels."""
+    collected: bool = False
+    """loyalcast collects this channel's address itself (``contacts``: the member opts in
+    through a signed link), used where the ``contact`` column is empty."""
     marketing_cap: timedelta | None = None
     """The program's default frequency cap: at most one ``marketing`` message per this
     long (settings that list ``[[caps]]`` replace every default)."""
@@ -85,6 +88,7 @@ CHANNELS: dict[str, ChannelSpec] = {
             MessageKind.MARKUP,
             contact="telegram_chat_id",
             consent="telegram_consent",
+            collected=True,
             marketing_cap=timedelta(days=7),
         ),
         ChannelSpec(

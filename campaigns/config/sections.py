@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from string import Formatter
 from typing import Annotated, Any, Literal
 
 from babel.numbers import list_currencies
 from croniter import CroniterBadDateError, croniter
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from campaigns.config.values import (
     SERVICE,
@@ -26,8 +25,6 @@ from campaigns.config.values import (
 )
 from channels.specs import CHANNELS
 
-UNSUBSCRIBE_PLACEHOLDERS = ("member_id", "channel", "signature")
-
 
 def _currency(value: str) -> str:
     if value not in list_currencies():
@@ -35,23 +32,7 @@ def _currency(value: str) -> str:
     return value
 
 
-def _unsubscribe_url(value: str) -> str:
-    if not value.startswith(("https://", "http://")):
-        raise ValueError(f"must be an http(s) URL, got {value!r}")
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(value) if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"{exc} (write a literal brace as {{{{ or }}}})") from None
-    allowed = ", ".join(f"{{{name}}}" for name in UNSUBSCRIBE_PLACEHOLDERS)
-    for name, spec, conversion in fields:
-        if name not in UNSUBSCRIBE_PLACEHOLDERS or spec or conversion:
-            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise ValueError(f"unknown placeholder {shown} (use {allowed})")
-    return value
-
-
 Currency = Annotated[str, AfterValidator(_currency)]
-UnsubscribeUrl = Annotated[str, AfterValidator(_unsubscribe_url)]
 
 
 class PluralWords(Section):
@@ -76,11 +57,19 @@ class ProgramSettings(Section):
     currency: Currency = "RUB"
     """ISO 4217 code for the ``money`` filter and SMS cost estimates."""
     site_url: str = "https://example.com"
-    unsubscribe_url: UnsubscribeUrl = "https://example.com/unsubscribe?member={member_id}"
-    """One-click unsubscribe link; placeholders ``{member_id}``, ``{channel}``, ``{signature}``."""
-    unsubscribe_secret_env: str | None = None
-    """Environment variable holding the key that signs ``{signature}`` (HMAC-SHA256)."""
     points_word: dict[str, PluralWords] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("unsubscribe_url", "unsubscribe_secret_env"):
+                if key in data:
+                    raise ValueError(
+                        f"{key} is gone: unsubscribe links are always signed and served by loyalcast web "
+                        "(set [web] public_url and key_env; see docs/operations.md)"
+                    )
+        return data
 
 
 class DatabaseSettings(Section):
@@ -273,6 +262,34 @@ class RenderingSettings(Section):
         if value > timedelta(minutes=1):
             raise ValueError("at most 1m: a render longer than that is a template bug, and it holds a worker thread")
         return value
+
+
+def _public_url(value: str) -> str:
+    if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+        raise ValueError(f"must be an http(s) URL without query or fragment, got {value!r}")
+    return value.rstrip("/")
+
+
+class WebSettings(Section):
+    """``loyalcast web`` (and the one in ``serve``): members' links, providers' webhooks."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: Annotated[str, AfterValidator(_public_url)] = "http://127.0.0.1:8080"
+    """Where members and providers reach the service (the reverse proxy's address in
+    production): links in messages and webhook signatures are built on it."""
+    key_env: str = "LOYALCAST_LINK_KEY"
+    """Environment variable holding the key (at least 32 bytes) that signs members' links."""
+    previous_key_env: str | None = "LOYALCAST_LINK_KEY_PREVIOUS"
+    """Environment variable holding the key being rotated out: links it signed still work."""
+    key_file: str | None = None
+    """Embedded default only: where a random key is created and kept when ``key_env``
+    is unset (relative to the settings file)."""
+    events_retention: Duration = timedelta(days=180)
+    """How long providers' raw events are kept for audit (``loyalcast events prune``,
+    and the reconciler once a day)."""
+    workers: int = Field(default=1, ge=1, le=32)
+    """uvicorn worker processes of ``loyalcast web``."""
 
 
 class SchedulerSettings(Section):

@@ -9,15 +9,15 @@ value (``database.url_env = "LOYALCAST_DATABASE_URL"``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
+import secrets
 from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, PrivateAttr
 
 from campaigns.config.channels import ChannelOptions, default_options
+from campaigns.config.links import MIN_KEY_BYTES, TELEGRAM_START, UNSUBSCRIBE, LinkSigner, load_signer
 from campaigns.config.rules import CapRule, QuietHours, default_caps
 from campaigns.config.sections import (
     BrokerSettings,
@@ -33,8 +33,9 @@ from campaigns.config.sections import (
     SchedulerSettings,
     SegmentSettings,
     TriggeredSettings,
+    WebSettings,
 )
-from campaigns.config.values import ANY_CHANNEL, ChannelName, Section
+from campaigns.config.values import ANY, ANY_CHANNEL, ChannelName, Section
 from campaigns.errors import ConfigError, UnknownCampaign
 from channels import TransportOptions
 from channels.specs import CHANNELS
@@ -55,6 +56,7 @@ class Settings(Section):
     triggered: TriggeredSettings = TriggeredSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+    web: WebSettings = WebSettings()
     caps: list[CapRule] = Field(default_factory=default_caps)
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
@@ -62,6 +64,7 @@ class Settings(Section):
     _base_dir: Path = PrivateAttr(default=Path("."))
     _source: str = PrivateAttr(default="<settings>")
     _missing_secrets: list[str] = PrivateAttr(default_factory=list)
+    _signer: LinkSigner | None = PrivateAttr(default=None)
 
     @property
     def base_dir(self) -> Path:
@@ -115,13 +118,39 @@ class Settings(Section):
         """The longest ``timeout`` of any channel's transport: how long one provider call may take."""
         return max(self.channel(name).timeout for name in CHANNELS)
 
-    def unsubscribe_url(self, member_id: int, channel: str) -> str:
-        """The member's one-click unsubscribe link, signed when the URL asks for it."""
-        signature = ""
-        if "{signature}" in self.program.unsubscribe_url:
-            key = os.environ[self.program.unsubscribe_secret_env or ""].encode()
-            signature = hmac.new(key, f"{member_id}:{channel}".encode(), hashlib.sha256).hexdigest()[:32]
-        return self.program.unsubscribe_url.format(member_id=member_id, channel=channel, signature=signature)
+    def link_signer(self) -> LinkSigner:
+        """The signer of members' links (``[web]`` keys); ConfigError when no key is set.
+        Loaded once per Settings."""
+        if self._signer is None:
+            key_file = self.path(self.web.key_file) if self.web.key_file else None
+            self._signer = load_signer(self.web.key_env, self.web.previous_key_env, key_file)
+        return self._signer
+
+    def preview_links(self) -> bool:
+        """For commands that render without sending (``check``, ``preview``, ``plan``):
+        when no link key is available, sign this process's links with a random key, so
+        texts render without the secret; those links will not verify. True if so."""
+        try:
+            self.link_signer()
+        except ConfigError:
+            self._signer = LinkSigner(secrets.token_bytes(MIN_KEY_BYTES))
+            return True
+        return False
+
+    def unsubscribe_url(self, member_id: int, channel: str, category: str) -> str:
+        """The member's signed link to stop ``category`` messages on ``channel`` (GET
+        shows a page, an RFC 8058 one-click POST unsubscribes at once)."""
+        return f"{self.web.public_url}/u/{self.link_signer().sign(UNSUBSCRIBE, member_id, channel, category)}"
+
+    def preferences_url(self, member_id: int) -> str:
+        """The member's signed link to the preference centre."""
+        return f"{self.web.public_url}/u/{self.link_signer().sign(UNSUBSCRIBE, member_id, ANY, ANY)}"
+
+    def opt_in_links(self, member_id: int) -> dict[str, str | None]:
+        """Per channel, the member's signed opt-in link where its transport offers one
+        (Telegram: a ``t.me`` deep link that links the chat on ``/start``), else None."""
+        token = self.link_signer().sign(TELEGRAM_START, member_id)
+        return {name: self.channel(name).opt_in_url(token) for name in CHANNELS}
 
     def caps_for(self, channel: str, category: str, tier: str | None = None) -> list[CapRule]:
         """Rules that limit ``category`` on ``channel`` for a member of ``tier``.

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from campaigns.config.links import MIN_KEY_BYTES
 from campaigns.config.settings import Settings
 from campaigns.config.templates import missing_parts
 from channels import TRANSPORTS, build_transport
@@ -98,11 +99,11 @@ def semantic_problems(settings: Settings) -> tuple[list[str], list[str]]:
             if getattr(words, category, None) is None:
                 problems.append(f"program.points_word.{locale_name}.{category}: missing ({locale_name} needs this plural form)")
 
-    if "{signature}" in program.unsubscribe_url:
-        if not program.unsubscribe_secret_env:
-            problems.append("program.unsubscribe_secret_env: required when unsubscribe_url uses {signature}")
-        elif not os.environ.get(program.unsubscribe_secret_env):
-            problems.append(f"program.unsubscribe_secret_env: environment variable {program.unsubscribe_secret_env} is not set")
+    web = settings.web
+    for where, env_name in (("web.key_env", web.key_env), ("web.previous_key_env", web.previous_key_env)):
+        secret_value = os.environ.get(env_name, "").encode() if env_name else b""
+        if secret_value and len(secret_value) < MIN_KEY_BYTES:
+            problems.append(f"{where}: {env_name} holds {len(secret_value)} bytes; a link key needs at least {MIN_KEY_BYTES}")
 
     seen_rules: dict[tuple[str, str, str, str], int] = {}
     for index, rule in enumerate(settings.caps):
@@ -134,6 +135,11 @@ def semantic_problems(settings: Settings) -> tuple[list[str], list[str]]:
             problems.append(f"segments.{name}.max_days_since_purchase: smaller than min_days_since_purchase")
 
     transport_problems, missing_secrets = _transport_problems(settings)
+    if not os.environ.get(web.key_env) and not web.key_file:
+        missing_secrets.append(
+            f"web.key_env: environment variable {web.key_env} is not set (a key of at least {MIN_KEY_BYTES} bytes "
+            "signs members' links; make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     problems += transport_problems
     problems += _lease_problems(settings)
 

@@ -94,6 +94,9 @@ ChannelName = Annotated[str, AfterValidator(known_channel)]
 ANY_CHANNEL = "*"
 """A cap rule's channel meaning every channel together."""
 
+ANY = "*"
+"""A member preference's channel or category meaning every one (``preferences``)."""
+
 
 def _time_zone(value: str) -> str:
     try:

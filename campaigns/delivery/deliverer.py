@@ -52,6 +52,7 @@ from campaigns.store.models import (
     members,
     point_expirations,
 )
+from campaigns.store.preferences import withdrawn
 from channels.base import OutgoingMessage, SendResult
 from channels.errors import (
     AddressUnsupported,
@@ -232,6 +233,7 @@ class Deliverer:
                 members.c.timezone,
                 members.c.tier,
                 func.coalesce(balances.c.points, 0).label("balance"),
+                withdrawn(deliveries).label("withdrawn"),
             )
             .select_from(
                 deliveries.outerjoin(members, members.c.id == deliveries.c.member_id)
@@ -256,6 +258,7 @@ class Deliverer:
                     address=r.address,
                     attempts=r.attempts,
                     data=r.data,
+                    withdrawn=r.withdrawn,
                     # a message speaks for the moment it is due
                     recipient=Recipient.from_row(
                         r, member_id=r.member_id, campaign=r.campaign, occasion=r.occasion, as_of=r.send_at
@@ -303,8 +306,14 @@ class Deliverer:
         recipient = row.recipient
         attempt = row.attempts + 1
         called = False
+        if row.withdrawn:
+            status = Status.SUPPRESSED if row.withdrawn == Status.SUPPRESSED.value else Status.UNSUBSCRIBED
+            reason = f"{row.withdrawn} on {row.channel} between the decision and the send; not sent"
+            return Outcome(row.id, status, ReasonCode.WITHDRAWN, reason, holds_slot=False), called
         try:
-            context = self.messages.context(recipient, row.channel, lots, steps, (row.data or {}) if row.triggered else None)
+            context = self.messages.context(
+                recipient, row.channel, lots, steps, (row.data or {}) if row.triggered else None, category=row.category
+            )
             stale = self.messages.stale_reason(recipient.campaign, context)
             if stale:
                 return Outcome(row.id, Status.STALE, ReasonCode.STALE, stale, holds_slot=False), called

@@ -63,12 +63,18 @@ class MessageBuilder:
         lots: Lots,
         steps: Steps | None = None,
         data: dict[str, Any] | None = None,
+        category: str | None = None,
     ) -> dict[str, Any]:
         """What a template sees for one member (documented in docs/templates.md).
 
         ``steps`` become ``reminder``, with the points as they are now. ``data``
-        defaults to the campaign's ``data`` table.
+        defaults to the campaign's ``data`` table. ``category`` (the ledger row's) is
+        what the unsubscribe link stops; it defaults to the campaign's, else the
+        triggered default.
         """
+        if category is None:
+            spec = self.settings.campaigns.get(recipient.campaign or "")
+            category = spec.category if spec else self.settings.triggered.category
         program = self.settings.program
         locale = recipient.locale if recipient.locale in program.locales else program.default_locale
         zone = member_zone(recipient.timezone, program.timezone)
@@ -112,7 +118,11 @@ class MessageBuilder:
                 "dates": dates,
             },
             "program": {"name": program.name, "site_url": program.site_url},
-            "unsubscribe_url": self.settings.unsubscribe_url(recipient.member_id, channel),
+            # Signed links to loyalcast web: stop this kind of message on this channel
+            # (also the List-Unsubscribe header), every choice, and opting in elsewhere.
+            "unsubscribe_url": self.settings.unsubscribe_url(recipient.member_id, channel, category),
+            "preferences_url": self.settings.preferences_url(recipient.member_id),
+            "opt_in": self.settings.opt_in_links(recipient.member_id),
             "campaign": {"name": recipient.campaign, "occasion": recipient.occasion},
             "reminder": reminder,
             "data": data if data is not None else self._campaign_data(recipient.campaign),

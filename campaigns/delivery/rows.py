@@ -58,6 +58,9 @@ class DeliveryRow:
     """Provider calls made for this row so far (before the next one)."""
     data: dict[str, Any] | None
     """A triggered message's data (None for campaign rows: the campaign's ``data``)."""
+    withdrawn: str | None
+    """``suppressed`` or ``unsubscribed`` when the address was suppressed or the member
+    unsubscribed after the decision (checked as the batch loads); None: still wanted."""
     recipient: Recipient
 
     @property

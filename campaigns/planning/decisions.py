@@ -5,7 +5,7 @@ are locked. One ``INSERT ... SELECT`` writes a ledger row per segment member, bu
 four layers:
 
 1. ``reach``: per channel, the member's state (``ok``, ``no contact``, ``no consent``,
-   ``suppressed``) and address; whether the member falls in the holdout group;
+   ``unsubscribed``, ``suppressed``) and address; whether the member falls in the holdout group;
 2. ``chosen``: the first ``ok`` channel of the campaign's priority list;
 3. ``capped``: when the message would be due on that channel (quiet hours,
    ``send_at_local``: one constant per time zone) and the first cap rule that is full
@@ -56,13 +56,15 @@ from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX, defer_ch
 from campaigns.planning.segments import segment_query
 from campaigns.store.engine import BUCKETS, holdout_bucket, upsert_insert
 from campaigns.store.ledger import ReasonCode, Status
-from campaigns.store.models import UTCDateTime, deliveries, members, suppressions
+from campaigns.store.models import UTCDateTime, contacts, deliveries, members, suppressions
+from campaigns.store.preferences import unsubscribed
 from channels.specs import channel_spec
 
 STATE_OK = "ok"
 STATE_NO_CONTACT = "no contact"
 STATE_NO_CONSENT = "no consent"
 STATE_SUPPRESSED = "suppressed"
+STATE_UNSUBSCRIBED = "unsubscribed"
 
 INSERTED_COLUMNS = [
     "run_id",
@@ -103,10 +105,26 @@ channel's address check instead of failing the whole chunk's insert."""
 
 
 def _contact(segment: Any, channel: str) -> ColumnElement[str]:
-    """The member's address on ``channel`` as text (the column its spec names)."""
+    """The member's address on ``channel`` as text: the column its spec names, else
+    (for a channel loyalcast collects addresses of) the one the member linked."""
     column: ColumnElement[Any] = segment.c[channel_spec(channel).contact]
     text = column if isinstance(column.type, String) else cast(column, String)
+    if channel_spec(channel).collected:
+        text = func.coalesce(func.nullif(text, ""), _linked(segment, channel, contacts.c.address))
     return func.substr(text, 1, ADDRESS_LENGTH)
+
+
+def _consent(segment: Any, channel: str) -> ColumnElement[bool]:
+    """The member's marketing consent on ``channel`` (a NULL is none): the program's
+    column, or the consent given when linking a collected address."""
+    given: ColumnElement[Any] = func.coalesce(segment.c[channel_spec(channel).consent], false())
+    if channel_spec(channel).collected:
+        given = or_(given, func.coalesce(_linked(segment, channel, contacts.c.consent), false()))
+    return given
+
+
+def _linked(segment: Any, channel: str, column: Any) -> ColumnElement[Any]:
+    return select(column).where(contacts.c.member_id == segment.c.id, contacts.c.channel == channel).limit(1).scalar_subquery()
 
 
 def _joined(parts: list[ColumnElement[str]], separator: str) -> ColumnElement[str]:
@@ -210,8 +228,9 @@ def decision_rows(
     for channel in channels:
         contact = _contact(segment, channel)
         whens: list[tuple[ColumnElement[bool], str]] = [(or_(contact.is_(None), contact == ""), STATE_NO_CONTACT)]
-        if consent_needed:  # a NULL consent is no consent
-            whens.append((not_(func.coalesce(segment.c[channel_spec(channel).consent], false())), STATE_NO_CONSENT))
+        if consent_needed:
+            whens.append((not_(_consent(segment, channel)), STATE_NO_CONSENT))
+            whens.append((unsubscribed(segment.c.id, channel, campaign.category), STATE_UNSUBSCRIBED))
         whens.append((exists().where(suppressions.c.channel == channel, suppressions.c.address == contact), STATE_SUPPRESSED))
         state = case(*whens, else_=STATE_OK)
         reach_columns += [state.label(f"state_{channel}"), contact.label(f"address_{channel}")]
@@ -249,6 +268,7 @@ def decision_rows(
             case(*skipped_whens, else_=literal("", String)).label("skipped"),
             _joined([literal(f"{c}: ", String) + states[c] for c in channels], "; ").label("states"),
             case(
+                (or_(*(states[c] == STATE_UNSUBSCRIBED for c in channels)), Status.UNSUBSCRIBED.value),
                 (or_(*(states[c] == STATE_SUPPRESSED for c in channels)), Status.SUPPRESSED.value),
                 (or_(*(states[c] == STATE_NO_CONSENT for c in channels)), Status.NO_CONSENT.value),
                 else_=Status.NO_CONTACT.value,

@@ -34,6 +34,7 @@ class Status(StrEnum):
     NO_CONSENT = "no_consent"  # a contact exists but the member did not consent
     NO_CONTACT = "no_contact"  # no address on any of the campaign's channels
     SUPPRESSED = "suppressed"  # every reachable address is on the suppression list
+    UNSUBSCRIBED = "unsubscribed"  # the member stopped this category on the channel (preferences)
     DUPLICATE = "duplicate"  # the same idempotency key was already used
     STALE = "stale"  # the reminder was no longer true at send time
     NOT_DUE = "not_due"  # a ladder considered the member and had nothing to remind of this time
@@ -51,6 +52,7 @@ class ReasonCode(StrEnum):
     NO_CONTACT = "no_contact"
     NO_CONSENT = "no_consent"
     SUPPRESSED = "suppressed"
+    UNSUBSCRIBED = "unsubscribed"  # the member's preferences stop this category on the channel
     DUPLICATE_KEY = "duplicate_key"  # triggered: the idempotency key was used before
     UNKNOWN_MEMBER = "unknown_member"  # triggered: no such member
     UNKNOWN_TEMPLATE = "unknown_template"  # triggered: no such template
@@ -66,6 +68,9 @@ class ReasonCode(StrEnum):
     RECIPIENT_BLOCKED = "recipient_blocked"
     ADDRESS_UNSUPPORTED = "address_unsupported"  # a valid address the provider cannot carry; not suppressed
     REJECTED = "rejected"  # the provider refused this message
+    BOUNCED = "bounced"  # the provider reported a permanent bounce after accepting (address suppressed)
+    UNDELIVERED = "undelivered"  # the provider reported the message failed after accepting
+    WITHDRAWN = "withdrawn"  # unsubscribed or suppressed between the decision and the send
     OUTCOME_UNKNOWN = "outcome_unknown"  # the request left, no answer came; not resent
     WORKER_LOST = "worker_lost"  # the worker stopped during the provider call (lease expired); not resent
     RETRYING = "retrying"  # rows written before revision 0004 only: a retry now keeps the decision's code

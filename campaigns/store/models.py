@@ -4,8 +4,10 @@ The program owns ``members``, ``balances``, ``point_expirations`` and
 ``segment_members``; loyalcast only reads them (an integrator whose schema differs
 creates views with these names and columns, see ``docs/data.md``).
 
-loyalcast owns ``campaign_runs``, ``deliveries`` (the ledger), ``suppressions`` and
-``cap_locks`` and changes them only through Alembic migrations
+loyalcast owns ``campaign_runs``, ``deliveries`` (the ledger), ``suppressions``,
+``cap_locks``, and what comes back through the web service: ``preferences`` (members'
+unsubscribes), ``contacts`` (addresses members linked, such as a Telegram chat) and
+``provider_events`` (delivery reports as received), and changes them only through Alembic migrations
 (``campaigns/migrations``).
 
 Every timestamp is stored in UTC. :class:`UTCDateTime` makes that hold on SQLite too,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -191,6 +194,13 @@ deliveries = Table(
         sqlite_where=text("status IN ('queued', 'sending')"),
     ),
     # A member's history (`why`) and cap counts (holds_slot rows in a window): one index.
+    # Delivery reports name the provider's id of a message.
+    Index(
+        "ix_deliveries_provider_message_id",
+        "provider_message_id",
+        postgresql_where=text("provider_message_id IS NOT NULL"),
+        sqlite_where=text("provider_message_id IS NOT NULL"),
+    ),
     Index(
         "ix_deliveries_member_caps",
         "member_id",
@@ -226,4 +236,58 @@ cap_locks = Table(
     metadata,
     Column("member_id", BigId, primary_key=True, autoincrement=False),
     comment="one row per member ever planned; planners lock these rows in member_id order",
+)
+
+# --- what comes back (the web service) --------------------------------------------------
+
+preferences = Table(
+    "preferences",
+    metadata,
+    Column("member_id", BigId, primary_key=True, autoincrement=False),
+    Column("channel", String(16), primary_key=True, comment="a channel, or * for every channel"),
+    Column("category", String(50), primary_key=True, comment="a marketing category, or * for every one"),
+    Column("subscribed", Boolean, nullable=False),
+    Column("source", String(32), nullable=False, comment="link, one-click, preferences, telegram, complaint"),
+    Column("changed_at", UTCDateTime, nullable=False),
+    comment="members' own choices; the most specific row for a (channel, category) decides",
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("member_id", BigId, primary_key=True, autoincrement=False),
+    Column("channel", String(16), primary_key=True),
+    Column("address", String(320), nullable=False, comment="e.g. the Telegram chat id the member linked"),
+    Column("consent", Boolean, nullable=False, comment="marketing consent given with the link"),
+    Column("source", String(32), nullable=False),
+    Column("linked_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_contacts_channel_address", "channel", "address"),
+    comment="addresses loyalcast collected itself; used where the program's members row has none",
+)
+
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("provider", String(32), nullable=False, comment="the channel whose webhook or mailbox received it"),
+    Column("event_key", String(200), nullable=False, comment="the provider's id of the event: a retry repeats it"),
+    Column("event", String(16), nullable=True, comment="closed set: channels.base.EventKind; NULL: not an outcome"),
+    Column("provider_message_id", String(200), nullable=True),
+    Column("recipient", String(320), nullable=True),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("occurred_at", UTCDateTime, nullable=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("delivery_id", BigId, nullable=True, comment="the ledger row it was matched to"),
+    Column("applied_at", UTCDateTime, nullable=True, comment="NULL: no ledger row matched yet"),
+    Column("raw", Text, nullable=False, comment="the payload as received, for audit"),
+    UniqueConstraint("provider", "event_key"),
+    Index(
+        "ix_provider_events_unmatched",
+        "provider_message_id",
+        postgresql_where=text("applied_at IS NULL"),
+        sqlite_where=text("applied_at IS NULL"),
+    ),
+    Index("ix_provider_events_received_at", "received_at"),
+    comment="delivery reports, bounces and complaints as providers sent them",
 )
