@@ -10,6 +10,11 @@ a provider module fills in the steps:
 3. ``transmit(payload)``  make the provider call; map provider failures to ``channels.errors``;
 4. ``result(response)`` normalize the provider's answer into a :class:`SendResult`.
 
+What comes back goes through ``parse_webhook``: each transport verifies and parses its
+own provider's callbacks into :class:`DeliveryEvent` (a closed set of kinds,
+:class:`EventKind`) and :class:`InboundMessage`, the way each django-anymail backend
+owns its tracking webhook.
+
 Transports know nothing of campaigns, members or the ledger: they get a :class:`OutgoingMessage`
 and either return a result or raise an error from ``channels.errors``. They may hold a
 connection between sends (``open``/``close``; one batch is sent between them).
@@ -18,13 +23,15 @@ connection between sends (``open``/``close``; one batch is sent between them).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
 from channels.addresses import check_address
-from channels.errors import MessageRejected
+from channels.errors import MessageRejected, WebhookUnsupported
 from channels.options import TransportOptions
 
 
@@ -61,6 +68,60 @@ class SendResult:
     provider_message_id: str | None = None
     segments: int | None = None
     """Billing units where the provider counts them (SMS segments)."""
+
+
+class EventKind(StrEnum):
+    """The closed set of what a provider reports about a message it accepted."""
+
+    DELIVERED = "delivered"  # reached the recipient (handset, mailbox, chat)
+    BOUNCED = "bounced"  # permanently undeliverable to this address: suppress it
+    COMPLAINED = "complained"  # the recipient reported it as spam: suppress the address
+    FAILED = "failed"  # not delivered this time (the address may still work)
+    DEFERRED = "deferred"  # delayed; the provider keeps trying
+
+
+@dataclass(frozen=True)
+class DeliveryEvent:
+    """One normalized report. ``key`` identifies it at the provider (a retried callback
+    repeats it); ``kind`` None is a status that is not an outcome (Twilio's ``sent``),
+    kept for audit only."""
+
+    key: str
+    kind: EventKind | None
+    provider_message_id: str | None
+    recipient: str | None = None
+    reason: str = ""
+    occurred_at: datetime | None = None
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """Something a member sent us (a bot command): who, what, in which language."""
+
+    key: str
+    address: str
+    text: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """A provider's callback as received. ``url`` is the public URL the provider called
+    (what signatures cover, behind a reverse proxy too); header names are lower case."""
+
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    content_type: str = ""
+
+
+@dataclass
+class Inbound:
+    """What one callback carried."""
+
+    events: list[DeliveryEvent] = field(default_factory=list)
+    messages: list[InboundMessage] = field(default_factory=list)
 
 
 class Transport(ABC):
@@ -108,6 +169,12 @@ class Transport(ABC):
 
     @abstractmethod
     def result(self, response: Any) -> SendResult: ...
+
+    def parse_webhook(self, request: WebhookRequest) -> Inbound:
+        """Verify and normalize a callback this provider sent to ``/webhooks/<channel>``;
+        raise ``WebhookRejected`` (signature, shape) and record nothing. Transports that
+        receive no callbacks keep this default."""
+        raise WebhookUnsupported(f"the {self.name} transport receives no callbacks")
 
     def open(self) -> None:  # noqa: B027  # optional hook: most transports hold nothing between sends
         """Acquire what a batch of sends shares (a connection). Optional."""

@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 from pydantic import Field
 
 from channels.addresses import envelope_address
-from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
+from channels.base import Inbound, OutgoingMessage, SendResult, SendStatus, Transport, WebhookRequest
 from channels.errors import (
     AddressUnsupported,
     ChannelConfigError,
@@ -31,6 +31,7 @@ from channels.errors import (
 )
 from channels.mime import build_email, flatten, parse_sender
 from channels.options import TransportOptions, secret
+from channels.webhooks import neutral_webhook
 
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
 
@@ -57,6 +58,10 @@ class SmtpOptions(TransportOptions):
     password_env: str | None = None
     unsubscribe_mailto: str | None = None
     """Address for the ``mailto:`` form of ``List-Unsubscribe``."""
+    webhook_secret_env: str | None = None
+    """Environment variable holding the key that signs delivery reports, bounces and
+    complaints posted to ``/webhooks/<channel>`` in loyalcast's neutral JSON format
+    (``channels.webhooks``); unset: that webhook is refused."""
 
 
 class SmtpTransport(Transport):
@@ -75,7 +80,9 @@ class SmtpTransport(Transport):
         username: str | None = None,
         password: str | None = None,
         unsubscribe_mailto: str | None = None,
+        webhook_key: str | None = None,
     ) -> None:
+        self.webhook_key = webhook_key
         self.host, self.port, self.security, self.timeout = host, port, security, timeout
         self.sender = parse_sender(sender)
         self.username, self.password = username, password
@@ -98,9 +105,15 @@ class SmtpTransport(Transport):
                 username=username,
                 password=password,
                 unsubscribe_mailto=options.unsubscribe_mailto,
+                webhook_key=secret(options.webhook_secret_env, f"{key}.webhook_secret_env"),
             )
         except ValueError as exc:
             raise ChannelConfigError(f"{key}.from_address", str(exc)) from None
+
+    def parse_webhook(self, request: WebhookRequest) -> Inbound:
+        """Bounces, complaints and deliveries in loyalcast's neutral JSON format (a relay's
+        adapter posts them, signed); DSNs from a bounce mailbox go through ``channels.dsn``."""
+        return neutral_webhook(self.webhook_key, request, transport=self.name, message_ids="angle")
 
     # -- connection --------------------------------------------------------------------
 

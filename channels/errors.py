@@ -17,6 +17,12 @@ request never got an answer) and ``detail`` (the provider's text)::
      └── OutcomeUnknown          the request left but no answer came back: the message may
                                  have been sent; it keeps its cap slot and is not resent blindly
 
+    WebhookRejected             what comes back: a provider's callback loyalcast refuses
+     ├── WebhookUnsupported      this transport receives no callbacks (HTTP 404)
+     ├── InvalidSignature        the signature or shared secret does not match (HTTP 403)
+     └── MalformedWebhook        the payload is not what the provider sends; ``field``
+                                 names the part (HTTP 400)
+
     ChannelConfigError           outside the tree: the transport is misconfigured; raised at
      │                           start-up, names the settings key
      └── MissingSecret           the environment variable holding a secret is not set
@@ -115,3 +121,27 @@ class ChannelConfigError(Exception):
 class MissingSecret(ChannelConfigError):
     """The environment variable a ``*_env`` key names is not set. Settings load without
     it; commands that contact the provider refuse to start."""
+
+
+class WebhookRejected(Exception):
+    """A callback (delivery report, bounce, bot update) loyalcast refuses; nothing was
+    recorded. ``status`` is the HTTP status to answer, ``field`` the part at fault."""
+
+    status = 400
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        self.detail = detail
+        self.field = field
+        super().__init__(f"{field}: {detail}" if field else detail)
+
+
+class WebhookUnsupported(WebhookRejected):
+    status = 404
+
+
+class InvalidSignature(WebhookRejected):
+    status = 403
+
+
+class MalformedWebhook(WebhookRejected):
+    status = 400

@@ -11,11 +11,16 @@ test sees the same sequence every run.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import random
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -181,7 +186,42 @@ class _HttpFake:
 
 class FakeSmsGateway(_HttpFake):
     """``POST /send`` (JSON: to, text, sender, reference) and Twilio's
-    ``POST /2010-04-01/Accounts/{sid}/Messages.json`` (form: To, From, Body)."""
+    ``POST /2010-04-01/Accounts/{sid}/Messages.json`` (form: To, From, Body,
+    StatusCallback).
+
+    Delivery reports go back as the real ones do: :meth:`send_reports` posts Twilio's
+    status callback (form, ``X-Twilio-Signature`` keyed by the auth token the message
+    was sent with) to each message's ``StatusCallback``, or the json style's report
+    (``{"id", "status", "error"}``, HMAC-SHA256 of the body in ``X-Signature``) to
+    ``report_url`` under ``report_key``."""
+
+    report_url: str | None = None
+    report_key: str = ""
+
+    def send_reports(self, status: str = "delivered", *, error_code: str | None = None) -> list[int]:
+        """Report ``status`` for every message accepted so far; the HTTP status of each post."""
+        answers = []
+        for message in list(self.messages):
+            if message.get("twilio"):
+                if not message.get("callback"):
+                    continue
+                form = {"MessageSid": message["id"], "MessageStatus": status, "To": message["to"], "From": message["sender"]}
+                form["AccountSid"] = message["account"]
+                if error_code:
+                    form["ErrorCode"] = error_code
+                signed = message["callback"] + "".join(k + v for k, v in sorted(form.items()))
+                digest = hmac.new(message["token"].encode(), signed.encode(), hashlib.sha1).digest()
+                headers = {"X-Twilio-Signature": base64.b64encode(digest).decode()}
+                answers.append(
+                    _post(
+                        message["callback"], urllib.parse.urlencode(form).encode(), "application/x-www-form-urlencoded", headers
+                    )
+                )
+            elif self.report_url:
+                body = json.dumps({"id": message["id"], "status": status, "error": error_code}).encode()
+                signature = hmac.new(self.report_key.encode(), body, hashlib.sha256).hexdigest()
+                answers.append(_post(self.report_url, body, "application/json", {"X-Signature": f"sha256={signature}"}))
+        return answers
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         twilio = path.startswith("/2010-04-01/Accounts/")
@@ -197,22 +237,102 @@ class FakeSmsGateway(_HttpFake):
             if twilio:
                 return 400, {}, {"code": 21211, "message": f"The 'To' number {to} is not a valid phone number."}
             return 400, {}, {"message": f"invalid recipient number {to}"}
-        number = self.record(
-            {
+        with self.lock:
+            number = len(self.messages) + 1
+            message = {
                 "to": to,
                 "text": fields.get("Body") if twilio else fields.get("text"),
                 "sender": fields.get("From") if twilio else fields.get("sender"),
                 "reference": None if twilio else fields.get("reference"),
                 "headers": headers,
+                "id": f"SM{number:032x}" if twilio else f"gw-{number}",
+                "twilio": twilio,
             }
-        )
+            if twilio:
+                account, _, token = _basic_auth(headers)
+                message |= {"callback": fields.get("StatusCallback"), "account": account, "token": token}
+            self.messages.append(message)
         if twilio:
-            return 201, {}, {"sid": f"SM{number:032x}", "status": "queued"}
-        return 200, {}, {"id": f"gw-{number}", "status": "accepted"}
+            return 201, {}, {"sid": message["id"], "status": "queued"}
+        return 200, {}, {"id": message["id"], "status": "accepted"}
 
 
 class FakeTelegramApi(_HttpFake):
-    """The Bot API's ``getMe`` and ``sendMessage`` at ``/bot<token>/<method>``."""
+    """The Bot API at ``/bot<token>/<method>``: ``getMe`` and ``sendMessage``, and the
+    update side: ``setWebhook`` (with ``secret_token``), ``deleteWebhook`` and
+    ``getUpdates`` (long polling with ``offset`` and ``timeout``; refused with 409 while
+    a webhook is set, as Telegram does).
+
+    :meth:`member_sends` plays a member writing to the bot (``/start <token>``): with a
+    webhook set, the update is posted to it with the secret token, and a ``sendMessage``
+    in the answer (the Bot API's reply-in-response) is recorded like a sent message;
+    otherwise it waits for ``getUpdates``."""
+
+    def __init__(self, port: int = 0, faults: Faults | None = None) -> None:
+        super().__init__(port, faults)
+        self.updates: list[dict[str, Any]] = []
+        self.webhook: tuple[str, str | None] | None = None
+        self._next_update = 1
+        self._arrived = threading.Condition(self.lock)
+
+    def member_sends(self, chat_id: int, text: str, *, language: str | None = "ru", blocked: bool = False) -> int | None:
+        """A private message (or, with ``blocked``, the member blocking the bot); the
+        webhook's HTTP status when one is set, else None (queued for getUpdates)."""
+        with self.lock:
+            update: dict[str, Any] = {"update_id": self._next_update}
+            self._next_update += 1
+            chat = {"id": chat_id, "type": "private", "first_name": "Member"}
+            sender = {"id": chat_id, "is_bot": False, "first_name": "Member", **({"language_code": language} if language else {})}
+            if blocked:
+                update["my_chat_member"] = {
+                    "chat": chat,
+                    "from": sender,
+                    "date": int(time.time()),
+                    "old_chat_member": {"status": "member", "user": {"id": 1, "is_bot": True, "first_name": "loyalcast"}},
+                    "new_chat_member": {
+                        "status": "kicked",
+                        "until_date": 0,
+                        "user": {"id": 1, "is_bot": True, "first_name": "loyalcast"},
+                    },
+                }
+            else:
+                update["message"] = {"message_id": update["update_id"], "date": int(time.time()), "chat": chat, "from": sender}
+                update["message"]["text"] = text
+            webhook = self.webhook
+            if webhook is None:
+                self.updates.append(update)
+                self._arrived.notify_all()
+                return None
+        url, secret = webhook
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(update).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", **({"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                document = json.loads(answer.read() or b"{}")
+                status: int = answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        if isinstance(document, dict) and document.get("method") == "sendMessage":
+            self.record({"chat_id": str(document.get("chat_id")), "text": document.get("text", ""), "via": "webhook answer"})
+        return status
+
+    def _updates(self, fields: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        offset = int(fields.get("offset") or 0)
+        wait = min(float(fields.get("timeout") or 0), 5.0)
+        with self.lock:
+            if self.webhook is not None:
+                conflict = (
+                    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
+                )
+                return 409, {}, {"ok": False, "error_code": 409, "description": conflict}
+            self.updates = [u for u in self.updates if u["update_id"] >= offset]
+            if not self.updates and wait:
+                self._arrived.wait(wait)
+            return 200, {}, {"ok": True, "result": list(self.updates)}
 
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         method = path.rsplit("/", 1)[-1]
@@ -221,6 +341,16 @@ class FakeTelegramApi(_HttpFake):
             fields = json.loads(body or b"{}")
         else:
             fields = dict(urllib.parse.parse_qsl(body.decode()))
+        if method == "getUpdates":
+            return self._updates(fields)
+        if method == "setWebhook":
+            with self.lock:
+                self.webhook = (str(fields["url"]), fields.get("secret_token")) if fields.get("url") else None
+            return 200, {}, {"ok": True, "result": True, "description": "Webhook was set"}
+        if method == "deleteWebhook":
+            with self.lock:
+                self.webhook = None
+            return 200, {}, {"ok": True, "result": True, "description": "Webhook was deleted"}
         if method == "getMe":
             return (
                 200,
@@ -268,6 +398,25 @@ class FakeTelegramApi(_HttpFake):
                 },
             },
         )
+
+
+def _basic_auth(headers: dict[str, str]) -> tuple[str, str, str]:
+    value = headers.get("Authorization") or headers.get("authorization") or ""
+    if not value.startswith("Basic "):
+        return "", "", ""
+    user, _, password = base64.b64decode(value[6:]).decode().partition(":")
+    return user, "", password
+
+
+def _post(url: str, body: bytes, content_type: str, headers: dict[str, str]) -> int:
+    """POST as a provider does; the answer's status (an HTTP error is a status too)."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type, **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            status: int = answer.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _free_port() -> int:

@@ -17,11 +17,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
+from channels.base import Inbound, OutgoingMessage, SendResult, SendStatus, Transport, WebhookRequest
 from channels.errors import ChannelConfigError, ProviderUnavailable
 from channels.mime import build_email, flatten, parse_sender
-from channels.options import TransportOptions
+from channels.options import TransportOptions, secret
 from channels.specs import CHANNELS, MessageKind, channel_spec
+from channels.webhooks import neutral_webhook
 
 
 class OutboxOptions(TransportOptions):
@@ -32,6 +33,10 @@ class OutboxOptions(TransportOptions):
     """Sender of letters written to the outbox."""
     sender: str | None = None
     """Sender id of text and markup messages, written into their files."""
+    webhook_secret_env: str | None = None
+    """Environment variable holding the key that signs delivery reports, bounces and
+    complaints posted to ``/webhooks/<channel>`` in loyalcast's neutral JSON format
+    (``channels.webhooks``); unset: that webhook is refused."""
 
 
 class OutboxTransport(Transport):
@@ -39,8 +44,16 @@ class OutboxTransport(Transport):
     channels = tuple(CHANNELS)
     Options = OutboxOptions
 
-    def __init__(self, directory: Path, *, sender: str = "loyalcast <noreply@localhost>", text_sender: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        sender: str = "loyalcast <noreply@localhost>",
+        text_sender: str | None = None,
+        webhook_key: str | None = None,
+    ) -> None:
         self.directory = Path(directory)
+        self.webhook_key = webhook_key
         self.sender = parse_sender(sender)
         self.text_sender = text_sender
 
@@ -48,8 +61,9 @@ class OutboxTransport(Transport):
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> OutboxTransport:
         assert isinstance(options, OutboxOptions)
         sender = options.from_address or "loyalcast <noreply@localhost>"
+        webhook_key = secret(options.webhook_secret_env, f"channels.{channel}.webhook_secret_env")
         try:
-            return cls(outbox_dir, sender=sender, text_sender=options.sender)
+            return cls(outbox_dir, sender=sender, text_sender=options.sender, webhook_key=webhook_key)
         except ValueError as exc:
             raise ChannelConfigError(f"channels.{channel}.from_address", str(exc)) from None
 
@@ -79,3 +93,9 @@ class OutboxTransport(Transport):
 
     def result(self, response: Path) -> SendResult:
         return SendResult(SendStatus.SENT, provider_message_id=response.name)
+
+    def parse_webhook(self, request: WebhookRequest) -> Inbound:
+        """Reports in loyalcast's neutral JSON format, for any channel the outbox carries
+        (the message id is the outbox file's name, e.g. ``42.eml``): how a trial run
+        plays a provider's delivery reports back."""
+        return neutral_webhook(self.webhook_key, request, transport=self.name)

@@ -15,16 +15,22 @@ bot) and "chat not found" are permanent and suppress the chat; other ``BadReques
 reject the message; ``RetryAfter`` is ``RateLimited`` with Telegram's wait; ``TimedOut``
 may or may not have delivered (unknown outcome); other network errors are transient.
 ``BadRequest`` subclasses ``NetworkError``, so it is caught first.
+
+The bot's updates (members' ``/start <token>`` and ``/stop``) come back either to the
+webhook, ``/webhooks/<channel>``, with the ``secret_token`` verified, or by long polling
+(``updates``, for installations without public HTTPS); :func:`parse_update` reads both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
 from telegram import Bot
 from telegram.constants import ParseMode
 from telegram.error import (
@@ -37,19 +43,26 @@ from telegram.error import (
 )
 from telegram.warnings import PTBDeprecationWarning
 
-from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
+from channels.base import Inbound, InboundMessage, OutgoingMessage, SendResult, SendStatus, Transport, WebhookRequest
 from channels.errors import (
+    ChannelConfigError,
     InvalidRecipient,
+    MalformedWebhook,
     MessageRejected,
     OutcomeUnknown,
     ProviderUnavailable,
     RateLimited,
     RecipientBlocked,
+    WebhookUnsupported,
 )
 from channels.options import TransportOptions, secret
 from channels.telegram_request import AiohttpRequest
+from channels.webhooks import check_secret, json_body
 
 MAX_LENGTH = 4096
+SECRET_HEADER = "x-telegram-bot-api-secret-token"
+SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+ALLOWED_UPDATES = ["message", "my_chat_member"]
 DEFAULT_BASE_URL = "https://api.telegram.org/bot"
 
 
@@ -118,6 +131,15 @@ class TelegramOptions(TransportOptions):
     base_url: str | None = None
     """Bot API base URL ending in ``/bot`` (default: Telegram's; a local Bot API server
     or a fake in tests)."""
+    bot_username: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
+    """The bot's @username without the @: templates get ``opt_in.telegram``, a
+    ``https://t.me/<bot>?start=<token>`` link that links the member's chat."""
+    webhook_secret_env: str | None = None
+    """Environment variable holding the ``secret_token`` Telegram sends with each
+    update to ``/webhooks/telegram`` (``loyalcast telegram webhook`` registers it)."""
+
+    def opt_in_url(self, token: str) -> str | None:
+        return f"https://t.me/{self.bot_username}?start={token}" if self.bot_username else None
 
 
 class TelegramTransport(Transport):
@@ -126,14 +148,28 @@ class TelegramTransport(Transport):
     max_length = MAX_LENGTH
     Options = TelegramOptions
 
-    def __init__(self, token: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 10.0) -> None:
+    def __init__(
+        self, token: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 10.0, webhook_secret: str | None = None
+    ) -> None:
         self.token, self.base_url, self.timeout = token, base_url, timeout
+        self.webhook_secret = webhook_secret
 
     @classmethod
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> TelegramTransport:
         assert isinstance(options, TelegramOptions)
         token = secret(options.token_env, f"channels.{channel}.token_env", required=True)
-        return cls(token or "", base_url=options.base_url or DEFAULT_BASE_URL, timeout=options.timeout.total_seconds())
+        webhook_secret = secret(options.webhook_secret_env, f"channels.{channel}.webhook_secret_env")
+        if webhook_secret and not SECRET_TOKEN.fullmatch(webhook_secret):
+            raise ChannelConfigError(
+                f"channels.{channel}.webhook_secret_env",
+                "Telegram's secret_token is 1 to 256 characters of A-Z, a-z, 0-9, _ and -",
+            )
+        return cls(
+            token or "",
+            base_url=options.base_url or DEFAULT_BASE_URL,
+            timeout=options.timeout.total_seconds(),
+            webhook_secret=webhook_secret,
+        )
 
     def prepare(self, message: OutgoingMessage) -> dict[str, Any]:
         return {
@@ -165,6 +201,74 @@ class TelegramTransport(Transport):
 
     def result(self, response: Any) -> SendResult:
         return SendResult(SendStatus.SENT, provider_message_id=str(response.message_id))
+
+    # -- what comes back: the bot's updates ------------------------------------------
+
+    def parse_webhook(self, request: WebhookRequest) -> Inbound:
+        """An update Telegram posted to the webhook: the ``secret_token`` registered
+        with ``setWebhook`` must come back in ``X-Telegram-Bot-Api-Secret-Token``."""
+        if not self.webhook_secret:
+            raise WebhookUnsupported("the Telegram webhook is refused until webhook_secret_env is set (or use long polling)")
+        check_secret(self.webhook_secret, request.headers.get(SECRET_HEADER), header="X-Telegram-Bot-Api-Secret-Token")
+        found = parse_update(json_body(request))
+        return Inbound(messages=[found] if found else [])
+
+    def updates(self, offset: int | None, wait: float) -> tuple[list[InboundMessage], int | None]:
+        """Long polling (``getUpdates``): what arrived after ``offset``, waiting up to
+        ``wait`` seconds, and the offset that acknowledges it."""
+        runner = _this_thread()
+        bot = runner.bot(self.token, self.base_url, self.timeout)
+        try:
+            found = runner.run(
+                bot.get_updates(offset=offset, timeout=int(wait), allowed_updates=ALLOWED_UPDATES),
+                timeout=wait + self.timeout * 3,
+            )
+        except (NetworkError, TelegramError) as exc:
+            raise ProviderUnavailable(exc.message, provider=self.name) from exc
+        except TimeoutError as exc:
+            raise ProviderUnavailable(
+                f"getUpdates gave no answer within {wait + self.timeout * 3:g} s", provider=self.name
+            ) from exc
+        messages = [m for m in (parse_update(update.to_dict()) for update in found) if m is not None]
+        return messages, (max(update.update_id for update in found) + 1 if found else offset)
+
+    def set_webhook(self, url: str | None) -> None:
+        """Register ``url`` (with this transport's secret token) for updates, or remove
+        the webhook (``None``) so that long polling may take them."""
+        runner = _this_thread()
+        bot = runner.bot(self.token, self.base_url, self.timeout)
+        try:
+            if url is None:
+                runner.run(bot.delete_webhook(), timeout=self.timeout * 3)
+            else:
+                call = bot.set_webhook(url=url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES)
+                runner.run(call, timeout=self.timeout * 3)
+        except (NetworkError, TelegramError) as exc:
+            raise ProviderUnavailable(exc.message, provider=self.name) from exc
+
+
+def parse_update(update: Any) -> InboundMessage | None:
+    """A member's bot command from one update: a private text message, or the member
+    blocking the bot (``my_chat_member`` kicked, read as ``/stop``); None for anything else."""
+    if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+        raise MalformedWebhook("an update needs an integer update_id", field="body.update_id")
+    key = str(update["update_id"])
+    message = update.get("message")
+    if isinstance(message, dict):
+        chat, sender = message.get("chat") or {}, message.get("from") or {}
+        if not isinstance(chat, dict) or chat.get("type") != "private" or not isinstance(chat.get("id"), int):
+            return None
+        text = message.get("text")
+        if not isinstance(text, str):
+            return None
+        language = sender.get("language_code") if isinstance(sender, dict) else None
+        return InboundMessage(key, str(chat["id"]), text[:200], language if isinstance(language, str) else None)
+    member = update.get("my_chat_member")
+    if isinstance(member, dict):
+        chat, status = member.get("chat") or {}, (member.get("new_chat_member") or {}).get("status")
+        if isinstance(chat, dict) and isinstance(chat.get("id"), int) and status == "kicked":
+            return InboundMessage(key, str(chat["id"]), "/stop")
+    return None
 
 
 def _wait_seconds(exc: RetryAfter) -> float:

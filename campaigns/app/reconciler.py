@@ -20,6 +20,10 @@ only ever sent by the worker whose claim took it):
    died, or its plan message never reached a worker) is planned again, when no other
    plan message waits; the reconciler takes the lease for the message it sends.
 
+Between steps 1 and 2 it applies providers' events that matched no ledger row when they
+arrived (a delivery report faster than the worker's own "sent"), and once a day removes
+events older than ``[web] events_retention``.
+
 It runs inside ``loyalcast scheduler`` and ``loyalcast serve`` every
 ``reconciler.interval``, and once with ``loyalcast reconcile``.
 """
@@ -28,14 +32,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import dramatiq
 
 from campaigns import metrics
 from campaigns.app import actors, backlog, runtime
 from campaigns.planning.batches import open_runs, overdue
-from campaigns.store import leases
+from campaigns.store import events, leases
 from campaigns.store.runs import renew_plan_lease, stalled_plans
 
 log = logging.getLogger("loyalcast.reconciler")
@@ -55,6 +59,9 @@ class Pass:
     messages: int = 0
     """``deliver_batch`` messages sent."""
     replanned: list[int] = field(default_factory=list)
+    matched_events: int = 0
+    """Providers' events kept unmatched (they arrived before the worker recorded the
+    send) that matched a ledger row in this pass."""
 
     @property
     def acted(self) -> bool:
@@ -71,6 +78,8 @@ class Pass:
             parts.append(f"{self.messages} batches enqueued again (runs {runs})")
         if self.replanned:
             parts.append(f"runs {', '.join(map(str, self.replanned))} planned again")
+        if self.matched_events:
+            parts.append(f"{self.matched_events} early delivery reports matched")
         return "; ".join(parts) or "nothing to do"
 
 
@@ -78,6 +87,7 @@ class Reconciler:
     def __init__(self, application: runtime.App, broker: dramatiq.Broker) -> None:
         self.app = application
         self.broker = broker
+        self._pruned_on: date | None = None
 
     def run_once(self, now: datetime | None = None) -> Pass:
         now = now or datetime.now(UTC)
@@ -87,6 +97,12 @@ class Reconciler:
 
         with engine.begin() as conn:
             result.unknown = leases.expire(conn, now=now)
+        # Delivery reports that overtook the worker's own "sent", and the audit trail's age limit.
+        with engine.begin() as conn:
+            result.matched_events = events.apply_unmatched(conn, now)
+            if self._pruned_on != now.date():
+                events.prune(conn, now - settings.web.events_retention)
+                self._pruned_on = now.date()
 
         # On the in-memory broker the queue is this process's own: a due row it holds
         # no message for was queued by another command and is sent at once.

@@ -8,8 +8,11 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from campaigns.store import contacts
+from campaigns.store.events import events_of
 from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries, ladder_marks
+from campaigns.store.preferences import member_choices
 
 IN_FLIGHT = (Status.QUEUED.value, Status.SENDING.value)
 """Rows still on their way (``unknown`` is an outcome: it is not waited for)."""
@@ -148,9 +151,47 @@ def member_history(engine: Engine, member_id: int) -> list[dict[str, Any]]:
             .order_by(ladder_marks.c.expires_on, ladder_marks.c.stage.desc())
         ):
             reminds.setdefault(mark.delivery_id, []).append({"expires_on": mark.expires_on.isoformat(), "stage": mark.stage})
+        reported: dict[int, list[dict[str, Any]]] = {}
+        for event in events_of(conn, [row["id"] for row in rows]):
+            reported.setdefault(event.delivery_id, []).append(
+                {"event": event.event, "reason": event.reason, "received_at": event.received_at, "provider": event.provider}
+            )
     for row in rows:
         row["reminds"] = reminds.get(row["id"], [])
+        row["events"] = reported.get(row["id"], [])
     return rows
+
+
+def member_choices_and_links(engine: Engine, member_id: int) -> dict[str, Any]:
+    """What the member chose through loyalcast web and the bot: ``preferences`` (each
+    described, "unsubscribed from marketing on email on 2026-12-01 via one-click") and
+    ``linked`` contacts."""
+    with engine.connect() as conn:
+        choices = member_choices(conn, member_id)
+        links = contacts.linked(conn, member_id)
+    return {
+        "preferences": [
+            {
+                "channel": c.channel,
+                "category": c.category,
+                "subscribed": c.subscribed,
+                "source": c.source,
+                "changed_at": c.changed_at,
+                "text": c.describe(),
+            }
+            for c in choices
+        ],
+        "linked": [
+            {
+                "channel": link.channel,
+                "address": link.address,
+                "consent": link.consent,
+                "source": link.source,
+                "linked_at": link.linked_at,
+            }
+            for link in links
+        ],
+    }
 
 
 def due_in_flight(engine: Engine, run_id: int, due_by: datetime) -> int:

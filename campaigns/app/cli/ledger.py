@@ -22,7 +22,7 @@ from campaigns.app.cli.common import (
     when,
 )
 from campaigns.errors import LoyalcastError
-from campaigns.tools.report import latest_run_id, member_history, run_report
+from campaigns.tools.report import latest_run_id, member_choices_and_links, member_history, run_report
 from channels.specs import CHANNELS
 
 
@@ -54,9 +54,16 @@ def why(
     application = configured_app()
     require_schema(application)
     rows = member_history(application.engine, member_id)
+    chosen = member_choices_and_links(application.engine, member_id)
     if as_json:
-        out.print_json(json.dumps({"member_id": member_id, "deliveries": rows}, default=json_default, ensure_ascii=False))
+        document = {"member_id": member_id, "deliveries": rows, **chosen}
+        out.print_json(json.dumps(document, default=json_default, ensure_ascii=False))
         return
+    for choice in chosen["preferences"]:
+        out.print(f"member {member_id}: {choice['text']}")
+    for link in chosen["linked"]:
+        consent = "with consent" if link["consent"] else "consent withdrawn"
+        out.print(f"member {member_id}: {link['channel']} {link['address']} linked {when(link['linked_at'])} ({consent})")
     if not rows:
         out.print(f"member {member_id}: no campaign has considered this member yet")
         return
@@ -79,7 +86,14 @@ def why(
 def lifecycle(row: dict[str, Any]) -> str:
     """A ledger row's way from decision to outcome, one step per line."""
     steps = [f"decided {when(row['created_at'])}"]
-    if row["channel"] is not None and row["status"] not in ("held_out", "capped", "no_consent", "no_contact", "suppressed"):
+    if row["channel"] is not None and row["status"] not in (
+        "held_out",
+        "capped",
+        "no_consent",
+        "no_contact",
+        "suppressed",
+        "unsubscribed",
+    ):
         steps.append(f"due {when(row['send_at'])}")
     if row["claimed_at"] is not None:
         owner = str(row["lease_owner"] or "?").rsplit("/", 1)[0]  # host/pid/thread, without the claim token
@@ -89,6 +103,10 @@ def lifecycle(row: dict[str, Any]) -> str:
         steps.append(calls + (f", last error: {row['last_error']}" if row["last_error"] else ""))
     if row["sent_at"] is not None:
         steps.append(f"accepted by the provider {when(row['sent_at'])}")
+    for event in row.get("events", []):
+        steps.append(
+            f"{event['event'] or 'reported'} {when(event['received_at'])}" + (f": {event['reason']}" if event["reason"] else "")
+        )
     return "\n".join(steps)
 
 
