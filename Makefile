@@ -1,6 +1,7 @@
 # loyalcast: the two commands of the quick start, and a few helpers.
 #   make demo   create .venv, install, create and seed the embedded database, run a campaign
-#   make test   install test dependencies, make sure PostgreSQL and Redis are up, lint
+#   make test   install test dependencies (and Debian's chromium for browser tests), make
+#               sure PostgreSQL and Redis are up, lint
 #               (ruff check, ruff format --check, mypy --strict), run the suite
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ STAMP  := $(VENV)/.installed
 LOYALCAST := $(BIN)/loyalcast
 DEMO_MEMBERS ?= 500
 
-.PHONY: demo test lint install services clean-demo bench bench-small
+.PHONY: demo test lint install services browser clean-demo bench bench-small bench-web
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,12 +51,21 @@ services:
 	  pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0; sleep 1; \
 	done; echo "waited 10 s for PostgreSQL and Redis"
 
+# Headless Chromium for the web service's browser tests: Debian's chromium and
+# chromium-driver, installed when missing (CI runs as root on Debian).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+	  ( command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    ( apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      ( apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null ) ) ) || \
+	  echo "chromium and chromium-driver are missing and could not be installed here"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) services lint
+test: $(STAMP) services browser lint
 	$(BIN)/python -m pytest
 
 # Benchmarks against PostgreSQL and Redis on this machine (see bench/README.md).
@@ -64,6 +74,10 @@ bench: $(BENCH_STAMP) services
 
 bench-small: $(BENCH_STAMP) services
 	$(BIN)/python bench/run.py --members 100000
+
+# The web service: delivery-report ingestion, the unsubscribe page under 100 clients.
+bench-web: $(BENCH_STAMP) services
+	$(BIN)/python bench/web.py
 
 clean-demo:
 	rm -rf var/

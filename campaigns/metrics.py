@@ -57,6 +57,25 @@ def _get(name: str) -> Any:
                         ["channel"],
                         buckets=LATENCY_BUCKETS,
                     ),
+                    "web_requests": Histogram(
+                        "loyalcast_web_request_seconds",
+                        "Requests loyalcast web answered, by route and status class",
+                        ["route", "status"],
+                        buckets=LATENCY_BUCKETS,
+                    ),
+                    "events": Counter(
+                        "loyalcast_provider_events_total",
+                        "Providers' events received at webhooks or from the bounce mailbox, by channel and whether new",
+                        ["channel", "outcome"],
+                    ),
+                    "preferences": Counter(
+                        "loyalcast_preference_changes_total",
+                        "Members' choices recorded, by action (one-click, this, all, save, resubscribe, telegram)",
+                        ["action"],
+                    ),
+                    "invalid_links": Counter(
+                        "loyalcast_invalid_links_total", "Member links refused: malformed, altered or from an old key"
+                    ),
                     "latency": Histogram(
                         "loyalcast_provider_latency_seconds",
                         "Time a transport took to send one message",
@@ -146,3 +165,29 @@ def serve_reconciler_metrics(host: str, port: int) -> None:
     from prometheus_client import start_http_server
 
     start_http_server(port, addr=host, registry=_reconciler_metrics()["registry"])
+
+
+# --- loyalcast web ------------------------------------------------------------------------
+
+
+def web_request(route: str, status: int, seconds: float) -> None:
+    if _enabled:
+        _get("web_requests").labels(route, f"{status // 100}xx").observe(seconds)
+
+
+def provider_events(channel: str, new: int, duplicate: int) -> None:
+    if _enabled:
+        if new:
+            _get("events").labels(channel, "new").inc(new)
+        if duplicate:
+            _get("events").labels(channel, "duplicate").inc(duplicate)
+
+
+def preference_changed(action: str) -> None:
+    if _enabled:
+        _get("preferences").labels(action).inc()
+
+
+def invalid_link() -> None:
+    if _enabled:
+        _get("invalid_links").inc()

@@ -78,6 +78,8 @@ def write_settings(tmp_path: Path) -> Callable[..., Path]:
         data["broker"] = {"url": "memory://"}
         data["outbox"] = {"dir": str(tmp_path / "outbox")}
         data["metrics"] = {"enabled": False}  # workers of different tests must not fight over a port
+        port = free_port()  # nor `serve`'s web services
+        data["web"] = {**data["web"], "port": port, "public_url": f"http://127.0.0.1:{port}"}
         for key in drop:
             data.pop(key, None)
         data = deep_merge(data, changes or {})
@@ -145,3 +147,72 @@ def configured(write_settings: Callable[..., Path], database_url: str) -> Callab
 
 def load(path: Path) -> Settings:
     return load_settings(path)
+
+
+# --- the web service and a real browser -----------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOTS = REPO / "tests" / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def web_port() -> int:
+    """A free port for a test's ``loyalcast web``; settings put it in ``[web]``."""
+    return free_port()
+
+
+@pytest.fixture
+def web_server() -> Iterator[Callable[[Settings], str]]:
+    """Start the real web service (uvicorn on loopback, in a thread) for settings; its base URL."""
+    from campaigns.web.server import Background
+
+    started: list[Any] = []
+
+    def start(settings: Settings) -> str:
+        server = Background(settings)
+        server.start()
+        started.append(server)
+        return f"http://{settings.web.host}:{settings.web.port}"
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Headless Chromium (Debian's chromium and chromium-driver, which `make test` installs);
+    ``browser.shot(name)`` saves a screenshot under tests/artifacts/."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if IN_CI:
+            pytest.fail("chromium and chromium-driver are not installed (make test installs them)")
+        pytest.skip("chromium and chromium-driver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(20)
+
+    def shot(name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{request.node.name}-{name}.png".replace("/", "_")
+        driver.save_screenshot(str(path))
+        return path
+
+    driver.shot = shot
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -103,6 +103,7 @@ def plan(
 
     application = configured_app()
     require_schema(application)
+    _preview_links(application)
     as_of = parse_now(now, application.settings.program.timezone)
     result = dry_run(application.engine, application.settings, campaign, as_of=as_of, occasion=occasion)
     from campaigns.tools.preview import estimate_segments
@@ -197,6 +198,7 @@ def preview(
 
     application = configured_app()
     require_schema(application)
+    _preview_links(application)
     spec = application.settings.campaign(campaign)
     if channel is not None and channel not in spec.channels:
         raise LoyalcastError(f"campaign {campaign} does not use channel {channel!r} (it uses {', '.join(spec.channels)})")
@@ -229,12 +231,18 @@ def check() -> None:
 
     application = configured_app()
     require_schema(application)
+    _preview_links(application)
     findings = check_templates(application.engine, application.messages, datetime.now(UTC))
     for finding in findings:
         print(f"{finding.kind}: {finding}")
     if findings:
         raise typer.Exit(1)
     out.print("templates: every locale and channel renders, every text fits its segment budget")
+
+
+def _preview_links(application: runtime.App) -> None:
+    if application.settings.preview_links():
+        err.print(f"note: {application.settings.web.key_env} is not set: links in these texts are signed with a throwaway key")
 
 
 def _follow(application: runtime.App, run_id: int, as_of: datetime, poll_s: float = 0.5) -> None:

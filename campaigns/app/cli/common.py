@@ -71,8 +71,17 @@ def parse_now(value: str | None, program_zone: str) -> datetime:
 
 
 def require_schema(application: runtime.App) -> None:
+    """Refuse to work on a database without loyalcast's tables, or at an older revision
+    than this version's (its SQL reads the newer tables)."""
+    from campaigns.store import schema
+
     if not sa_inspect(application.engine).has_table("deliveries"):
         raise LoyalcastError("the database has no loyalcast tables yet: run `loyalcast db upgrade` first")
+    current, head = schema.current_revision(application.engine), schema.head_revision(application.engine)
+    if current != head:
+        raise LoyalcastError(
+            f"the database schema is at revision {current}, this loyalcast needs {head}: run `loyalcast db upgrade`"
+        )
 
 
 suppressions_app = typer.Typer(help="Addresses that must not be contacted.", no_args_is_help=True)

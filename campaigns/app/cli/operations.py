@@ -200,8 +200,9 @@ def serve(
     ] = None,
     name: Annotated[str, typer.Option(help="Name recorded as started_by (default: serve@host).")] = "",
 ) -> None:
-    """Run scheduler, reconciler and a worker in one process until Ctrl-C or SIGTERM:
-    the embedded default kept running, so messages due later go out when due."""
+    """Run scheduler, reconciler, a worker and the web service in one process until
+    Ctrl-C or SIGTERM: the embedded default kept running, so messages due later go out
+    when due and members' unsubscribe links work."""
     import socket
 
     import dramatiq
@@ -224,12 +225,21 @@ def serve(
     def start(run_id: int, now: datetime) -> None:
         actors.plan_campaign.send(run_id, now.isoformat())
 
+    from campaigns.web.server import Background
+
     runner = Scheduler(application.settings, application.engine, start, name or f"serve@{socket.gethostname()}")
+    web = Background(application.settings)
+    web.start()
     stop = _stop_on_signals()
-    err.print(f"serving {application.settings.source}: scheduler, reconciler and worker; Ctrl-C stops")
+    settings = application.settings
+    err.print(
+        f"serving {settings.source}: scheduler, reconciler, worker, and web on http://{settings.web.host}:{settings.web.port}; "
+        "Ctrl-C stops"
+    )
     try:
         runner.run_forever(reconcile=Reconciler(application, broker).run_once, stop=stop)
     finally:
+        web.stop()
         worker.stop(timeout=int(runtime.stop_timeout(application.settings) * 1000))
 
 

@@ -1,0 +1,103 @@
+"""The ASGI application of ``loyalcast web``: :func:`create_app`.
+
+Errors are answered in the caller's terms: member pages in HTML (``members``), the rest
+as JSON ``{"error": ..., "field": ...}`` with a 4xx status, ``field`` naming the path
+parameter, query key, header or body part at fault. Access is logged per request by
+route template (``/u/{token}``), never by path, so tokens and addresses stay out of the
+logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import Engine, text
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from campaigns import __version__, metrics
+from campaigns.config.settings import Settings
+from campaigns.store.engine import make_engine
+from campaigns.web.ingest import EventWriter
+from campaigns.web.members import MemberPages
+from campaigns.web.webhooks import Webhooks, problem
+
+log = logging.getLogger("campaigns.web.access")
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """The web service over ``settings``' database (its own engine unless given one)."""
+    engine = engine or make_engine(settings.database_url, pool_size=settings.database.pool_size)
+    settings.link_signer()  # a missing or short key fails at start, not on a member's click
+    writer = EventWriter(engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await writer.start()
+        try:
+            yield
+        finally:
+            await writer.stop()
+
+    app = FastAPI(
+        title="loyalcast web",
+        version=__version__,
+        description="Members' unsubscribe and preference pages, and providers' webhooks.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.include_router(MemberPages(settings, engine).router)
+    app.include_router(Webhooks(settings, engine, writer).router)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness and the database's readiness")
+    def healthz() -> Response:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure to reach it is "not ready"
+            return JSONResponse({"status": "unavailable", "database": exc.__class__.__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        return Response(await run_in_threadpool(generate_latest, REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return problem(400, str(first.get("msg", "invalid request")), where or None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), None, dict(exc.headers or {}))
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "(no route)")
+        elapsed = time.perf_counter() - started
+        metrics.web_request(template, response.status_code, elapsed)
+        log.info(
+            "%s %s %d %.1f ms",
+            request.method,
+            template,
+            response.status_code,
+            elapsed * 1000,
+            extra={"method": request.method, "route": template, "status": response.status_code, "ms": round(elapsed * 1000, 1)},
+        )
+        return response
+
+    return app
