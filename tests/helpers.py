@@ -153,3 +153,17 @@ def fake_providers(faults: Any) -> Iterator[dict[str, Any]]:
     finally:
         for server in servers.values():
             server.stop()
+
+
+def eventually(read: Any, expected: Any, timeout: float = 10.0) -> Any:
+    """``read()`` once it returns ``expected`` (the web service applies providers'
+    events to the ledger moments after it has kept them); the last value otherwise,
+    for the test's assertion to show."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value

@@ -274,3 +274,30 @@ def test_service_messages_are_not_stopped_by_an_unsubscribe(configured, web_port
     with application.engine.connect() as conn:
         status = conn.execute(select(deliveries.c.status).where(deliveries.c.idempotency_key == "svc-1")).scalar_one()
     assert status == "sent"
+
+
+def test_a_triggered_marketing_message_honours_the_unsubscribe(configured, web_port) -> None:
+    # Given a member who stopped marketing on every channel
+    application = _one_member_settings(configured, web_port)
+    from campaigns.store.preferences import choose
+
+    with application.engine.begin() as conn:
+        choose(conn, 2, "*", "marketing", subscribed=False, source="preferences", now=datetime.now(UTC))
+    # When another service sends them a marketing message
+    cli(
+        application.settings.source,
+        "send",
+        "2",
+        "points_credited",
+        "--data",
+        '{"points": 50}',
+        "--key",
+        "mk-1",
+        "--category",
+        "marketing",
+    )
+    # Then it is not sent, and the reason names every channel's state
+    with application.engine.connect() as conn:
+        row = conn.execute(select(deliveries).where(deliveries.c.idempotency_key == "mk-1")).one()
+    assert (row.status, row.reason_code) == ("unsubscribed", "unsubscribed")
+    assert "email: unsubscribed" in row.reason and "sms: unsubscribed" in row.reason

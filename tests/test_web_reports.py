@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import add_member, cli, fake_channels, fake_providers, run_json
+from helpers import add_member, cli, eventually, fake_channels, fake_providers, run_json
 from sqlalchemy import func, select, update
 
 from campaigns.store import events
@@ -93,7 +93,8 @@ def test_twilio_status_callbacks_move_rows_to_delivered_once_and_forged_ones_are
     assert providers["sms"].send_reports("delivered") == [200] * 3
 
     # Then every row is delivered, and each event is kept once
-    assert [row.status for row in _sms_rows(application)] == ["delivered"] * 3
+    statuses = lambda: [row.status for row in _sms_rows(application)]  # noqa: E731
+    assert eventually(statuses, ["delivered"] * 3) == ["delivered"] * 3
     assert _event_count(application) == 3
 
     # And a callback with a wrong signature is refused and changes nothing
@@ -106,6 +107,7 @@ def test_twilio_status_callbacks_move_rows_to_delivered_once_and_forged_ones_are
 
     # And an "undelivered" for an unknown number later fails the row and suppresses the number
     assert providers["sms"].send_reports("undelivered", error_code="30005") == [200] * 3
+    assert eventually(statuses, ["failed"] * 3) == ["failed"] * 3
     rows = _sms_rows(application)
     assert [(row.status, row.reason_code) for row in rows] == [("failed", "bounced")] * 3
     assert "error 30005" in rows[0].reason
@@ -147,6 +149,7 @@ def test_json_gateway_reports_signed_with_hmac(configured, providers, web_port, 
     assert answer.status_code == 200
 
     # Then the rows say so (a failure after delivered wins: status only moves forward)
+    assert eventually(lambda: [row.status for row in _sms_rows(application)], ["delivered", "failed"]) == ["delivered", "failed"]
     rows = _sms_rows(application)
     assert rows[0].status == "delivered"
     assert (rows[1].status, rows[1].reason_code) == ("failed", "undelivered") and "absent subscriber" in rows[1].reason
@@ -209,10 +212,14 @@ def test_email_bounce_and_complaint_webhook_suppress_the_address(
     assert httpx.post(f"{base}/webhooks/email", content=body, headers=headers).json() == {"received": 2, "new": 0}
 
     # Then the bounce fails its row and both addresses are suppressed
+    def statuses() -> dict[str, tuple[str, str]]:
+        with application.engine.connect() as conn:
+            return {r.address: (r.status, r.reason_code) for r in conn.execute(select(deliveries))}
+
+    wanted = {"anna@example.com": ("failed", "bounced"), "boris@example.com": ("delivered", "eligible")}
+    assert eventually(statuses, wanted) == wanted
     with application.engine.connect() as conn:
-        status = {r.address: (r.status, r.reason_code) for r in conn.execute(select(deliveries))}
         suppressed = {r.address: r.reason for r in conn.execute(select(suppressions))}
-    assert status == {"anna@example.com": ("failed", "bounced"), "boris@example.com": ("delivered", "eligible")}
     assert set(suppressed) == {"anna@example.com", "boris@example.com"}
     assert suppressed["anna@example.com"].startswith("bounced: 550 5.1.1")
 
