@@ -24,24 +24,14 @@ webhook, ``/webhooks/<channel>``, with the ``secret_token`` verified, or by long
 from __future__ import annotations
 
 import asyncio
+import atexit
 import re
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
-from telegram import Bot
-from telegram.constants import ParseMode
-from telegram.error import (
-    BadRequest,
-    Forbidden,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-    TimedOut,
-)
-from telegram.warnings import PTBDeprecationWarning
 
 from channels.base import Inbound, InboundMessage, OutgoingMessage, SendResult, SendStatus, Transport, WebhookRequest
 from channels.errors import (
@@ -56,8 +46,17 @@ from channels.errors import (
     WebhookUnsupported,
 )
 from channels.options import TransportOptions, secret
-from channels.telegram_request import AiohttpRequest
 from channels.webhooks import check_secret, json_body
+
+if TYPE_CHECKING:
+    from telegram import Bot
+    from telegram.error import RetryAfter
+
+    from channels.telegram_request import AiohttpRequest
+
+# python-telegram-bot is imported when a Telegram transport first talks to the Bot API,
+# not with this module: settings, the planner and the web service read the options and
+# parse updates without it (9 MB less per process that never sends on Telegram).
 
 MAX_LENGTH = 4096
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
@@ -80,6 +79,10 @@ class _ThreadLoop:
     def bot(self, token: str, base_url: str, timeout: float) -> Bot:
         key = (token, base_url, timeout)
         if key not in self.bots:
+            from telegram import Bot
+
+            from channels.telegram_request import AiohttpRequest
+
             request = AiohttpRequest(
                 read_timeout=timeout, write_timeout=timeout, connect_timeout=min(timeout, 5.0), pool_timeout=timeout
             )
@@ -119,6 +122,10 @@ def _this_thread() -> _ThreadLoop:
     runner = getattr(_threads, "runner", None)
     if runner is None:
         runner = _threads.runner = _ThreadLoop()
+        if threading.current_thread() is threading.main_thread():
+            # The main thread's loop (a command polling the bot) would otherwise be closed
+            # by garbage collection during interpreter shutdown, after aiohttp's modules.
+            atexit.register(runner.close)
     return runner
 
 
@@ -175,11 +182,13 @@ class TelegramTransport(Transport):
         return {
             "chat_id": int(message.to),
             "text": message.text or "",
-            "parse_mode": ParseMode.HTML,
+            "parse_mode": "HTML",  # telegram.constants.ParseMode.HTML
             "disable_web_page_preview": True,
         }
 
     def transmit(self, payload: dict[str, Any]) -> Any:
+        from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
+
         runner = _this_thread()
         bot = runner.bot(self.token, self.base_url, self.timeout)
         try:
@@ -216,6 +225,8 @@ class TelegramTransport(Transport):
     def updates(self, offset: int | None, wait: float) -> tuple[list[InboundMessage], int | None]:
         """Long polling (``getUpdates``): what arrived after ``offset``, waiting up to
         ``wait`` seconds, and the offset that acknowledges it."""
+        from telegram.error import NetworkError, TelegramError
+
         runner = _this_thread()
         bot = runner.bot(self.token, self.base_url, self.timeout)
         try:
@@ -235,6 +246,8 @@ class TelegramTransport(Transport):
     def set_webhook(self, url: str | None) -> None:
         """Register ``url`` (with this transport's secret token) for updates, or remove
         the webhook (``None``) so that long polling may take them."""
+        from telegram.error import NetworkError, TelegramError
+
         runner = _this_thread()
         bot = runner.bot(self.token, self.base_url, self.timeout)
         try:
@@ -273,6 +286,8 @@ def parse_update(update: Any) -> InboundMessage | None:
 
 def _wait_seconds(exc: RetryAfter) -> float:
     # PTB 22 returns seconds as an int and warns that a timedelta is coming; take either.
+    from telegram.warnings import PTBDeprecationWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PTBDeprecationWarning)
         wait = exc.retry_after

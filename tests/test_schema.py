@@ -48,5 +48,5 @@ def test_migrations_build_the_declared_schema_and_keep_rows(database_url: str) -
         command.downgrade(config, "0001")
     assert [fk["name"] for fk in inspect(engine).get_foreign_keys("deliveries")] == ["fk_deliveries_run_id_campaign_runs"]
     schema.upgrade(engine)
-    assert schema.current_revision(engine) == schema.head_revision(engine)
+    assert schema.current_revision(engine) == schema.head_revision(engine) == schema.HEAD  # commands check HEAD
     engine.dispose()

@@ -77,7 +77,7 @@ def require_schema(application: runtime.App) -> None:
 
     if not sa_inspect(application.engine).has_table("deliveries"):
         raise LoyalcastError("the database has no loyalcast tables yet: run `loyalcast db upgrade` first")
-    current, head = schema.current_revision(application.engine), schema.head_revision(application.engine)
+    current, head = schema.current_revision(application.engine), schema.HEAD
     if current != head:
         raise LoyalcastError(
             f"the database schema is at revision {current}, this loyalcast needs {head}: run `loyalcast db upgrade`"
