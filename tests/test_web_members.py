@@ -7,6 +7,7 @@ import email
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -301,3 +302,27 @@ def test_a_triggered_marketing_message_honours_the_unsubscribe(configured, web_p
         row = conn.execute(select(deliveries).where(deliveries.c.idempotency_key == "mk-1")).one()
     assert (row.status, row.reason_code) == ("unsubscribed", "unsubscribed")
     assert "email: unsubscribed" in row.reason and "sms: unsubscribed" in row.reason
+
+
+def _key_of(path: str, found: Any) -> None:
+    from campaigns.config.links import _key_from_file
+
+    found.put(_key_from_file(Path(path)))
+
+
+def test_processes_starting_together_agree_on_the_embedded_key(tmp_path) -> None:
+    # Given no key file yet, and sixteen processes starting at once (workers of `serve`, a run)
+    import multiprocessing
+
+    found: Any = multiprocessing.Queue()
+    path = tmp_path / "var" / "link.key"
+    processes = [multiprocessing.Process(target=_key_of, args=(str(path), found)) for _ in range(16)]
+    for process in processes:
+        process.start()
+    keys = {found.get(timeout=30) for _ in processes}
+    for process in processes:
+        process.join()
+    # Then they all read one whole key of at least 32 bytes, kept private
+    assert len(keys) == 1 and len(next(iter(keys))) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["link.key"]

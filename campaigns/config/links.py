@@ -25,6 +25,7 @@ import hmac
 import os
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,13 +119,20 @@ def load_signer(key_env: str, previous_key_env: str | None, key_file: Path | Non
 
 
 def _key_from_file(path: Path) -> bytes:
+    """The key kept in ``path``, created there first if missing. Workers starting together
+    race to create it: the key is written to a file of its own and linked into place,
+    so the file appears whole and once, and every process reads the same key."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, draft = tempfile.mkstemp(prefix=".link-key-", dir=path.parent)
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first
-            pass
-        else:
             with os.fdopen(descriptor, "w") as file:
                 file.write(secrets.token_urlsafe(MIN_KEY_BYTES) + "\n")
+            os.chmod(draft, 0o600)
+            try:
+                os.link(draft, path)
+            except FileExistsError:  # another process linked its key first: use that one
+                pass
+        finally:
+            os.unlink(draft)
     return path.read_text().strip().encode()
