@@ -40,6 +40,9 @@ FAILED_BY = (EventKind.BOUNCED.value, EventKind.FAILED.value)
 SUPPRESSED_BY = (EventKind.BOUNCED.value, EventKind.COMPLAINED.value)
 UNMATCHED_HORIZON = timedelta(days=7)
 """How long an unmatched event keeps being tried against the ledger."""
+UNMATCHED_AFTER = timedelta(minutes=1)
+"""The reconciler leaves younger events to the web process that kept them (it applies
+them right after): two appliers on the same rows would only wait for each other."""
 
 
 @dataclass
@@ -110,7 +113,8 @@ def _insert_new(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
 
 
 def apply_unmatched(conn: Connection, now: datetime, limit: int = 5000) -> int:
-    """Apply kept events that matched no row when they arrived; how many matched now."""
+    """Apply kept events, at least a minute old, that matched no row when they arrived
+    (or that a stopped web process kept and never applied); how many matched now."""
     found = conn.execute(
         select(provider_events.c.id)
         .where(
@@ -118,6 +122,7 @@ def apply_unmatched(conn: Connection, now: datetime, limit: int = 5000) -> int:
             provider_events.c.event.is_not(None),
             provider_events.c.provider_message_id.is_not(None),
             provider_events.c.received_at > now - UNMATCHED_HORIZON,
+            provider_events.c.received_at <= now - UNMATCHED_AFTER,
         )
         .order_by(provider_events.c.id)
         .limit(limit)
