@@ -78,8 +78,13 @@ DEFAULT_REPORT_STATUSES = {
     "accepted": "ignore",
     "sent": "ignore",
 }
-TWILIO_STATUSES = {"delivered": EventKind.DELIVERED, "read": EventKind.DELIVERED, "undelivered": EventKind.FAILED}
-TWILIO_STATUSES["failed"] = EventKind.FAILED
+TWILIO_STATUSES = {
+    "delivered": EventKind.DELIVERED,
+    "read": EventKind.DELIVERED,
+    "undelivered": EventKind.FAILED,
+    "failed": EventKind.FAILED,
+}
+"""Twilio's MessageStatus values that are outcomes; the others (queued, sent, ...) are kept for audit only."""
 TWILIO_NO_SUCH_NUMBER = {"30005", "30006"}  # unknown handset, landline or unreachable carrier: suppress
 TWILIO_INVALID_NUMBER = {21211, 21214, 21217, 21401, 21407, 21421, 21614}
 TWILIO_BLOCKED = {21610}  # the recipient replied STOP

@@ -37,7 +37,7 @@ from campaigns.config.sections import (
 )
 from campaigns.config.values import ANY, ANY_CHANNEL, ChannelName, Section
 from campaigns.errors import ConfigError, UnknownCampaign
-from channels import TransportOptions
+from channels import Transport, TransportOptions, build_transport
 from channels.specs import CHANNELS
 
 
@@ -112,6 +112,12 @@ class Settings(Section):
     def channel(self, name: str) -> TransportOptions:
         """The options of channel ``name``'s transport (the outbox's when unset)."""
         return self.channels.get(name) or default_options()
+
+    def transport(self, name: str) -> Transport:
+        """Channel ``name``'s transport, built from its section (no network yet);
+        ChannelConfigError (MissingSecret) names the key at fault."""
+        section = self.channel(name)
+        return build_transport(name, section.transport, outbox_dir=self.outbox_path, options=section)
 
     @property
     def slowest_timeout(self) -> timedelta:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import ArgumentError
 from campaigns.config.links import MIN_KEY_BYTES
 from campaigns.config.settings import Settings
 from campaigns.config.templates import missing_parts
-from channels import TRANSPORTS, build_transport
+from channels import TRANSPORTS
 from channels.errors import ChannelConfigError, MissingSecret
 from channels.specs import channel_spec
 
@@ -173,9 +173,9 @@ def _transport_problems(settings: Settings) -> tuple[list[str], list[str]]:
     fails at start-up with its key, not at the first send. Missing secrets come back
     apart: ``(problems, missing secrets)``."""
     problems, missing = [], []
-    for channel, section in settings.channels.items():
+    for channel in settings.channels:
         try:
-            transport = build_transport(channel, section.transport, outbox_dir=settings.outbox_path, options=section)
+            transport = settings.transport(channel)
         except MissingSecret as exc:
             missing.append(f"{exc.key}: {exc.problem}")
             continue

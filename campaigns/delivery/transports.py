@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from campaigns.config.settings import Settings
-from channels import Transport, build_transport
+from channels import Transport
 from channels.base import OutgoingMessage
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ class Transports:
     def _built(self, channel: str) -> Transport:
         transport = self._open.get(channel)
         if transport is None:
-            section = self.settings.channel(channel)
-            transport = build_transport(channel, section.transport, outbox_dir=self.settings.outbox_path, options=section)
+            transport = self.settings.transport(channel)
             self._open[channel] = transport
         return transport
 

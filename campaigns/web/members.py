@@ -135,12 +135,12 @@ class MemberPages:
     def _record(self, claim: LinkClaim, action: str, keep: set[str], source: str) -> Any:
         """Record the choice in one transaction; the member's row (None: no such member)."""
         with self.engine.begin() as conn:
-            member = conn.execute(select(members.c.id, members.c.locale).where(members.c.id == claim.member_id)).first()
+            member = conn.execute(select(members).where(members.c.id == claim.member_id)).first()
             if member is not None:
-                self._choose(conn, claim, action, keep, source, datetime.now(UTC))
+                self._choose(conn, member, claim, action, keep, source, datetime.now(UTC))
             return member
 
-    def _choose(self, conn: Any, claim: LinkClaim, action: str, keep: set[str], source: str, now: datetime) -> None:
+    def _choose(self, conn: Any, member: Any, claim: LinkClaim, action: str, keep: set[str], source: str, now: datetime) -> None:
         channel, category = claim.channel or ANY, claim.category or ANY
         if action == "this":
             choose(conn, claim.member_id, channel, category, subscribed=False, source=source, now=now)
@@ -149,7 +149,8 @@ class MemberPages:
         elif action == "all":
             choose(conn, claim.member_id, ANY, ANY, subscribed=False, source=source, now=now)
         else:
-            for box_channel in self._channels_for(conn, claim):
+            linked = {row.channel for row in linked_contacts.linked(conn, claim.member_id)}
+            for box_channel in self._channels(member, claim, linked):
                 for box_category in self._categories(claim):
                     wanted = f"{box_channel}:{box_category}" in keep
                     choose(conn, claim.member_id, box_channel, box_category, subscribed=wanted, source="preferences", now=now)
@@ -163,11 +164,6 @@ class MemberPages:
         if claim.category and claim.category != ANY:
             found.add(claim.category)
         return sorted((c for c in found if is_marketing(c)), key=lambda c: (c != "marketing", c))
-
-    def _channels_for(self, conn: Any, claim: LinkClaim) -> list[str]:
-        member = conn.execute(select(members).where(members.c.id == claim.member_id)).first()
-        linked = {row.channel for row in linked_contacts.linked(conn, claim.member_id)}
-        return self._channels(member, claim, linked)
 
     @staticmethod
     def _channels(member: Any, claim: LinkClaim, linked: set[str]) -> list[str]:

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from campaigns.config.settings import Settings
 from campaigns.web.ingest import EventWriter
 from campaigns.web.optin import answer
-from channels import Transport, build_transport
+from channels import Transport
 from channels.base import WebhookRequest
 from channels.errors import ChannelConfigError, WebhookRejected
 from channels.specs import CHANNELS
@@ -75,9 +75,8 @@ class Webhooks:
         """The channel's transport, built once (it holds the webhook secrets)."""
         built = self._transports.get(channel)
         if built is None:
-            section = self.settings.channel(channel)
             try:
-                built = build_transport(channel, section.transport, outbox_dir=self.settings.outbox_path, options=section)
+                built = self.settings.transport(channel)
             except ChannelConfigError as exc:
                 built = exc
             self._transports[channel] = built

@@ -15,7 +15,6 @@ from campaigns.app.cli.common import app, configured_app, err, out, require_sche
 from campaigns.errors import LoyalcastError
 from campaigns.store import events
 from campaigns.web.optin import answer
-from channels import build_transport
 from channels.base import OutgoingMessage
 from channels.dsn import parse_dsn
 from channels.errors import ChannelError, MalformedWebhook
@@ -46,10 +45,9 @@ def web() -> None:
 def _telegram(channel: str) -> TelegramTransport:
     application = configured_app()
     require_schema(application)
-    section = application.settings.channel(channel)
-    transport = build_transport(channel, section.transport, outbox_dir=application.settings.outbox_path, options=section)
+    transport = application.settings.transport(channel)
     if not isinstance(transport, TelegramTransport):
-        raise LoyalcastError(f"channels.{channel}.transport is {section.transport!r}: updates need the telegram transport")
+        raise LoyalcastError(f"channels.{channel}.transport is {transport.name!r}: updates need the telegram transport")
     return transport
 
 
