@@ -126,7 +126,9 @@ def lossy(write_settings, pg_url: str, providers, monkeypatch, tmp_path: Path) -
 
     def make(broker_url: str, schedule: str | None = None, delivery: dict[str, Any] | None = None) -> dict[str, Any]:
         # One campaign, scheduled only when the test says so (the shipped ones would be caught up).
-        campaign = {k: v for k, v in shipped_settings()["campaigns"]["balance_reminder"].items() if k != "schedule"}
+        campaign = {
+            k: v for k, v in shipped_settings()["campaigns"]["balance_reminder"].items() if k not in ("schedule", "holdout")
+        }
         if schedule:
             campaign["schedule"] = schedule
         config = write_settings(

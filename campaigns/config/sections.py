@@ -133,6 +133,36 @@ class SegmentSettings(Section):
     locales: list[LocaleName] | None = None
 
 
+STRATUM_COLUMNS = ("locale", "timezone", "email_consent", "sms_consent", "telegram_consent")
+"""Columns of ``members`` a control group may be stratified by beside ``tier``."""
+
+
+def _stratum_column(value: str) -> str:
+    if value not in STRATUM_COLUMNS:
+        raise ValueError(f"cannot stratify by {value!r} (one of: {', '.join(STRATUM_COLUMNS)}; tier always is)")
+    return value
+
+
+StratumColumn = Annotated[str, AfterValidator(_stratum_column)]
+
+
+class ControlSettings(Section):
+    """The global control group: a share of members no marketing reaches for a period.
+
+    Each period (a calendar month, quarter or year in the program's time zone) draws a
+    new group, stratified by tier like a campaign holdout; ``loyalcast lift --global``
+    compares it with everyone else. Service messages still reach its members.
+    """
+
+    share: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Share of members held out of all marketing; 0 turns the group off."""
+    rotation: Literal["month", "quarter", "year"] = "quarter"
+    salt: str = Field(default="global", min_length=1, max_length=100)
+    """Changing it draws a new group at once."""
+    by: StratumColumn | None = None
+    """A column of ``members`` the group is stratified by beside ``tier``."""
+
+
 class CampaignSettings(Section):
     segment: str
     template: str
@@ -146,6 +176,9 @@ class CampaignSettings(Section):
     """Share of eligible members kept as a control group (recorded ``held_out``)."""
     holdout_salt: str | None = None
     """Changing the salt draws a new control group (default: the campaign name)."""
+    holdout_by: StratumColumn | None = None
+    """A column of ``members`` the holdout is stratified by beside ``tier``: every
+    (tier, value) is held out in the same share."""
     send_at_local: str | None = None
     """``"HH:MM"``: deliver at the next such time in each member's own time zone."""
     kind: Literal["standard", "expiring_ladder"] = "standard"

@@ -22,6 +22,7 @@ from campaigns.config.rules import CapRule, QuietHours, default_caps
 from campaigns.config.sections import (
     BrokerSettings,
     CampaignSettings,
+    ControlSettings,
     DatabaseSettings,
     DeliverySettings,
     LoggingSettings,
@@ -57,6 +58,7 @@ class Settings(Section):
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     web: WebSettings = WebSettings()
+    control: ControlSettings = ControlSettings()
     caps: list[CapRule] = Field(default_factory=default_caps)
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)

@@ -5,7 +5,8 @@ are locked. One ``INSERT ... SELECT`` writes a ledger row per segment member, bu
 four layers:
 
 1. ``reach``: per channel, the member's state (``ok``, ``no contact``, ``no consent``,
-   ``unsubscribed``, ``suppressed``) and address; whether the member falls in the holdout group;
+   ``unsubscribed``, ``suppressed``) and address; whether the member is in the global
+   control group or the campaign's holdout (both drawn first, see ``control``);
 2. ``chosen``: the first ``ok`` channel of the campaign's priority list;
 3. ``capped``: when the message would be due on that channel (quiet hours,
    ``send_at_local``: one constant per time zone) and the first cap rule that is full
@@ -47,14 +48,14 @@ from sqlalchemy.engine import Connection
 from campaigns.config.rules import CapRule
 from campaigns.config.settings import Settings
 from campaigns.config.values import ANY_CHANNEL, is_marketing
-from campaigns.planning import ladder
+from campaigns.planning import control, ladder
 from campaigns.planning.caps import (
     window_bounds,
 )
 from campaigns.planning.context import RunContext
 from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX, defer_chunk
 from campaigns.planning.segments import segment_query
-from campaigns.store.engine import BUCKETS, holdout_bucket, upsert_insert
+from campaigns.store.engine import upsert_insert
 from campaigns.store.ledger import ReasonCode, Status
 from campaigns.store.models import UTCDateTime, contacts, deliveries, members, suppressions
 from campaigns.store.preferences import unsubscribed
@@ -151,7 +152,11 @@ def decide_chunk(
         steps = found.due
         if not steps:
             return inserted
-    insert = decision_insert(conn, settings, ctx, member_range, only=sorted(steps) if steps else None)
+    only = sorted(steps) if steps else None
+    segment = _segment(settings, ctx, member_range, only)
+    for draw in _draws(settings, ctx):
+        control.draw_members(conn, draw, segment)
+    insert = decision_insert(conn, settings, ctx, member_range, only=only)
     inserted += _count_inserted(conn, insert)
     if any(rule.action == "defer" for rule in settings.caps):
         defer_chunk(conn, settings, ctx, member_range)
@@ -203,13 +208,7 @@ def _count_inserted(conn: Connection, insert: Any) -> Counter[tuple[str, str]]:
     return Counter((row.status, row.channel or "-") for row in returned)
 
 
-def decision_rows(
-    conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None = None
-) -> Any:
-    """The SELECT of one ledger row per segment member of ``member_range`` (columns named
-    as :data:`INSERTED_COLUMNS`)."""
-    campaign = ctx.campaign
-    channels = campaign.channels
+def _segment(settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None) -> Any:
     segment_select = segment_query(
         ctx.segment,
         as_of=ctx.as_of,
@@ -218,7 +217,31 @@ def decision_rows(
     )
     if only is not None:
         segment_select = segment_select.where(members.c.id.in_(only))
-    segment = segment_select.subquery("segment")
+    return segment_select.subquery("segment")
+
+
+def _global_draw(settings: Settings, ctx: RunContext) -> control.Draw | None:
+    return control.global_draw(settings, ctx.campaign.category, ctx.as_of)
+
+
+def _campaign_draw(ctx: RunContext) -> control.Draw | None:
+    campaign = ctx.campaign
+    return control.campaign_draw(ctx.campaign_name, campaign.holdout, campaign.holdout_salt, campaign.holdout_by)
+
+
+def _draws(settings: Settings, ctx: RunContext) -> list[control.Draw]:
+    return [draw for draw in (_global_draw(settings, ctx), _campaign_draw(ctx)) if draw is not None]
+
+
+def decision_rows(
+    conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None = None
+) -> Any:
+    """The SELECT of one ledger row per segment member of ``member_range`` (columns named
+    as :data:`INSERTED_COLUMNS`). The control groups' draws must have run for these
+    members (``decide_chunk`` draws them); a member not drawn is not held out."""
+    campaign = ctx.campaign
+    channels = campaign.channels
+    segment = _segment(settings, ctx, member_range, only)
 
     # 1. reach: per-channel state and address, holdout draw
     zone = func.coalesce(segment.c.timezone, ctx.program_zone)
@@ -234,12 +257,10 @@ def decision_rows(
         whens.append((exists().where(suppressions.c.channel == channel, suppressions.c.address == contact), STATE_SUPPRESSED))
         state = case(*whens, else_=STATE_OK)
         reach_columns += [state.label(f"state_{channel}"), contact.label(f"address_{channel}")]
-    if campaign.holdout > 0:
-        salt = campaign.holdout_salt or ctx.campaign_name
-        held = holdout_bucket(literal(salt, String), segment.c.id) < int(round(campaign.holdout * BUCKETS))
-    else:
-        held = false()
-    reach_columns.append(held.label("held"))
+    global_draw, campaign_draw = _global_draw(settings, ctx), _campaign_draw(ctx)
+    in_global = control.is_held(global_draw, segment.c.id) if global_draw else false()
+    in_holdout = control.is_held(campaign_draw, segment.c.id) if campaign_draw else false()
+    reach_columns += [or_(in_global, in_holdout).label("held"), in_global.label("in_global")]
     # OFFSET 0 keeps PostgreSQL from pulling each layer up into the next: every layer
     # names the previous one's columns several times, and inlined that multiplies into
     # hundreds of sub-plans and seconds of planning per chunk.
@@ -263,6 +284,7 @@ def decision_rows(
             reach.c.tier,
             reach.c.zone,
             reach.c.held,
+            reach.c.in_global,
             case(*((ok[c], literal(c, String)) for c in channels), else_=None).label("channel"),
             case(*((ok[c], reach.c[f"address_{c}"]) for c in channels), else_=None).label("address"),
             case(*skipped_whens, else_=literal("", String)).label("skipped"),
@@ -305,6 +327,7 @@ def decision_rows(
     )
     code = case(
         (capped.c.channel.is_(None), capped.c.unreachable),
+        (capped.c.in_global, literal(ReasonCode.GLOBAL_CONTROL.value, String)),
         (capped.c.held, literal(ReasonCode.HELD_OUT.value, String)),
         (capped.c.cap_hit.is_(None), literal(ReasonCode.ELIGIBLE.value, String)),
         (is_deferred, literal(ReasonCode.CAP_DEFERRED.value, String)),
@@ -324,6 +347,7 @@ def decision_rows(
     ]
     reason = case(
         (capped.c.channel.is_(None), capped.c.states),
+        *(((capped.c.in_global, literal(f"{global_draw.label} on ", String) + capped.c.channel),) if global_draw else ()),
         (capped.c.held, literal(f"control group ({campaign.holdout:.0%} holdout) on ", String) + capped.c.channel),
         (capped.c.cap_hit.is_(None), literal("eligible on ", String) + capped.c.channel + capped.c.skipped),
         *((when, text + capped.c.skipped) for when, text in rule_names),

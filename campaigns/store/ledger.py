@@ -46,6 +46,7 @@ class ReasonCode(StrEnum):
     # decisions
     ELIGIBLE = "eligible"  # queued on the first reachable channel
     HELD_OUT = "held_out"  # in the campaign's control group
+    GLOBAL_CONTROL = "global_control"  # in the global control group: no marketing this period
     CAPPED = "capped"  # cap_rule is full; skipped
     CAP_DEFERRED = "cap_deferred"  # cap_rule is full; due when its window opens
     CAP_NO_WINDOW = "cap_no_window"  # deferred, but no window opens within the search horizon

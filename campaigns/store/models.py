@@ -1,13 +1,15 @@
 """SQLAlchemy tables: the loyalty program's (read only) and loyalcast's own.
 
 The program owns ``members``, ``balances``, ``point_expirations`` and
-``segment_members``; loyalcast only reads them (an integrator whose schema differs
+``segment_members``, and optionally ``point_movements`` and ``purchases`` (what
+``loyalcast lift`` measures campaigns by); loyalcast only reads them (an integrator whose schema differs
 creates views with these names and columns, see ``docs/data.md``).
 
 loyalcast owns ``campaign_runs``, ``deliveries`` (the ledger), ``suppressions``,
 ``cap_locks``, and what comes back through the web service: ``preferences`` (members'
 unsubscribes), ``contacts`` (addresses members linked, such as a Telegram chat) and
-``provider_events`` (delivery reports as received), and changes them only through Alembic migrations
+``provider_events`` (delivery reports as received), and the control groups it drew
+(``control_draws``, ``control_strata``), and changes them only through Alembic migrations
 (``campaigns/migrations``).
 
 Every timestamp is stored in UTC. :class:`UTCDateTime` makes that hold on SQLite too,
@@ -119,7 +121,30 @@ segment_members = Table(
     Column("member_id", BigId, primary_key=True, autoincrement=False),
 )
 
-SOURCE_TABLES = (members, balances, point_expirations, segment_members)
+point_movements = Table(
+    "point_movements",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("member_id", BigId, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("kind", String(16), nullable=False, comment="earn, redeem or expire"),
+    Column("points", Points, nullable=False, comment="positive; kind says which way"),
+    Index("ix_point_movements_member_id_occurred_at", "member_id", "occurred_at"),
+    comment="optional: the program's point movements, read by `loyalcast lift`",
+)
+
+purchases = Table(
+    "purchases",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("member_id", BigId, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("amount", Points, nullable=False, comment="in the program's currency"),
+    Index("ix_purchases_member_id_occurred_at", "member_id", "occurred_at"),
+    comment="optional: the program's purchases, read by `loyalcast lift`",
+)
+
+SOURCE_TABLES = (members, balances, point_expirations, segment_members, point_movements, purchases)
 
 # --- loyalcast's own tables -----------------------------------------------------------
 
@@ -290,4 +315,27 @@ provider_events = Table(
     ),
     Index("ix_provider_events_received_at", "received_at"),
     comment="delivery reports, bounces and complaints as providers sent them",
+)
+
+# --- control groups (campaign holdouts and the global control group) ---------------------
+
+control_draws = Table(
+    "control_draws",
+    metadata,
+    Column("draw", String(200), primary_key=True, comment="campaign:<salt> or global:<salt>:<period>"),
+    Column("member_id", BigId, primary_key=True, autoincrement=False),
+    Column("stratum", String(200), nullable=False, comment="the member's tier (and extra column) when drawn"),
+    Column("held", Boolean, nullable=False, comment="in the control group"),
+    Column("drawn_at", UTCDateTime, nullable=False),
+    comment="each member's place in a control group, drawn once and kept",
+)
+
+control_strata = Table(
+    "control_strata",
+    metadata,
+    Column("draw", String(200), primary_key=True),
+    Column("stratum", String(200), primary_key=True),
+    Column("members", BigInteger, nullable=False, comment="members drawn in the stratum so far"),
+    Column("held", BigInteger, nullable=False, comment="of them, held out"),
+    comment="running counts per stratum: the next members drawn keep its held share exact",
 )

@@ -513,15 +513,34 @@ CASES: list[tuple[str, str, str, str]] = [
     ),
     (
         "campaign-holdout-one",
-        'schedule = "0 11 1 * *"',
-        'schedule = "0 11 1 * *"\nholdout = 1.0',
+        "holdout = 0.1",
+        "holdout = 1.0",
         "campaigns.balance_reminder.holdout: Input should be less than 1",
     ),
     (
         "campaign-holdout-negative",
-        'schedule = "0 11 1 * *"',
-        'schedule = "0 11 1 * *"\nholdout = -0.1',
+        "holdout = 0.1",
+        "holdout = -0.1",
         "campaigns.balance_reminder.holdout: Input should be greater than or equal to 0",
+    ),
+    (
+        "campaign-holdout-by-unknown",
+        "holdout = 0.1",
+        'holdout = 0.1\nholdout_by = "city"',
+        "campaigns.balance_reminder.holdout_by: cannot stratify by 'city' "
+        "(one of: locale, timezone, email_consent, sms_consent, telegram_consent; tier always is)",
+    ),
+    (
+        "control-share-too-big",
+        "[outbox]",
+        "[control]\nshare = 0.6\n\n[outbox]",
+        "control.share: Input should be less than or equal to 0.5",
+    ),
+    (
+        "control-rotation-unknown",
+        "[outbox]",
+        '[control]\nshare = 0.05\nrotation = "week"\n\n[outbox]',
+        "control.rotation: Input should be 'month', 'quarter' or 'year'",
     ),
     (
         "campaign-send-at-bad",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from campaigns.app import runtime
-from campaigns.app.cli import campaigns, inbound, ledger, operations  # noqa: F401  # they register their commands
+from campaigns.app.cli import campaigns, effect, inbound, ledger, operations  # noqa: F401  # they register their commands
 from campaigns.app.cli.common import app
 from campaigns.app.outages import UNREACHABLE, unreachable
 from campaigns.errors import ConfigError, LoyalcastError, ServiceUnavailable

@@ -17,6 +17,7 @@ from sqlalchemy import inspect as sa_inspect
 
 from campaigns import logs
 from campaigns.app import runtime
+from campaigns.config.values import parse_duration
 from campaigns.errors import LoyalcastError
 from campaigns.tools.report import RunReport
 from channels.specs import CHANNELS
@@ -59,12 +60,21 @@ def configured_app() -> runtime.App:
 
 
 def parse_now(value: str | None, program_zone: str) -> datetime:
+    """``--now``: an ISO-8601 instant (local to the program's zone when it names no
+    offset), or a duration ago such as ``-15d``."""
     if value is None:
         return datetime.now(UTC)
+    if value.startswith("-"):  # no ISO-8601 instant starts with one
+        try:
+            return datetime.now(UTC) - parse_duration(value[1:])
+        except ValueError:
+            pass
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"not an ISO-8601 time: {value!r} (e.g. 2026-12-01T10:00+03:00)", param_hint="--now") from None
+        raise typer.BadParameter(
+            f"not an ISO-8601 time: {value!r} (e.g. 2026-12-01T10:00+03:00, or -15d for 15 days ago)", param_hint="--now"
+        ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=ZoneInfo(program_zone))
     return parsed.astimezone(UTC)

@@ -1,0 +1,141 @@
+"""Commands that measure what campaigns did: ``lift`` and ``control``."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from campaigns.app.cli.common import app, configured_app, out, parse_now, require_schema
+from campaigns.config.values import format_duration, parse_duration
+from campaigns.errors import LoyalcastError
+from campaigns.planning import control
+from campaigns.tools.lift import WINDOW, Lift, Metric, campaign_lift, global_lift
+
+
+def _window(value: str) -> timedelta:
+    try:
+        window = parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--window") from None
+    if window <= timedelta(0):
+        raise typer.BadParameter("must be longer than zero, e.g. 14d", param_hint="--window")
+    return window
+
+
+@app.command("lift")
+def lift(
+    campaign: Annotated[Optional[str], typer.Argument(help="Campaign name (omit with --global).")] = None,
+    occasion: Annotated[Optional[str], typer.Option(help="One occasion (default: every occasion, together).")] = None,
+    window: Annotated[str, typer.Option(help="How long after each occasion behaviour counts, e.g. 14d.")] = format_duration(
+        WINDOW
+    ),
+    global_group: Annotated[
+        bool, typer.Option("--global", help="All marketing against the global control group ([control]).")
+    ] = False,
+    now: Annotated[Optional[str], typer.Option(help="Measure as of this ISO-8601 instant (default: now).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Did it work? Members targeted against members held out: redemption, breakage,
+    purchases after the occasion, each difference with its 95% confidence interval."""
+    application = configured_app()
+    require_schema(application)
+    at = parse_now(now, application.settings.program.timezone)
+    if global_group:
+        result = global_lift(application.engine, application.settings, now=at)
+    elif campaign is None:
+        raise LoyalcastError("name a campaign, or pass --global for the global control group")
+    else:
+        result = campaign_lift(
+            application.engine, application.settings, campaign, occasion=occasion, window=_window(window), now=at
+        )
+    if as_json:
+        out.print_json(json.dumps(result.as_json(), ensure_ascii=False))
+        return
+    print_lift(result)
+
+
+def fmt(metric: Metric, value: float) -> str:
+    return f"{value:+.1%}" if metric.kind == "share" else f"{value:+,.1f}"
+
+
+def level(metric: Metric, value: float) -> str:
+    return f"{value:.1%}" if metric.kind == "share" else f"{value:,.1f}"
+
+
+def print_lift(result: Lift) -> None:
+    over = ", ".join(result.occasions) if len(result.occasions) <= 3 else f"{len(result.occasions)} occasions"
+    out.print(
+        f"{result.subject} ({over}), {format_duration(result.window)} after each: "
+        f"{result.targeted:,} targeted ({result.messaged:,} messaged), {result.held_out:,} held out"
+    )
+    if result.open_until:
+        out.print(f"the window is still open: measured up to now, complete {result.open_until:%Y-%m-%d %H:%M} UTC")
+    if result.metrics:
+        table = Table()
+        for column in ("measure", "targeted", "held out", "difference", "95% CI", "p"):
+            table.add_column(column, justify="left" if column == "measure" else "right")
+        for metric in result.metrics:
+            table.add_row(
+                metric.label,
+                level(metric, metric.targeted),
+                level(metric, metric.held_out),
+                fmt(metric, metric.difference) + (" *" if metric.significant else ""),
+                f"{fmt(metric, metric.low)} .. {fmt(metric, metric.high)}",
+                "<0.001" if metric.p_value < 0.001 else f"{metric.p_value:.3f}",
+            )
+        out.print(table)
+        out.print("* the 95% confidence interval excludes zero")
+    if result.note:
+        out.print(result.note)
+
+
+@app.command("control")
+def control_report(
+    now: Annotated[Optional[str], typer.Option(help="The period containing this ISO-8601 instant (default: now).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The global control group of a period: its size and share per stratum."""
+    application = configured_app()
+    require_schema(application)
+    settings = application.settings
+    at = parse_now(now, settings.program.timezone)
+    draw = control.global_draw(settings, "marketing", at)
+    if draw is None:
+        raise LoyalcastError("the global control group is off: set [control] share (e.g. 0.05) in the settings")
+    period = control.period_of(settings.control, at, settings.program.timezone)
+    before = control.previous_period(settings.control, period, settings.program.timezone)
+    earlier = control.global_draw(settings, "marketing", before.start)
+    assert earlier is not None
+    with application.engine.connect() as conn:
+        strata = control.strata(conn, draw.key)
+        turnover = control.turnover(conn, earlier, draw, before.label)
+    if as_json:
+        document = {
+            "period": period.label,
+            "starts": period.start.isoformat(),
+            "ends": period.end.isoformat(),
+            "share": settings.control.share,
+            "strata": [{"stratum": s.stratum, "members": s.members, "held": s.held} for s in strata],
+            "previous": {"period": turnover.period, "held": turnover.held, "still_held": turnover.still_held},
+        }
+        out.print_json(json.dumps(document, ensure_ascii=False))
+        return
+    out.print(f"{draw.label}: {period.start:%Y-%m-%d} to {period.end:%Y-%m-%d} (UTC)")
+    table = Table()
+    for column in ("stratum", "members drawn", "held out", "share"):
+        table.add_column(column, justify="left" if column == "stratum" else "right")
+    for s in strata:
+        table.add_row(s.stratum, f"{s.members:,}", f"{s.held:,}", f"{s.share:.1%}")
+    out.print(table)
+    if not strata:
+        out.print("no member drawn yet: the group is drawn as marketing campaigns plan this period")
+    if turnover.held:
+        out.print(
+            f"turnover: of the {turnover.held:,} members held out in {turnover.period}, "
+            f"{turnover.still_held:,} are held out again ({turnover.still_held / turnover.held:.0%})"
+        )
+    out.print("its effect: loyalcast lift --global")
