@@ -1,5 +1,6 @@
 # loyalcast: the two commands of the quick start, and a few helpers.
-#   make demo   create .venv, install, create and seed the embedded database, run a campaign
+#   make demo   create .venv, install, create and seed the embedded database, run campaigns,
+#               measure the balance reminder's lift
 #   make test   install test dependencies (and Debian's chromium for browser tests), make
 #               sure PostgreSQL and Redis are up, lint
 #               (ruff check, ruff format --check, mypy --strict), run the suite
@@ -9,7 +10,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOYALCAST := $(BIN)/loyalcast
-DEMO_MEMBERS ?= 500
+DEMO_MEMBERS ?= 5000
+FIFTEEN_DAYS_AGO := import datetime as d; print((d.datetime.now(d.UTC) - d.timedelta(days=15)).strftime('%Y-%m-%dT08:00Z'))
 
 .PHONY: demo test lint install services browser clean-demo bench bench-small bench-web
 
@@ -31,9 +33,13 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(LOYALCAST) db upgrade
 	$(LOYALCAST) demo seed --members $(DEMO_MEMBERS)
-	$(LOYALCAST) run balance_reminder
+	@# The balance reminder ran 15 days ago (08:00 UTC is daytime from Kaliningrad to
+	@# Vladivostok), so its 14-day window is over when `lift` measures it.
+	$(LOYALCAST) run balance_reminder --now $$($(BIN)/python -c "$(FIFTEEN_DAYS_AGO)")
 	$(LOYALCAST) run points_expiring
 	$(LOYALCAST) run win_back
+	$(LOYALCAST) demo outcomes
+	$(LOYALCAST) lift balance_reminder
 	@echo "Messages are in var/outbox/; ask why a member got (or did not get) one: $(LOYALCAST) why 2"
 
 # PostgreSQL and Redis on 127.0.0.1: started when down (CI and this project's machines

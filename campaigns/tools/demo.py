@@ -5,7 +5,8 @@ The same ``members`` count and ``seed`` always give the same people, relative to
 makes: Russian and English members; time zones from Kaliningrad to Vladivostok and a
 few abroad (some with none); gaps in email, phone and Telegram; missing consents;
 zero and large balances; point lots expiring over the next 60 days; sleeping members;
-a couple of unsubscribed addresses.
+a couple of unsubscribed addresses; two months of purchases and point movements
+(``campaigns.tools.demo_effect``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from campaigns.store.models import (
     balances,
     members,
     point_expirations,
+    point_movements,
+    purchases,
     segment_members,
     suppressions,
 )
+from campaigns.tools.demo_effect import history
 
 RU_FIRST_NAMES = (
     "Анна",
@@ -147,6 +151,7 @@ class SeedReport:
     expirations: int
     segment_rows: int
     suppressions: int
+    movements: int = 0
     skipped: bool = False
 
 
@@ -236,13 +241,18 @@ def seed(engine: Engine, count: int, *, now: datetime | None = None, seed_value:
         balance_rows: list[dict[str, Any]] = []
         lot_rows: list[dict[str, Any]] = []
         segment_rows: list[dict[str, Any]] = []
-        totals = [0, 0, 0]
+        move_rows: list[dict[str, Any]] = []
+        purchase_rows: list[dict[str, Any]] = []
+        totals = [0, 0, 0, 0]
         unsubscribed = []
         for member, balance, lots, segments in generate(count, now=now, seed=seed_value):
             member_rows.append(member)
             balance_rows.append(balance)
             lot_rows.extend(lots)
             segment_rows.extend({"segment": name, "member_id": member["id"]} for name in segments)
+            moves, bought = history(member["id"], now=now, seed=seed_value)
+            move_rows.extend(moves)
+            purchase_rows.extend(bought)
             if member["email"] and member["email_consent"] and member["id"] % 23 == 0:
                 unsubscribed.append(
                     {"channel": "email", "address": member["email"], "reason": "unsubscribed (demo data)", "created_at": now}
@@ -252,11 +262,11 @@ def seed(engine: Engine, count: int, *, now: datetime | None = None, seed_value:
                     {"channel": "sms", "address": member["phone"], "reason": "complained (demo data)", "created_at": now}
                 )
             if len(member_rows) >= INSERT_CHUNK:
-                _flush(conn, member_rows, balance_rows, lot_rows, segment_rows, totals)
-        _flush(conn, member_rows, balance_rows, lot_rows, segment_rows, totals)
+                _flush(conn, member_rows, balance_rows, lot_rows, segment_rows, move_rows, purchase_rows, totals)
+        _flush(conn, member_rows, balance_rows, lot_rows, segment_rows, move_rows, purchase_rows, totals)
         if unsubscribed:
             conn.execute(upsert_insert(conn, suppressions).on_conflict_do_nothing(), unsubscribed)
-    return SeedReport(count, totals[1], totals[2], len(unsubscribed))
+    return SeedReport(count, totals[1], totals[2], len(unsubscribed), totals[3])
 
 
 def _flush(
@@ -265,6 +275,8 @@ def _flush(
     balance_rows: list[Row],
     lot_rows: list[Row],
     segment_rows: list[Row],
+    move_rows: list[Row],
+    purchase_rows: list[Row],
     totals: list[int],
 ) -> None:
     for table, rows in (
@@ -272,11 +284,14 @@ def _flush(
         (balances, balance_rows),
         (point_expirations, lot_rows),
         (segment_members, segment_rows),
+        (point_movements, move_rows),
+        (purchases, purchase_rows),
     ):
         if rows:
             conn.execute(insert(table), rows)
     totals[0] += len(member_rows)
     totals[1] += len(lot_rows)
     totals[2] += len(segment_rows)
-    for rows in (member_rows, balance_rows, lot_rows, segment_rows):
+    totals[3] += len(move_rows)
+    for rows in (member_rows, balance_rows, lot_rows, segment_rows, move_rows, purchase_rows):
         rows.clear()

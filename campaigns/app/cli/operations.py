@@ -59,7 +59,25 @@ def demo_seed(
         return
     out.print(
         f"seeded {result.members} members, {result.expirations} expiring point lots, "
-        f"{result.segment_rows} segment memberships, {result.suppressions} suppressed addresses"
+        f"{result.segment_rows} segment memberships, {result.suppressions} suppressed addresses, "
+        f"{result.movements} point movements"
+    )
+
+
+@demo_app.command("outcomes")
+def demo_outcomes(
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed and ledger give the same outcomes.")] = 42,
+) -> None:
+    """What demo members did after each occasion that ran (messaged members redeem a
+    little more): point movements and purchases for `loyalcast lift` to measure."""
+    from campaigns.tools.demo_effect import outcomes
+
+    application = configured_app()
+    require_schema(application)
+    result = outcomes(application.engine, seed=seed)
+    out.print(
+        f"{result.member_occasions} member-occasions of {result.occasions} occasions: "
+        f"{result.movements} point movements, {result.purchases} purchases"
     )
 
 
