@@ -188,3 +188,15 @@ def test_lift_command_prints_json_and_names_an_open_window(configured) -> None:
     assert "promo has no planned occasion '2020-01' yet" in text
     result = cli(runtime.config_file(), "lift", "promo", "--window", "fortnight", exit_code=2)
     assert "--window" in result.output
+
+
+def test_less_breakage_is_better_and_more_redemption_too() -> None:
+    # Given significant differences in both directions, When judged, Then breakage down is better
+    from campaigns.tools.lift import Metric
+
+    def metric(name: str, low: float, high: float) -> Metric:
+        return Metric(name, name, "mean", 0, 0, (low + high) / 2, low, high, 0.01)
+
+    assert metric("points_expired", -9, -1).verdict == "better" and metric("points_expired", 1, 9).verdict == "worse"
+    assert metric("points_redeemed", 1, 9).verdict == "better" and metric("points_redeemed", -9, -1).verdict == "worse"
+    assert metric("points_redeemed", -1, 9).verdict is None

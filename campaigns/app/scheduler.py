@@ -60,6 +60,12 @@ def latest_fire(schedule: str, zone: ZoneInfo, now: datetime) -> datetime:
     return fire.astimezone(UTC)
 
 
+def next_fires(schedule: str, zone: ZoneInfo, now: datetime, count: int) -> list[datetime]:
+    """The next ``count`` fire times after ``now``, in ``zone`` (the program's)."""
+    iterator = croniter(schedule, now.astimezone(zone))
+    return [iterator.get_next(datetime) for _ in range(count)]
+
+
 class Scheduler:
     """Claims and starts due occasions. ``start(run_id, now)`` enqueues the planning."""
 

@@ -70,6 +70,12 @@ class LinkSigner:
                 raise ValueError(f"the {name} link key has {len(key)} bytes; at least {MIN_KEY_BYTES} are needed")
         self._keys = [current] + ([previous] if previous else [])
 
+    @property
+    def key(self) -> bytes:
+        """The current key, for deriving keys of other purposes (the console's sessions)
+        by HMAC under a label of their own; never used as it is outside this class."""
+        return self._keys[0]
+
     @staticmethod
     def _tag(key: bytes, payload: bytes) -> bytes:
         return hmac.new(key, b"loyalcast-link:" + payload, hashlib.sha256).digest()[:TAG_BYTES]

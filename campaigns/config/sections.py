@@ -323,6 +323,11 @@ class WebSettings(Section):
     and the reconciler once a day)."""
     workers: int = Field(default=1, ge=1, le=32)
     """uvicorn worker processes of ``loyalcast web``."""
+    console_users_env: str = "LOYALCAST_CONSOLE_USERS"
+    """Environment variable listing the console's operators, ``name:scrypt$...`` entries
+    separated by commas or new lines (``loyalcast console passwd NAME`` makes one)."""
+    console_session: Duration = timedelta(hours=12)
+    """How long an operator stays signed in to the console."""
 
 
 class SchedulerSettings(Section):

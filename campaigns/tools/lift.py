@@ -44,6 +44,8 @@ from campaigns.store.runs import RunState
 WINDOW = timedelta(days=14)
 CONFIDENCE = 0.95
 TARGETED, HELD_OUT = "targeted", "held_out"
+LOWER_IS_BETTER = frozenset({"points_expired"})
+"""Measures a campaign should bring down (breakage)."""
 MESSAGED = (Status.SENT.value, Status.DELIVERED.value, Status.UNKNOWN.value)
 """Rows whose message left (``unknown``: it may have)."""
 
@@ -68,6 +70,15 @@ class Metric:
         """The interval excludes zero."""
         return self.low > 0 or self.high < 0
 
+    @property
+    def verdict(self) -> str | None:
+        """``better`` or ``worse`` for the program when the interval excludes zero (more
+        redemption and purchases is better, more breakage worse), else None."""
+        if not self.significant:
+            return None
+        up = self.low > 0
+        return "better" if up != (self.name in LOWER_IS_BETTER) else "worse"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -79,6 +90,7 @@ class Metric:
             "ci95": [self.low, self.high],
             "p_value": self.p_value,
             "significant": self.significant,
+            "verdict": self.verdict,
         }
 
 

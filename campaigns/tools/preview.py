@@ -23,6 +23,7 @@ from campaigns.delivery.rows import Recipient
 from campaigns.delivery.transports import Transports
 from campaigns.errors import LoyalcastError, TemplateError
 from campaigns.planning import ladder
+from campaigns.planning.dry_run import DryRun
 from campaigns.store.models import balances, members, point_expirations, suppressions
 from channels.base import OutgoingMessage
 from channels.errors import InvalidRecipient, MissingSecret, PermanentError
@@ -255,6 +256,17 @@ def estimate_segments(
         settings.program.currency,
         {reason: round(n * scale) for reason, n in failing.most_common()},
     )
+
+
+def plan_estimates(engine: Engine, messages: MessageBuilder, plan: DryRun, as_of: datetime) -> dict[str, SegmentEstimate]:
+    """Segments and cost per channel billed per segment that the plan would send on,
+    from its sample of members (``{channel: estimate}``; none for a channel nothing goes to)."""
+    estimates = {}
+    for channel, sample in plan.samples.items():
+        recipients = plan.counts.get("queued", {}).get(channel, 0)
+        if recipients:
+            estimates[channel] = estimate_segments(engine, messages, plan.campaign, channel, sample, recipients, as_of)
+    return estimates
 
 
 def _would_fail(transports: Transports, preview: ChannelPreview, channel: str, address: str) -> str | None:

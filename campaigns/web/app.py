@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from campaigns import __version__, metrics
 from campaigns.config.settings import Settings
 from campaigns.store.engine import make_engine
+from campaigns.web.console import Console
 from campaigns.web.ingest import EventWriter
 from campaigns.web.members import MemberPages
 from campaigns.web.webhooks import Webhooks, problem
@@ -90,13 +91,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(
         title="loyalcast web",
         version=__version__,
-        description="Members' unsubscribe and preference pages, and providers' webhooks.",
+        description="Members' unsubscribe and preference pages, providers' webhooks, and the marketers' console.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
     )
     app.include_router(MemberPages(settings, engine).router)
     app.include_router(Webhooks(settings, engine, writer).router)
+    app.include_router(Console(settings, engine).router)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness and the database's readiness")
     def healthz() -> Response:

@@ -106,15 +106,9 @@ def plan(
     _preview_links(application)
     as_of = parse_now(now, application.settings.program.timezone)
     result = dry_run(application.engine, application.settings, campaign, as_of=as_of, occasion=occasion)
-    from campaigns.tools.preview import estimate_segments
+    from campaigns.tools.preview import plan_estimates
 
-    estimates = {}
-    for channel, sample in result.samples.items():
-        recipients = result.counts.get("queued", {}).get(channel, 0)
-        if recipients:
-            estimates[channel] = estimate_segments(
-                application.engine, application.messages, campaign, channel, sample, recipients, as_of
-            )
+    estimates = plan_estimates(application.engine, application.messages, result, as_of)
     if as_json:
         document: dict[str, object] = {
             "campaign": result.campaign,

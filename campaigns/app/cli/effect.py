@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import timedelta
 from typing import Annotated, Optional
 
@@ -139,3 +140,32 @@ def control_report(
             f"{turnover.still_held:,} are held out again ({turnover.still_held / turnover.held:.0%})"
         )
     out.print("its effect: loyalcast lift --global")
+
+
+console_app = typer.Typer(help="The marketers' console of loyalcast web.", no_args_is_help=True)
+app.add_typer(console_app, name="console")
+
+
+@console_app.command("passwd")
+def console_passwd(
+    name: Annotated[str, typer.Argument(help="The operator's name (letters, digits, _ . @ -).")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input instead of asking.")
+    ] = False,
+) -> None:
+    """Print an operator's entry for the console (`name:scrypt$...`): add it to the
+    environment variable [web] console_users_env names (LOYALCAST_CONSOLE_USERS)."""
+    from campaigns.web.console.auth import hash_password, parse_operators
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 10:
+        raise LoyalcastError("the password is too short: use at least 10 characters")
+    entry = f"{name}:{hash_password(password)}"
+    try:
+        parse_operators(entry, "the entry")
+    except ValueError:
+        raise LoyalcastError(f"{name!r} cannot be an operator's name: use 1 to 64 letters, digits, _ . @ or -") from None
+    print(entry)
