@@ -13,7 +13,7 @@ LOYALCAST := $(BIN)/loyalcast
 DEMO_MEMBERS ?= 5000
 FIFTEEN_DAYS_AGO := import datetime as d; print((d.datetime.now(d.UTC) - d.timedelta(days=15)).strftime('%Y-%m-%dT08:00Z'))
 
-.PHONY: demo test lint install services browser clean-demo bench bench-small bench-web
+.PHONY: demo test lint install services browser clean-demo bench bench-small bench-web bench-console
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,3 +87,7 @@ bench-web: $(BENCH_STAMP) services
 
 clean-demo:
 	rm -rf var/
+
+# The console: pages over a ledger of a million rows, lift over a million-member occasion.
+bench-console: $(BENCH_STAMP) services
+	$(BIN)/python bench/console.py --members 1000000

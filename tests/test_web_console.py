@@ -3,13 +3,15 @@ login, and the guards (login, sessions, CSRF) tested over plain HTTP."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from helpers import cli
+from helpers import cli, eventually
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy import func, select
@@ -278,3 +280,40 @@ def test_the_console_refuses_to_start_with_a_malformed_operator_list(configured,
         "web.console_users_env: LOYALCAST_CONSOLE_USERS: entry 1 is not name:scrypt$... "
         "(make one with: loyalcast console passwd NAME)"
     ]
+
+
+def test_a_run_page_answers_from_its_snapshot_and_refreshes_it_when_stale(
+    configured, web_port, web_server, monkeypatch, operator_entry
+) -> None:
+    # Given a run page whose figures are read again once older than a second
+    monkeypatch.setenv("LOYALCAST_CONSOLE_USERS", operator_entry)
+    application = configured({"web": {"port": web_port, "public_url": f"http://127.0.0.1:{web_port}", "console_refresh": "1s"}})
+    demo.seed(application.engine, 200)
+    report = json.loads(cli(application.settings.source, "run", "balance_reminder", "--json", "--now", RUN_AT.isoformat()).stdout)
+    client = login(web_server(application.settings))
+    path = f"/console/runs/{report['run_id']}"
+
+    def sent_on_email(page: str) -> str:
+        row = re.search(r"<td>sent</td>(.*?)</tr>", page, re.S)
+        assert row is not None
+        return re.findall(r'<td class="n">([^<]*)</td>', row.group(1))[0]
+
+    # When it is first opened, Then the figures are the ledger's
+    first = client.get(path).text
+    emailed = int(sent_on_email(first))
+    assert emailed == report["counts"]["sent"]["email"]
+
+    # When the ledger changes (reports say three emails bounced)
+    with application.engine.begin() as conn:
+        ids = (
+            conn.execute(
+                select(deliveries.c.id).where(deliveries.c.run_id == report["run_id"], deliveries.c.channel == "email").limit(3)
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(deliveries.update().where(deliveries.c.id.in_(ids)).values(status="bounced"))
+    # Then the snapshot answers at once, and within a refresh the page shows the change
+    assert int(sent_on_email(client.get(path).text)) == emailed
+    time.sleep(1.1)
+    assert eventually(lambda: int(sent_on_email(client.get(path).text)), emailed - 3, timeout=10) == emailed - 3

@@ -328,6 +328,9 @@ class WebSettings(Section):
     separated by commas or new lines (``loyalcast console passwd NAME`` makes one)."""
     console_session: Duration = timedelta(hours=12)
     """How long an operator stays signed in to the console."""
+    console_refresh: Duration = timedelta(seconds=30)
+    """A run page older than this is served and replaced in the background by a fresh
+    read of the run's ledger rows."""
 
 
 class SchedulerSettings(Section):

@@ -317,6 +317,17 @@ provider_events = Table(
     comment="delivery reports, bounces and complaints as providers sent them",
 )
 
+# --- the console's snapshots ------------------------------------------------------------
+
+run_summaries = Table(
+    "run_summaries",
+    metadata,
+    Column("run_id", BigId, primary_key=True, autoincrement=False),
+    Column("computed_at", UTCDateTime, nullable=False),
+    Column("body", JSON, nullable=False, comment="counts, sends per hour, top reasons, SMS estimate"),
+    comment="the console's snapshot of a run's ledger rows, derived and replaceable (the ledger is the truth)",
+)
+
 # --- control groups (campaign holdouts and the global control group) ---------------------
 
 control_draws = Table(

@@ -1,16 +1,17 @@
 """What the console's pages show, read from settings and the ledger.
 
-Every page answers with a handful of set queries, whatever the size of the run: counts
-and charts are ``GROUP BY`` over one run's rows (the ledger's index on ``run_id``), a
-member's page reads that member's rows. SMS segments and cost of a run are estimated by
-rendering a sample of its messages again (the ledger keeps the message's outcome, not
-its text).
+Pages answer from a handful of small queries whatever the size of the ledger: a
+member's page reads that member's rows; a run's figures (``GROUP BY`` over up to a
+million rows, a second or more) come from its snapshot in ``run_summaries``, refreshed
+in the background once it is older than ``[web] console_refresh`` (:class:`RunSummaries`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,12 +24,14 @@ from campaigns.config.settings import Settings
 from campaigns.config.values import ANY_CHANNEL
 from campaigns.config.zones import zone_info
 from campaigns.delivery.message import MessageBuilder
+from campaigns.store.engine import upsert_insert
 from campaigns.store.ledger import Status
-from campaigns.store.models import campaign_runs, deliveries, suppressions
+from campaigns.store.models import campaign_runs, deliveries, run_summaries, suppressions
 from campaigns.tools.preview import SegmentEstimate, estimate_segments
 from campaigns.web.console.charts import Bar
 from channels.specs import CHANNELS, channel_spec
 
+log = logging.getLogger(__name__)
 LAST_RUNS = 5
 NEXT_FIRES = 3
 TOP_REASONS = 8
@@ -116,6 +119,8 @@ class RunView:
     occasion: str
     as_of: datetime
     state: str
+    computed_at: datetime
+    """When the counts below were read from the ledger (the snapshot's time)."""
     counts: dict[str, dict[str, int]]
     channels: list[str]
     sends: list[Bar]
@@ -129,13 +134,89 @@ class RunView:
         return sum(sum(per.values()) for per in self.counts.values())
 
 
-def run(engine: Engine, settings: Settings, messages: MessageBuilder, run_id: int) -> RunView | None:
-    """One run: counts per status and channel, sends per hour (or day), the most common
-    reasons rows did not go out, SMS segments and cost (estimated from a sample)."""
-    with engine.connect() as conn:
-        found = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
+class RunSummaries:
+    """Run pages from snapshots (``run_summaries``): a run's counts, sends per hour, top
+    reasons and SMS estimate are read from its ledger rows once and kept as one row.
+
+    A snapshot younger than ``fresh`` is served as it is; an older one is served too and
+    replaced in the background (one refresh per run at a time in this process), so a
+    page over a million rows answers in milliseconds and is at most one refresh behind;
+    a run with no snapshot yet is read at once. The page shows the snapshot's time.
+    """
+
+    def __init__(self, engine: Engine, settings: Settings, messages: MessageBuilder, fresh: timedelta) -> None:
+        self.engine, self.settings, self.messages, self.fresh = engine, settings, messages, fresh
+        self._refreshing: set[int] = set()
+        self._lock = threading.Lock()
+
+    def view(self, run_id: int) -> RunView | None:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).first()
+            snapshot = conn.execute(select(run_summaries).where(run_summaries.c.run_id == run_id)).first()
         if found is None:
             return None
+        if snapshot is None:
+            computed_at, body = self.refresh(run_id)
+        else:
+            computed_at, body = snapshot.computed_at, snapshot.body
+            if datetime.now(UTC) - computed_at > self.fresh:
+                self._refresh_later(run_id)
+        return self._view(found, computed_at, body)
+
+    def refresh(self, run_id: int) -> tuple[datetime, dict[str, Any]]:
+        """Read the run's figures from the ledger and keep them as its snapshot."""
+        computed_at = datetime.now(UTC)
+        body = summarize(self.engine, self.settings, self.messages, run_id)
+        with self.engine.begin() as conn:
+            upsert = upsert_insert(conn, run_summaries).values(run_id=run_id, computed_at=computed_at, body=body)
+            conn.execute(upsert.on_conflict_do_update(index_elements=["run_id"], set_={"computed_at": computed_at, "body": body}))
+        return computed_at, body
+
+    def _refresh_later(self, run_id: int) -> None:
+        with self._lock:
+            if run_id in self._refreshing:
+                return
+            self._refreshing.add(run_id)
+
+        def work() -> None:
+            try:
+                self.refresh(run_id)
+            except Exception:  # a failed refresh leaves the old snapshot; the next view retries
+                log.exception("console: refreshing the summary of run %s failed", run_id)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(run_id)
+
+        threading.Thread(target=work, name=f"run-summary-{run_id}", daemon=True).start()
+
+    def _view(self, found: Any, computed_at: datetime, body: dict[str, Any]) -> RunView:
+        zone = zone_info(self.settings.program.timezone)
+        counts: dict[str, dict[str, int]] = body["counts"]
+        sends, bucket = _bars(body["hourly"], zone)
+        channels = sorted({c for per in counts.values() for c in per}, key=lambda c: (c == "-", c))
+        return RunView(
+            found.id,
+            found.campaign,
+            found.occasion,
+            found.as_of,
+            found.state,
+            computed_at,
+            counts,
+            channels,
+            sends,
+            bucket,
+            [Reason(**reason) for reason in body["reasons"]],
+            [SegmentEstimate(**estimate) for estimate in body["sms"]],
+        )
+
+
+def summarize(engine: Engine, settings: Settings, messages: MessageBuilder, run_id: int) -> dict[str, Any]:
+    """A run's figures as JSON: ``counts`` per status and channel, ``hourly`` sends
+    (``[UTC hour "YYYY-MM-DD HH", channel, n]``), the most common ``reasons`` rows did not
+    go out, and ``sms``: segments and cost of the texts sent, estimated by rendering up to
+    SMS_SAMPLE of them again (the ledger keeps a message's outcome, not its text)."""
+    with engine.connect() as conn:
+        run_row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).one()
         counts: dict[str, dict[str, int]] = {}
         for row in conn.execute(
             select(deliveries.c.status, deliveries.c.channel, func.count().label("n"))
@@ -144,14 +225,22 @@ def run(engine: Engine, settings: Settings, messages: MessageBuilder, run_id: in
         ):
             counts.setdefault(str(row.status), {})[row.channel or "-"] = int(row.n)
         hour = _hour(engine.dialect.name, deliveries.c.sent_at)
-        hourly = conn.execute(
-            select(hour.label("hour"), deliveries.c.channel, func.count())
-            .where(deliveries.c.run_id == run_id, deliveries.c.sent_at.is_not(None))
-            .group_by(hour, deliveries.c.channel)
-            .order_by(hour)
-        ).all()
+        hourly = [
+            [str(row.hour), row.channel or "-", int(row.n)]
+            for row in conn.execute(
+                select(hour.label("hour"), deliveries.c.channel, func.count().label("n"))
+                .where(deliveries.c.run_id == run_id, deliveries.c.sent_at.is_not(None))
+                .group_by(hour, deliveries.c.channel)
+                .order_by(hour)
+            )
+        ]
         reasons = [
-            Reason(str(row.status), str(row.reason_code or "-"), str(row.example or ""), int(row.n))
+            {
+                "status": str(row.status),
+                "code": str(row.reason_code or "-"),
+                "example": str(row.example or ""),
+                "members": int(row.n),
+            }
             for row in conn.execute(
                 select(
                     deliveries.c.status,
@@ -170,24 +259,20 @@ def run(engine: Engine, settings: Settings, messages: MessageBuilder, run_id: in
                 conn.execute(
                     select(deliveries.c.member_id)
                     .where(deliveries.c.run_id == run_id, deliveries.c.channel == channel, deliveries.c.status.in_(SENT))
-                    .order_by(deliveries.c.id)
+                    .order_by(deliveries.c.member_id)
                     .limit(SMS_SAMPLE)
                 ).scalars()
             )
             for channel in CHANNELS
             if channel_spec(channel).measure is not None and any(counts.get(s, {}).get(channel) for s in SENT)
         }
-    zone = zone_info(settings.program.timezone)
-    sends, bucket = _bars(hourly, zone)
     sms = []
     for channel, sample in samples.items():
         recipients = sum(counts.get(s, {}).get(channel, 0) for s in SENT)
-        if found.campaign in settings.campaigns and sample:
-            sms.append(estimate_segments(engine, messages, found.campaign, channel, sample, recipients, found.as_of))
-    channels = sorted({c for per in counts.values() for c in per}, key=lambda c: (c == "-", c))
-    return RunView(
-        found.id, found.campaign, found.occasion, found.as_of, found.state, counts, channels, sends, bucket, reasons, sms
-    )
+        if run_row.campaign in settings.campaigns and sample:
+            estimate = estimate_segments(engine, messages, run_row.campaign, channel, sample, recipients, run_row.as_of)
+            sms.append(asdict(estimate))
+    return {"counts": counts, "hourly": hourly, "reasons": reasons, "sms": sms}
 
 
 def _hour(dialect: str, column: Any) -> Any:

@@ -69,6 +69,7 @@ class Console:
         self.zone = zone_info(settings.program.timezone)
         self.words = ConsoleWords(settings.program.default_locale)
         self.messages = MessageBuilder(settings, Renderer(settings.templates_path, settings.program, settings.rendering))
+        self.summaries = queries.RunSummaries(engine, settings, self.messages, web.console_refresh)
         self.pages = Environment(loader=FileSystemLoader(PAGES), autoescape=select_autoescape(["html"]), auto_reload=False)
         self.pages.filters["local"] = self._local
         self.pages.filters["number"] = lambda n: format_decimal(n, locale=self.words.locale)
@@ -164,7 +165,7 @@ class Console:
 
     async def run(self, request: Request, form: dict[str, str], run_id: str) -> Response:
         number = _int(run_id)
-        view = None if number is None else await run_in_threadpool(queries.run, self.engine, self.settings, self.messages, number)
+        view = None if number is None else await run_in_threadpool(self.summaries.view, number)
         if view is None:
             return self._not_found(request)
         chart = (

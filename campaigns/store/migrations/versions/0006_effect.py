@@ -6,7 +6,9 @@
 - ``control_draws``: each member's place in a control group (a campaign's holdout, or
   one period of the global control group), drawn once and kept;
 - ``control_strata``: running counts per (draw, stratum), so the members drawn next keep
-  every stratum's held-out share exact.
+  every stratum's held-out share exact;
+- ``run_summaries``: the console's snapshot of a run (derived from the ledger, replaced
+  when stale), so a run page over a million rows answers from one small row.
 
 Revision ID: 0006
 Revises: 0005
@@ -74,7 +76,17 @@ def upgrade() -> None:
         comment="running counts per stratum: the next members drawn keep its held share exact",
     )
 
+    op.create_table(
+        "run_summaries",
+        sa.Column("run_id", BigId, autoincrement=False, nullable=False),
+        sa.Column("computed_at", Timestamp, nullable=False),
+        sa.Column("body", sa.JSON, nullable=False, comment="counts, sends per hour, top reasons, SMS estimate"),
+        sa.PrimaryKeyConstraint("run_id", name="pk_run_summaries"),
+        comment="the console's snapshot of a run's ledger rows, derived and replaceable (the ledger is the truth)",
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("run_summaries")
     op.drop_table("control_strata")
     op.drop_table("control_draws")
