@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from sqlalchemy import func, select
 
-from campaigns.store.models import campaign_runs, deliveries
+from campaigns.store.models import campaign_runs, deliveries, members
 from campaigns.tools import demo, demo_effect
 from campaigns.web.console.auth import Guard, check_password, hash_password, parse_operators
 
@@ -317,3 +317,27 @@ def test_a_run_page_answers_from_its_snapshot_and_refreshes_it_when_stale(
     assert int(sent_on_email(client.get(path).text)) == emailed
     time.sleep(1.1)
     assert eventually(lambda: int(sent_on_email(client.get(path).text)), emailed - 3, timeout=10) == emailed - 3
+
+
+def test_the_control_group_page_shows_the_period_its_strata_and_its_lift(
+    configured, web_port, web_server, monkeypatch, operator_entry
+) -> None:
+    # Given a 10% global control group and a marketing run this period
+    monkeypatch.setenv("LOYALCAST_CONSOLE_USERS", operator_entry)
+    application = configured({"web": {"port": web_port, "public_url": f"http://127.0.0.1:{web_port}"}, "control": {"share": 0.1}})
+    demo.seed(application.engine, 300)
+    cli(application.settings.source, "run", "balance_reminder")
+    client = login(web_server(application.settings))
+
+    # When the operator opens the control group page
+    page = client.get("/console/control").text
+
+    # Then it names the period and shows each tier's members and 10% share, and the lift's sizes
+    assert re.search(r"global control group \(10%, \d{4}-Q[1-4]\)", page)
+    with application.engine.connect() as conn:
+        tiers = dict(conn.execute(select(members.c.tier, func.count()).group_by(members.c.tier)).all())
+    rows = re.findall(r"<tr><td>(\w+)</td><td class=\"n\">([\d\s\xa0]+)</td><td class=\"n\">([\d\s\xa0]+)</td>", page)
+    assert rows and {tier for tier, _, _ in rows} <= set(tiers)
+    for _, drawn, held in rows:
+        assert abs(int(re.sub(r"\D", "", held)) - int(re.sub(r"\D", "", drawn)) / 10) <= 1
+    assert "в контрольной" in page

@@ -81,7 +81,7 @@ def test_the_most_specific_choice_decides() -> None:
 
 def _confirmation(browser, expected: str) -> str:  # type: ignore[no-untyped-def]
     """The confirmation the page shows after a submit, once it says ``expected``."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -90,8 +90,10 @@ def _confirmation(browser, expected: str) -> str:  # type: ignore[no-untyped-def
         text = found[0].text if found else ""
         return text if expected in text else False
 
-    # the page being replaced may drop an element between finding and reading it
-    return str(WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(shown))
+    # The page being replaced may drop an element between finding and reading it: stale,
+    # or (Chromium 156) "Node with given id does not belong to the document".
+    ignored = (StaleElementReferenceException, WebDriverException)
+    return str(WebDriverWait(browser, 10, ignored_exceptions=ignored).until(shown))
 
 
 def _one_member_settings(configured, web_port, **web):  # type: ignore[no-untyped-def]

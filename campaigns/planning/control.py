@@ -251,3 +251,26 @@ def strata(conn: Connection, draw_key: str) -> list[StratumShare]:
         .order_by(control_strata.c.members.desc(), control_strata.c.stratum)
     )
     return [StratumShare(name, int(n), int(h)) for name, n, h in cast_rows(rows, tuple[str, int, int])]
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """The global control group of one period: its strata and its turnover."""
+
+    draw: Draw
+    period: Period
+    strata: list[StratumShare]
+    turnover: Turnover
+
+
+def group_report(conn: Connection, settings: Settings, at: datetime) -> GroupReport | None:
+    """The global control group of the period containing ``at`` (None while it is off)."""
+    draw = global_draw(settings, "marketing", at)
+    if draw is None:
+        return None
+    zone = settings.program.timezone
+    period = period_of(settings.control, at, zone)
+    before = previous_period(settings.control, period, zone)
+    earlier = global_draw(settings, "marketing", before.start)
+    assert earlier is not None  # the same settings: on for the period before too
+    return GroupReport(draw, period, strata(conn, draw.key), turnover(conn, earlier, draw, before.label))

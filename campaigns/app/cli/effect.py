@@ -104,16 +104,11 @@ def control_report(
     require_schema(application)
     settings = application.settings
     at = parse_now(now, settings.program.timezone)
-    draw = control.global_draw(settings, "marketing", at)
-    if draw is None:
-        raise LoyalcastError("the global control group is off: set [control] share (e.g. 0.05) in the settings")
-    period = control.period_of(settings.control, at, settings.program.timezone)
-    before = control.previous_period(settings.control, period, settings.program.timezone)
-    earlier = control.global_draw(settings, "marketing", before.start)
-    assert earlier is not None
     with application.engine.connect() as conn:
-        strata = control.strata(conn, draw.key)
-        turnover = control.turnover(conn, earlier, draw, before.label)
+        report = control.group_report(conn, settings, at)
+    if report is None:
+        raise LoyalcastError("the global control group is off: set [control] share (e.g. 0.05) in the settings")
+    draw, period, strata, turnover = report.draw, report.period, report.strata, report.turnover
     if as_json:
         document = {
             "period": period.label,

@@ -287,22 +287,16 @@ class Console:
 
     def _control(self) -> dict[str, Any]:
         settings, now = self.settings, datetime.now(UTC)
-        draw = control.global_draw(settings, "marketing", now)
-        if draw is None:
-            return {"draw": None}
-        period = control.period_of(settings.control, now, settings.program.timezone)
-        before = control.previous_period(settings.control, period, settings.program.timezone)
-        earlier = control.global_draw(settings, "marketing", before.start)
-        assert earlier is not None
         with self.engine.connect() as conn:
-            strata = control.strata(conn, draw.key)
-            turnover = control.turnover(conn, earlier, draw, before.label)
+            report = control.group_report(conn, settings, now)
+        if report is None:
+            return {"draw": None}
         result = global_lift(self.engine, settings, now=now)
         return {
-            "draw": draw,
-            "period": period,
-            "strata": strata,
-            "turnover": turnover,
+            "draw": report.draw,
+            "period": report.period,
+            "strata": report.strata,
+            "turnover": report.turnover,
             "result": result,
             "chart": self._lift_chart(result),
         }
