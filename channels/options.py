@@ -73,7 +73,8 @@ class TransportOptions(BaseModel):
 
     transport: str
     rate_per_second: float | None = Field(default=None, gt=0)
-    """Provider throughput shared by all workers (through Redis); None: unlimited."""
+    """Provider throughput shared by all workers (through Redis), in messages per
+    second, fractions exact: sends are spaced ``1 / rate`` seconds apart. None: unlimited."""
     timeout: Timeout = timedelta(seconds=10)
     """Longest wait for the provider's answer to one request."""
     price_per_segment: float = Field(default=0.0, ge=0)

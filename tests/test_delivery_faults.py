@@ -245,14 +245,12 @@ def test_throughput_limit_is_shared_by_workers_through_redis(real_transports, pr
     for thread in threads:
         thread.join()
     # Then everything was sent, later rather than failed, at the rate of 10 per second:
-    # the limiter counts per second on the senders' clock, so a message let through at
-    # x.999 may arrive at y.001; on the receiver's clock no second sees more than twice
-    # the limit, and 40 messages need at least four seconds' worth of windows
+    # slots 0.1 s apart on one schedule in Redis, so 40 messages span 3.9 s; on the
+    # receiver's clock the requests' own latency (a first call opens its connection)
+    # may bunch two slots' requests, so a second there holds at most the limit plus two
+    # (the per-second window this replaced let twice the limit through at its edges)
     received = sorted(message["received"] for message in providers["telegram"].messages)
     assert len(received) == 40
-    per_second: dict[int, int] = {}
-    for moment in received:
-        per_second[int(moment)] = per_second.get(int(moment), 0) + 1
-    assert max(per_second.values()) <= 20, per_second
-    assert all(n > 0 for n in per_second.values())
-    assert len(per_second) >= 4 and received[-1] - received[0] > 2.0  # 40 messages need four one-second windows
+    most = max(sum(1 for t in received if start <= t < start + 1.0) for start in received)
+    assert most <= 12, most
+    assert received[-1] - received[0] >= 3.5  # 3.9 s of slots, less the first call's connection time
