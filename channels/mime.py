@@ -61,6 +61,10 @@ class _Policy(Compat32):
             and (self.max_line_length is None or len(name) + 2 + len(value) <= self.max_line_length)
         ):
             return f"{name}: {value}{self.linesep}"
+        if isinstance(value, Header):
+            # compat32 would encode with the policy's 78 and count a folded line without
+            # its leading space: 76-character encoded words, one more than RFC 2047 allows.
+            return f"{name}: {value.encode(linesep=self.linesep, maxlinelen=ENCODED_LINE)}{self.linesep}"
         folded: str = super()._fold(name, value, sanitize)  # type: ignore[misc]  # compat32's folding step, not in typeshed
         return folded
 
@@ -97,6 +101,27 @@ SHORT_NAME = 60
 """An ASCII display name up to this long goes as it is; longer ones are encoded, so they fold."""
 
 
+ENCODED_LINE = 75
+"""Line length ``Header.encode`` folds to: it counts a continuation line without its
+leading space, so its encoded words stay within RFC 2047's 75 characters."""
+
+
+def _encoded(value: str, header_name: str) -> Header:
+    """``value`` as RFC 2047 UTF-8 encoded words for header ``header_name`` (whose name
+    the first line's length accounts for)."""
+    return Header(value, "utf-8", maxlinelen=ENCODED_LINE, header_name=header_name)
+
+
+def _named_address(header_name: str, name: str, mailbox: str) -> str:
+    """``Name <mailbox>`` with a non-ASCII or long name encoded and folded."""
+    if mailbox.isascii() and name.isascii() and len(name) <= SHORT_NAME:
+        return formataddr((name, mailbox))
+    # compat32 would encode a non-ASCII str whole, mailbox included; surrogate-escaped
+    # UTF-8 bytes are written out as they are (UTF-8 under SMTPUTF8).
+    escaped = mailbox.encode("utf-8").decode("ascii", "surrogateescape")
+    return f"{_encoded(name, header_name).encode(maxlinelen=ENCODED_LINE)} <{escaped}>" if name else escaped
+
+
 def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mailto_unsubscribe: str | None = None) -> Message:
     """The MIME message for ``message``: text and/or HTML alternatives and list headers.
 
@@ -115,16 +140,9 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
         email = _text_part(message.html, "html")
     else:
         email = _text_part(message.text or "", "plain")
-    email["From"] = formataddr((sender.display_name, sender.addr_spec), charset="utf-8")
-    name = one_line(message.to_name or "")[:MAX_NAME]
-    if to.isascii() and name.isascii() and len(name) <= SHORT_NAME:
-        email["To"] = formataddr((name, to))
-    else:  # an RFC 2047 encoded name folds; the mailbox goes as written (UTF-8 under SMTPUTF8)
-        # compat32 would encode a non-ASCII str whole, mailbox included; surrogate-escaped
-        # UTF-8 bytes are written out as they are.
-        mailbox = to.encode("utf-8").decode("ascii", "surrogateescape")
-        email["To"] = f"{Header(name, 'utf-8').encode()} <{mailbox}>" if name else mailbox
-    email["Subject"] = Header(one_line(message.subject or ""), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header
+    email["From"] = _named_address("From", sender.display_name, sender.addr_spec)
+    email["To"] = _named_address("To", one_line(message.to_name or "")[:MAX_NAME], to)
+    email["Subject"] = _encoded(one_line(message.subject or ""), "Subject")  # type: ignore[assignment]  # compat32 takes a Header
     email["Date"] = format_datetime(datetime.now(UTC))
     email["Message-ID"] = make_msgid(idstring=f"lc{message.reference}", domain=sender.domain)
     email["X-Loyalcast-Reference"] = str(message.reference)
@@ -135,5 +153,5 @@ def build_email(message: OutgoingMessage, *, sender: Address, provider: str, mai
         email["List-Unsubscribe"] = ", ".join(targets)
         email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     for name, value in message.headers.items():
-        email[one_line(name)] = Header(one_line(value), "utf-8")  # type: ignore[assignment]  # compat32 takes a Header
+        email[one_line(name)] = _encoded(one_line(value), one_line(name))  # type: ignore[assignment]  # compat32 takes a Header
     return email

@@ -3,7 +3,11 @@ and configuration errors, each against a fake provider speaking the real protoco
 
 from __future__ import annotations
 
+import email
+import email.header
+import email.policy
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -384,3 +388,37 @@ def test_smtp_logs_in_with_credentials_from_the_environment(tmp_path, monkeypatc
         assert len(server.messages) == 1
     finally:
         server.stop()
+
+
+def test_encoded_words_stay_within_75_characters_and_names_fold(tmp_path) -> None:
+    # Given Cyrillic subjects of every length up to 200 characters, a 100-character
+    # display name on both sides and a Cyrillic custom header
+    sender = parse_sender("Ромашка Бонус — программа лояльности сети магазинов у дома на каждый день <b@example.com>")
+    for length in range(1, 201, 7):
+        message = OutgoingMessage(
+            channel="email",
+            reference=length,
+            to="ann@example.com",
+            to_name=("Анна-Мария Константинопольская " * 4)[:100],
+            subject=("Ваши баллы сгорают, Анна — потратьте их " * 6)[:length],
+            text="Текст",
+            headers={"X-Campaign-Title": "Напоминание о баллах " * 5},
+        )
+        # When the email is built and written out
+        data = flatten(build_email(message, sender=sender, provider="smtp"), linesep="\r\n")
+        head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+        # Then every RFC 2047 encoded word is at most 75 characters and every line at most 78
+        words = re.findall(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", head)
+        assert words and max(len(word) for word in words) <= 75, (length, [len(w) for w in words])
+        assert max(len(line) for line in head.split("\r\n")) <= 78, length
+        # And the strict parser reads the names, subject and header back whole
+        parsed = email.message_from_bytes(data, policy=email.policy.strict)
+        assert parsed["Subject"] == (message.subject or "").strip()  # a trailing space is not kept
+        assert parsed["To"].addresses[0].addr_spec == "ann@example.com"
+        # (the display names by RFC 2047's own rule, whitespace between adjacent encoded
+        # words ignored: the header registry's phrase parser keeps it)
+        raw = email.message_from_bytes(data, policy=email.policy.compat32)
+        for header, name in (("To", message.to_name), ("From", sender.display_name)):
+            phrase = raw[header].rsplit("<", 1)[0].strip()
+            assert str(email.header.make_header(email.header.decode_header(phrase))) == name, header
+        assert parsed["X-Campaign-Title"] == message.headers["X-Campaign-Title"].strip()
