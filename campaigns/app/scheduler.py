@@ -31,10 +31,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from sqlalchemy import Engine, select
 
 from campaigns.app.outages import BROKER_OUTAGES, OUTAGES, brief, service
+from campaigns.config.schedules import latest_fire
 from campaigns.config.settings import Settings
 from campaigns.store.models import campaign_runs
 from campaigns.store.runs import RunState, insert_run
@@ -50,20 +50,6 @@ class Decision:
     """``started``, ``skipped`` or ``enqueue-failed`` (claimed; the reconciler plans it)."""
     run_id: int | None
     reason: str = ""
-
-
-def latest_fire(schedule: str, zone: ZoneInfo, now: datetime) -> datetime:
-    """The latest fire time at or before ``now`` (UTC)."""
-    local = now.astimezone(zone)
-    iterator = croniter(schedule, local + timedelta(microseconds=1))
-    fire: datetime = iterator.get_prev(datetime)
-    return fire.astimezone(UTC)
-
-
-def next_fires(schedule: str, zone: ZoneInfo, now: datetime, count: int) -> list[datetime]:
-    """The next ``count`` fire times after ``now``, in ``zone`` (the program's)."""
-    iterator = croniter(schedule, now.astimezone(zone))
-    return [iterator.get_next(datetime) for _ in range(count)]
 
 
 class Scheduler:

@@ -40,6 +40,10 @@ class Status(StrEnum):
     NOT_DUE = "not_due"  # a ladder considered the member and had nothing to remind of this time
 
 
+LEFT = (Status.SENT.value, Status.DELIVERED.value, Status.UNKNOWN.value)
+"""Statuses of a row whose message left for the provider (``unknown``: it may have)."""
+
+
 class ReasonCode(StrEnum):
     """Why a row has its status (``deliveries.reason_code``; a closed set)."""
 

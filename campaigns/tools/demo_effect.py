@@ -20,9 +20,9 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
 
-from campaigns.store.ledger import ReasonCode
+from campaigns.store.ledger import LEFT, ReasonCode
 from campaigns.store.models import campaign_runs, deliveries, point_movements, purchases
-from campaigns.tools.lift import MESSAGED, WINDOW
+from campaigns.tools.lift import WINDOW
 
 HISTORY_DAYS = 60
 CHUNK = 5_000
@@ -134,7 +134,7 @@ def _cohort(engine: Engine, run_id: int) -> Iterator[list[tuple[int, bool]]]:
     while True:
         with engine.connect() as conn:
             rows = conn.execute(
-                select(deliveries.c.member_id, deliveries.c.status.in_(MESSAGED))
+                select(deliveries.c.member_id, deliveries.c.status.in_(LEFT))
                 .where(
                     deliveries.c.run_id == run_id,
                     deliveries.c.member_id > after,

@@ -37,7 +37,7 @@ from sqlalchemy.sql import Subquery
 
 from campaigns.config.settings import Settings
 from campaigns.planning import control
-from campaigns.store.ledger import ReasonCode, Status
+from campaigns.store.ledger import LEFT, ReasonCode
 from campaigns.store.models import UTCDateTime, campaign_runs, control_draws, deliveries, point_movements, purchases
 from campaigns.store.runs import RunState
 
@@ -46,8 +46,6 @@ CONFIDENCE = 0.95
 TARGETED, HELD_OUT = "targeted", "held_out"
 LOWER_IS_BETTER = frozenset({"points_expired"})
 """Measures a campaign should bring down (breakage)."""
-MESSAGED = (Status.SENT.value, Status.DELIVERED.value, Status.UNKNOWN.value)
-"""Rows whose message left (``unknown``: it may have)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +67,18 @@ class Metric:
     def significant(self) -> bool:
         """The interval excludes zero."""
         return self.low > 0 or self.high < 0
+
+    def signed(self, value: float) -> str:
+        """A difference or bound as printed: ``+9.4%`` for a share, ``+42.4`` per member."""
+        return f"{value:+.1%}" if self.kind == "share" else f"{value:+,.1f}"
+
+    def level(self, value: float) -> str:
+        """A side's value as printed: ``25.6%`` or ``136.3``."""
+        return f"{value:.1%}" if self.kind == "share" else f"{value:,.1f}"
+
+    @property
+    def p_text(self) -> str:
+        return "<0.001" if self.p_value < 0.001 else f"{self.p_value:.3f}"
 
     @property
     def verdict(self) -> str | None:
@@ -190,7 +200,7 @@ def campaign_lift(
             side.label("side"),
             bounds.c.starts,
             bounds.c.ends,
-            deliveries.c.status.in_(MESSAGED).label("messaged"),
+            deliveries.c.status.in_(LEFT).label("messaged"),
         )
         .select_from(deliveries.join(bounds, bounds.c.run_id == deliveries.c.run_id))
         .where(deliveries.c.channel.is_not(None), deliveries.c.reason_code != ReasonCode.GLOBAL_CONTROL.value)
@@ -239,7 +249,7 @@ def _messaged_in(engine: Engine, draw_key: str, start: datetime, end: datetime) 
                     deliveries.c.member_id.in_(
                         select(control_draws.c.member_id).where(control_draws.c.draw == draw_key, ~control_draws.c.held)
                     ),
-                    deliveries.c.status.in_(MESSAGED),
+                    deliveries.c.status.in_(LEFT),
                     deliveries.c.category != "service",
                     deliveries.c.send_at >= start,
                     deliveries.c.send_at < end,

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select
 
 from campaigns.store import contacts
 from campaigns.store.events import events_of
-from campaigns.store.ledger import Status
+from campaigns.store.ledger import LEFT, Status
 from campaigns.store.models import campaign_runs, deliveries, ladder_marks
 from campaigns.store.preferences import member_choices
 
@@ -59,8 +59,7 @@ class RunReport:
     @property
     def nothing_delivered(self) -> bool:
         """Rows failed and not one was sent, delivered or possibly delivered (``unknown``)."""
-        reached = (Status.SENT, Status.DELIVERED, Status.UNKNOWN)
-        done = sum(sum(self.counts.get(status.value, {}).values()) for status in reached)
+        done = sum(sum(self.counts.get(status, {}).values()) for status in LEFT)
         return sum(self.counts.get(Status.FAILED.value, {}).values()) > 0 and done == 0
 
     @property

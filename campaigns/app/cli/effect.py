@@ -14,7 +14,7 @@ from campaigns.app.cli.common import app, configured_app, out, parse_now, requir
 from campaigns.config.values import format_duration, parse_duration
 from campaigns.errors import LoyalcastError
 from campaigns.planning import control
-from campaigns.tools.lift import WINDOW, Lift, Metric, campaign_lift, global_lift
+from campaigns.tools.lift import WINDOW, Lift, campaign_lift, global_lift
 
 
 def _window(value: str) -> timedelta:
@@ -59,14 +59,6 @@ def lift(
     print_lift(result)
 
 
-def fmt(metric: Metric, value: float) -> str:
-    return f"{value:+.1%}" if metric.kind == "share" else f"{value:+,.1f}"
-
-
-def level(metric: Metric, value: float) -> str:
-    return f"{value:.1%}" if metric.kind == "share" else f"{value:,.1f}"
-
-
 def print_lift(result: Lift) -> None:
     over = ", ".join(result.occasions) if len(result.occasions) <= 3 else f"{len(result.occasions)} occasions"
     out.print(
@@ -82,11 +74,11 @@ def print_lift(result: Lift) -> None:
         for metric in result.metrics:
             table.add_row(
                 metric.label,
-                level(metric, metric.targeted),
-                level(metric, metric.held_out),
-                fmt(metric, metric.difference) + (" *" if metric.significant else ""),
-                f"{fmt(metric, metric.low)} .. {fmt(metric, metric.high)}",
-                "<0.001" if metric.p_value < 0.001 else f"{metric.p_value:.3f}",
+                metric.level(metric.targeted),
+                metric.level(metric.held_out),
+                metric.signed(metric.difference) + (" *" if metric.significant else ""),
+                f"{metric.signed(metric.low)} .. {metric.signed(metric.high)}",
+                metric.p_text,
             )
         out.print(table)
         out.print("* the 95% confidence interval excludes zero")

@@ -17,15 +17,15 @@ from typing import Any
 
 from sqlalchemy import Engine, String, func, literal, select
 
-from campaigns.app.scheduler import next_fires
 from campaigns.config.rules import CapRule
+from campaigns.config.schedules import next_fires
 from campaigns.config.sections import CampaignSettings
 from campaigns.config.settings import Settings
 from campaigns.config.values import ANY_CHANNEL
 from campaigns.config.zones import zone_info
 from campaigns.delivery.message import MessageBuilder
 from campaigns.store.engine import upsert_insert
-from campaigns.store.ledger import Status
+from campaigns.store.ledger import LEFT, Status
 from campaigns.store.models import campaign_runs, deliveries, run_summaries, suppressions
 from campaigns.tools.preview import SegmentEstimate, estimate_segments
 from campaigns.web.console.charts import Bar
@@ -36,9 +36,8 @@ LAST_RUNS = 5
 NEXT_FIRES = 3
 TOP_REASONS = 8
 SMS_SAMPLE = 50
-SENT = (Status.SENT.value, Status.DELIVERED.value, Status.UNKNOWN.value)
-"""Rows whose message left (``unknown``: it may have)."""
-SETTLED_WELL = (*SENT, Status.QUEUED.value, Status.SENDING.value)
+SETTLED_WELL = (*LEFT, Status.QUEUED.value, Status.SENDING.value)
+"""Rows that went, or are on their way: the rest have a reason the run page ranks."""
 
 
 @dataclass(frozen=True)
@@ -258,17 +257,17 @@ def summarize(engine: Engine, settings: Settings, messages: MessageBuilder, run_
             channel: list(
                 conn.execute(
                     select(deliveries.c.member_id)
-                    .where(deliveries.c.run_id == run_id, deliveries.c.channel == channel, deliveries.c.status.in_(SENT))
+                    .where(deliveries.c.run_id == run_id, deliveries.c.channel == channel, deliveries.c.status.in_(LEFT))
                     .order_by(deliveries.c.member_id)
                     .limit(SMS_SAMPLE)
                 ).scalars()
             )
             for channel in CHANNELS
-            if channel_spec(channel).measure is not None and any(counts.get(s, {}).get(channel) for s in SENT)
+            if channel_spec(channel).measure is not None and any(counts.get(s, {}).get(channel) for s in LEFT)
         }
     sms = []
     for channel, sample in samples.items():
-        recipients = sum(counts.get(s, {}).get(channel, 0) for s in SENT)
+        recipients = sum(counts.get(s, {}).get(channel, 0) for s in LEFT)
         if run_row.campaign in settings.campaigns and sample:
             estimate = estimate_segments(engine, messages, run_row.campaign, channel, sample, recipients, run_row.as_of)
             sms.append(asdict(estimate))

@@ -30,7 +30,7 @@ from campaigns.delivery.rendering import Renderer
 from campaigns.errors import ConfigError, LoyalcastError
 from campaigns.planning import control
 from campaigns.planning.dry_run import dry_run
-from campaigns.tools.lift import WINDOW, Lift, Metric, campaign_lift, global_lift, occasions
+from campaigns.tools.lift import WINDOW, Lift, campaign_lift, global_lift, occasions
 from campaigns.tools.preview import member_by_id, plan_estimates, preview_member
 from campaigns.tools.report import member_choices_and_links, member_history
 from campaigns.web.console import queries
@@ -243,7 +243,6 @@ class Console:
         return self._render(request, "plan.html", 200, form=form, plan=result, estimates=estimates)
 
     def _plan(self, campaign: str, as_of: datetime) -> tuple[Any, Any]:
-        self.settings.preview_links()
         result = dry_run(self.engine, self.settings, campaign, as_of=as_of)
         return result, list(plan_estimates(self.engine, self.messages, result, as_of).values())
 
@@ -274,7 +273,7 @@ class Console:
                 m.difference,
                 m.low,
                 m.high,
-                f"{self.fmt(m, m.difference)} ({self.fmt(m, m.low)} .. {self.fmt(m, m.high)})",
+                f"{m.signed(m.difference)} ({m.signed(m.low)} .. {m.signed(m.high)})",
                 m.verdict,
             )
             for m in result.metrics
@@ -303,12 +302,6 @@ class Console:
 
     # -- rendering ---------------------------------------------------------------------
 
-    def fmt(self, metric: Metric, value: float) -> str:
-        return f"{value:+.1%}" if metric.kind == "share" else f"{value:+,.1f}"
-
-    def level(self, metric: Metric, value: float) -> str:
-        return f"{value:.1%}" if metric.kind == "share" else f"{value:,.1f}"
-
     def _local(self, value: datetime | None, pattern: str = "%Y-%m-%d %H:%M") -> str:
         return value.astimezone(self.zone).strftime(pattern) if value else ""
 
@@ -322,8 +315,6 @@ class Console:
             campaign_names=list(self.settings.campaigns),
             operator=getattr(request.state, "operator", None),
             csrf=values.pop("csrf", getattr(request.state, "csrf", "")),
-            fmt=self.fmt,
-            level=self.level,
             format_duration=format_duration,
             **values,
         )
