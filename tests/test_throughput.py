@@ -9,9 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
+from conftest import free_port
 
 from campaigns.config.loading import load_settings
 from campaigns.delivery.throughput import Throughput
+from channels.errors import TransientError
 
 
 def sends(limiters: list[Throughput], count: int, threads_each: int = 2) -> list[float]:
@@ -85,3 +88,19 @@ def test_no_limit_means_no_wait(write_settings) -> None:
     started = time.monotonic()
     assert all(limiter.wait("email") == 0.0 for _ in range(100))
     assert time.monotonic() - started < 0.05
+
+
+def test_redis_gone_means_later_and_a_flushed_schedule_starts_again(limited, redis_url) -> None:
+    # Given a schedule whose Redis does not answer (nothing listens on its port)
+    unreachable = limited(1, f"redis://127.0.0.1:{free_port()}/15")
+    # When a send asks, Then it is told to come back later (a transient error), not failed
+    with pytest.raises(TransientError, match="throughput schedule in Redis is unreachable"):
+        unreachable.wait("telegram")
+
+    # Given a schedule in Redis with the next slot ten seconds away (1 every 10 s)
+    limiter = limited(0.1, redis_url)
+    assert limiter.wait("telegram") == 0.0
+    # When Redis is flushed, Then the next send goes at once instead of waiting for a lost slot
+    redis.Redis.from_url(redis_url).flushdb()
+    started = time.monotonic()
+    assert limiter.wait("telegram") == 0.0 and time.monotonic() - started < 0.1

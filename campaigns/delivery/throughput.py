@@ -17,7 +17,9 @@ broker an in-process schedule under a lock does the same.
 
 Hitting the limit means "later", never "failed": ``wait`` blocks the sending thread
 until its slot. A reserved slot whose worker dies before sending goes unused, which
-errs on the side of the provider's contract.
+errs on the side of the provider's contract. With Redis unreachable ``wait`` raises
+TransientError before the row is claimed, so it stays queued and is tried again with
+backoff; after a ``FLUSHDB`` the schedule starts again from now.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 
 from campaigns import metrics
 from campaigns.config.settings import Settings
+from channels.errors import TransientError
 
 KEY_PREFIX = "loyalcast-throughput:"
 # KEYS[1]: the channel's next free instant (microseconds, Redis clock); ARGV[1]: the
@@ -74,7 +77,14 @@ class RedisSchedule:
         self._reserve = self._client.register_script(RESERVE)
 
     def reserve(self, channel: str, interval_us: int) -> float:
-        return int(self._reserve(keys=[KEY_PREFIX + channel], args=[interval_us])) / 1_000_000
+        import redis
+
+        try:
+            return int(self._reserve(keys=[KEY_PREFIX + channel], args=[interval_us])) / 1_000_000
+        except redis.RedisError as exc:
+            # Without the shared schedule no worker may send on the channel (each on its
+            # own would multiply the rate): the row stays queued and is retried later.
+            raise TransientError(f"the throughput schedule in Redis is unreachable ({type(exc).__name__})") from exc
 
 
 class Throughput:
