@@ -76,6 +76,11 @@ def _get(name: str) -> Any:
                     "invalid_links": Counter(
                         "loyalcast_invalid_links_total", "Member links refused: malformed, altered or from an old key"
                     ),
+                    "alerts": Counter(
+                        "loyalcast_provider_alerts_total",
+                        "Sends refused because the provider account needs the operator (balance, credentials, sender name)",
+                        ["channel", "transport"],
+                    ),
                     "latency": Histogram(
                         "loyalcast_provider_latency_seconds",
                         "Time a transport took to send one message",
@@ -109,6 +114,11 @@ def retry(channel: str | None) -> None:
 def provider_latency(channel: str, transport: str, seconds: float) -> None:
     if _enabled:
         _get("latency").labels(channel, transport).observe(seconds)
+
+
+def provider_alert(channel: str, transport: str) -> None:
+    if _enabled:
+        _get("alerts").labels(channel, transport).inc()
 
 
 def throughput_wait(channel: str, seconds: float) -> None:

@@ -20,6 +20,9 @@ from channels.null import NullTransport
 from channels.options import TransportOptions
 from channels.outbox import OutboxTransport
 from channels.sms import HttpSmsTransport
+from channels.smsaero import SmsAeroTransport
+from channels.smsc import SmscTransport
+from channels.smsru import SmsRuTransport
 from channels.specs import (
     CHANNELS,
     ChannelSpec,
@@ -33,6 +36,9 @@ TRANSPORTS: dict[str, type[Transport]] = {
     OutboxTransport.name: OutboxTransport,
     SmtpTransport.name: SmtpTransport,
     HttpSmsTransport.name: HttpSmsTransport,
+    SmsRuTransport.name: SmsRuTransport,
+    SmscTransport.name: SmscTransport,
+    SmsAeroTransport.name: SmsAeroTransport,
     TelegramTransport.name: TelegramTransport,
     NullTransport.name: NullTransport,
 }

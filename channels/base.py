@@ -122,6 +122,9 @@ class Inbound:
 
     events: list[DeliveryEvent] = field(default_factory=list)
     messages: list[InboundMessage] = field(default_factory=list)
+    reply: str | None = None
+    """The plain-text answer the provider expects once the callback is recorded (SMS.ru
+    retries until it reads ``100``); None: loyalcast's JSON answer."""
 
 
 class Transport(ABC):

@@ -7,6 +7,9 @@ request never got an answer) and ``detail`` (the provider's text)::
     ChannelError
      ├── TransientError          worth retrying later, with backoff
      │    ├── ProviderUnavailable    connection refused or reset, 5xx, timeout before sending
+     │    │    └── AccountProblem    the provider refuses every message until the operator
+     │    │                          acts (balance exhausted, credentials refused, sender
+     │    │                          name not approved): retried, and raised as an alert
      │    └── RateLimited            the provider said "slow down"; retry_after in seconds
      ├── PermanentError          retrying will not help
      │    ├── InvalidRecipient       the address can never work (bad number, no such mailbox)
@@ -15,7 +18,9 @@ request never got an answer) and ``detail`` (the provider's text)::
      │    │                          internationalized mailbox without SMTPUTF8); not suppressed
      │    └── MessageRejected        the provider refused this message (content, length)
      └── OutcomeUnknown          the request left but no answer came back: the message may
-                                 have been sent; it keeps its cap slot and is not resent blindly
+          │                      have been sent; it keeps its cap slot and is not resent blindly
+          └── DuplicateRequest   the provider refused the request as a repeat of one it
+                                 already has: most likely sent by that one; not resent
 
     WebhookRejected             what comes back: a provider's callback loyalcast refuses
      ├── WebhookUnsupported      this transport receives no callbacks (HTTP 404)
@@ -57,6 +62,14 @@ class TransientError(ChannelError):
 
 class ProviderUnavailable(TransientError):
     """The provider could not take the message now (network, 5xx, 4xx SMTP)."""
+
+
+class AccountProblem(ProviderUnavailable):
+    """The provider refuses every message on this account until the operator acts: the
+    balance is exhausted, the credentials are refused, the sender name is not approved.
+    Retried with backoff like any transient failure (nothing is lost while someone tops
+    up the balance), and an alert: the deliverer logs it at ERROR and counts it in
+    ``loyalcast_provider_alerts_total``."""
 
 
 class RateLimited(TransientError):
@@ -107,6 +120,12 @@ class MessageRejected(PermanentError):
 
 class OutcomeUnknown(ChannelError):
     """The request was sent but no answer arrived: it may or may not have been delivered."""
+
+
+class DuplicateRequest(OutcomeUnknown):
+    """The provider refused the request as a repeat of one it received moments before
+    (SMSC's error 9, SMS.ru's "same text to this number" limits): that earlier request
+    most likely carried the message, so this one is recorded as unknown and not resent."""
 
 
 class ChannelConfigError(Exception):

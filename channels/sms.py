@@ -19,10 +19,12 @@ HMAC-SHA256 of the body or a shared secret in a header.
 Numbers are normalized to E.164 with ``phonenumbers`` first: a number that cannot be a
 valid one fails permanently before any request and suppresses the address.
 
-Answers map onto ``channels.errors``: 429 with ``Retry-After`` is ``RateLimited``; 5xx,
-refused connections and connect timeouts are transient; a read timeout (the request
-left, no answer came) is an unknown outcome and is not resent blindly; a 4xx naming the
-number is ``InvalidRecipient``, other 4xx ``MessageRejected``.
+Answers map onto ``channels.errors`` (network, 429 and 5xx as ``channels.http`` says);
+a 4xx naming the number is ``InvalidRecipient``, other 4xx ``MessageRejected``. A 200 is
+never taken for success blindly: the json style reads the answer by its ``answer`` rule
+(:class:`AnswerRule`): a non-empty error field is an error whatever the HTTP status,
+mapped by its code; an ``ok_field`` that does not say so is an error; and an answer
+with neither an error nor a message id is an unknown outcome, not a send.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import requests
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from channels.addresses import normalize_number
 from channels.base import DeliveryEvent, EventKind, Inbound, OutgoingMessage, SendResult, SendStatus, Transport, WebhookRequest
@@ -49,11 +51,13 @@ from channels.errors import (
     MalformedWebhook,
     MessageRejected,
     OutcomeUnknown,
+    PermanentError,
     ProviderUnavailable,
-    RateLimited,
     RecipientBlocked,
+    TransientError,
     WebhookUnsupported,
 )
+from channels.http import HttpClient, detail, document
 from channels.options import TransportOptions, secret
 from channels.smstext import measure
 from channels.webhooks import MAX_EVENTS, check_hmac, check_secret, json_body, text, timestamp
@@ -90,6 +94,30 @@ TWILIO_INVALID_NUMBER = {21211, 21214, 21217, 21401, 21407, 21421, 21614}
 TWILIO_BLOCKED = {21610}  # the recipient replied STOP
 
 
+class AnswerRule(BaseModel):
+    """json style: how the gateway's answer to a send says success or failure
+    (``[channels.<name>.answer]``). Gateways answer errors with HTTP 200 too; this rule,
+    not the status, decides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id_field: str = "id"
+    """The field holding the gateway's message id (``message_id`` is read too)."""
+    error_field: str = "error"
+    """A non-empty value here makes the answer an error, whatever the HTTP status."""
+    code_field: str = "code"
+    """The field holding the error's code."""
+    ok_field: str | None = None
+    """When set, the answer is a success only if this field holds one of ``ok_values``."""
+    ok_values: list[str] = Field(default_factory=list)
+    invalid_recipient_codes: list[str] = Field(default_factory=list)
+    """Error codes meaning the number can never work: failed, and the number suppressed."""
+    blocked_codes: list[str] = Field(default_factory=list)
+    """Error codes meaning the member stopped our messages (a stop list): failed, suppressed."""
+    transient_codes: list[str] = Field(default_factory=list)
+    """Error codes worth retrying later (balance, gateway busy); other codes fail the message."""
+
+
 class HttpSmsOptions(TransportOptions):
     """``[channels.<name>]`` keys of the ``http_sms`` transport."""
 
@@ -104,6 +132,8 @@ class HttpSmsOptions(TransportOptions):
     """json style: environment variable holding the auth header's value."""
     fields: dict[str, str] = Field(default_factory=dict)
     """json style: field names for ``to``, ``text``, ``sender``, ``reference``."""
+    answer: AnswerRule = Field(default_factory=AnswerRule)
+    """json style: how an answer says success or failure (HTTP 200 bodies included)."""
     default_region: str = "RU"
     """Region for numbers written without a country code."""
     account_sid_env: str | None = None
@@ -159,19 +189,16 @@ class HttpSmsTransport(Transport):
         default_region: str,
         auth: tuple[str, str] | None = None,
         reports: ReportRules | None = None,
+        answer: AnswerRule | None = None,
     ) -> None:
         self.style, self.url, self.sender, self.timeout = style, url, sender, timeout
         self.reports = reports or ReportRules()
+        self.answer = answer or AnswerRule()
         self.fields = {**DEFAULT_FIELDS, **fields}
         self.default_region = default_region
-        self.session = requests.Session()
-        # Proxy variables (HTTPS_PROXY, NO_PROXY) are read once, here, instead of on
-        # every request with ~/.netrc along with them (3% of a sending worker's time).
-        self.session.proxies.update(requests.utils.get_environ_proxies(self.url))
-        self.session.trust_env = False
-        self.session.headers.update(headers)
+        self.client = HttpClient(self.name, url, timeout, headers)
         if auth is not None:
-            self.session.auth = auth
+            self.client.session.auth = auth
 
     @classmethod
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> HttpSmsTransport:
@@ -228,6 +255,7 @@ class HttpSmsTransport(Transport):
             fields=options.fields,
             default_region=region,
             reports=reports,
+            answer=options.answer,
         )
 
     def prepare(self, message: OutgoingMessage) -> tuple[dict[str, Any], int]:
@@ -246,51 +274,65 @@ class HttpSmsTransport(Transport):
 
     def transmit(self, payload: tuple[dict[str, Any], int]) -> tuple[dict[str, Any], int]:
         request, segments = payload
-        try:
-            response = self.session.post(self.url, timeout=(min(self.timeout, 5.0), self.timeout), **request)
-        except requests.ConnectTimeout as exc:
-            raise ProviderUnavailable(f"connect timeout: {exc}", provider=self.name) from exc
-        except requests.ReadTimeout as exc:
-            raise OutcomeUnknown(f"no answer within {self.timeout:g} s", provider=self.name) from exc
-        except requests.ConnectionError as exc:
-            raise ProviderUnavailable(f"connection failed: {exc}", provider=self.name) from exc
-        if response.status_code == 429:
-            raise RateLimited(_detail(response), retry_after=_retry_after(response), provider=self.name, status=429)
-        if response.status_code >= 500:
-            raise ProviderUnavailable(_detail(response), provider=self.name, status=response.status_code)
+        response = self.client.call("POST", self.url, **request)
         if response.status_code >= 400:
             raise self._client_error(response)
-        try:
-            document = response.json()
-        except ValueError:
-            document = {}
-        return document, segments
+        answer = document(response)
+        return (answer if isinstance(answer, dict) else {}), segments
 
     def _client_error(self, response: requests.Response) -> Exception:
-        detail = _detail(response)
-        code = None
-        try:
-            code = response.json().get("code")
-        except ValueError:
-            pass
+        said = detail(response)
+        body = document(response)
+        code = body.get("code") if isinstance(body, dict) else None
         if self.style == "twilio" and code in TWILIO_BLOCKED:
-            return RecipientBlocked(detail, provider=self.name, status=response.status_code)
+            return RecipientBlocked(said, provider=self.name, status=response.status_code)
+        if self.style == "json" and isinstance(body, dict) and body.get(self.answer.error_field):
+            return self._answer_error(body, response.status_code)
         invalid = (
-            code in TWILIO_INVALID_NUMBER
-            if self.style == "twilio"
-            else "number" in detail.lower() or "recipient" in detail.lower()
+            code in TWILIO_INVALID_NUMBER if self.style == "twilio" else "number" in said.lower() or "recipient" in said.lower()
         )
         if invalid:
-            return InvalidRecipient(detail, provider=self.name, status=response.status_code)
-        return MessageRejected(detail, provider=self.name, status=response.status_code)
+            return InvalidRecipient(said, provider=self.name, status=response.status_code)
+        return MessageRejected(said, provider=self.name, status=response.status_code)
+
+    def _answer_error(self, body: dict[str, Any], http_status: int) -> PermanentError | TransientError:
+        """The error an answer's error field (or its ok field) describes, by its code."""
+        rule = self.answer
+        code = body.get(rule.code_field)
+        said = str(body.get(rule.error_field) or (rule.ok_field and body.get(rule.ok_field)) or body)[:300]
+        status: int | str = str(code) if code is not None else http_status
+        key = str(code) if code is not None else None
+        if key in rule.invalid_recipient_codes:
+            return InvalidRecipient(said, provider=self.name, status=status)
+        if key in rule.blocked_codes:
+            return RecipientBlocked(said, provider=self.name, status=status)
+        if key in rule.transient_codes:
+            return ProviderUnavailable(said, provider=self.name, status=status)
+        if "number" in said.lower() or "recipient" in said.lower():
+            return InvalidRecipient(said, provider=self.name, status=status)
+        return MessageRejected(said, provider=self.name, status=status)
 
     def result(self, response: tuple[dict[str, Any], int]) -> SendResult:
-        document, segments = response
-        message_id = document.get("sid") or document.get("id") or document.get("message_id")
-        return SendResult(SendStatus.SENT, provider_message_id=str(message_id) if message_id else None, segments=segments)
+        answer, segments = response
+        if self.style == "twilio":
+            return SendResult(SendStatus.SENT, provider_message_id=str(answer.get("sid") or "") or None, segments=segments)
+        rule = self.answer
+        if answer.get(rule.error_field):
+            raise self._answer_error(answer, 200)
+        if rule.ok_field and str(answer.get(rule.ok_field)) not in rule.ok_values:
+            raise self._answer_error(answer, 200)
+        message_id = answer.get(rule.id_field) or answer.get("message_id")
+        if not message_id:
+            raise OutcomeUnknown(
+                f"the answer says neither an error nor a message id ({str(answer)[:200]}); "
+                f"set channels.<name>.answer if the gateway names them otherwise",
+                provider=self.name,
+                status=200,
+            )
+        return SendResult(SendStatus.SENT, provider_message_id=str(message_id), segments=segments)
 
     def close(self) -> None:
-        self.session.close()
+        self.client.close()
 
     # -- what comes back -------------------------------------------------------------
 
@@ -379,18 +421,3 @@ def twilio_signature(auth_token: str, url: str, form: list[tuple[str, str]]) -> 
     followed by every form field's name and value, sorted by name."""
     signed = url + "".join(name + value for name, value in sorted(form))
     return base64.b64encode(hmac.new(auth_token.encode(), signed.encode(), hashlib.sha1).digest()).decode()
-
-
-def _detail(response: requests.Response) -> str:
-    try:
-        document = response.json()
-        return str(document.get("message") or document.get("error") or document)[:300]
-    except ValueError:
-        return response.text[:300] or response.reason
-
-
-def _retry_after(response: requests.Response) -> float:
-    try:
-        return max(float(response.headers.get("Retry-After", "1")), 0.0)
-    except ValueError:
-        return 1.0

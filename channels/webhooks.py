@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -51,6 +52,27 @@ def check_hmac(key: bytes, body: bytes, given: str | None, *, header: str) -> No
 def check_secret(expected: str, given: str | None, *, header: str) -> None:
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise InvalidSignature("shared secret does not match", field=f"header {header}")
+
+
+def check_url_secret(expected: str | None, request: WebhookRequest, *, key: str) -> None:
+    """Raise unless the callback URL's ``secret`` query parameter is ``expected``: how
+    loyalcast authenticates a provider that signs nothing (the secret is in the URL
+    registered with the provider, so only it and loyalcast know it). ``key`` is the
+    settings key that names the secret, for the refusal while it is unset."""
+    if not expected:
+        raise WebhookUnsupported(f"delivery reports are refused until {key} is set for this channel")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query)
+    given = (query.get("secret") or [""])[0]
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidSignature("the callback URL's secret does not match", field="query.secret")
+
+
+def form_body(request: WebhookRequest) -> list[tuple[str, str]]:
+    """A form body's fields in order; MalformedWebhook when it is not a form."""
+    try:
+        return urllib.parse.parse_qsl(request.body.decode(), keep_blank_values=True, strict_parsing=bool(request.body))
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedWebhook("not a form body", field="body") from None
 
 
 def json_body(request: WebhookRequest) -> Any:

@@ -89,6 +89,16 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
             }
         transport = build_transport("sms", "http_sms", outbox_dir=tmp_path, options=options)
         return Provider(name, transport, sms.faults, lambda: sms.messages, "+79161234567", "sms")
+    if name in GATEWAYS:
+        credentials = {
+            "smsru": {"api_id_env": "LC_TEST_GW"},
+            "smsc": {"login": "romashka", "password_env": "LC_TEST_GW"},
+            "smsaero": {"email": "bonus@example.com", "api_key_env": "LC_TEST_GW"},
+        }[name]
+        base = f"{sms.url}/v2" if name == "smsaero" else sms.url
+        options = {"base_url": base, "sender": "ROMASHKA", "timeout": timeout, **credentials}
+        transport = build_transport("sms", name, outbox_dir=tmp_path, options=options)
+        return Provider(name, transport, sms.faults, lambda: sms.messages, "+79161234567", "sms")
     if name == "telegram":
         transport = build_transport(
             "telegram",
@@ -100,7 +110,9 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
     raise AssertionError(name)
 
 
-PROVIDERS = ["smtp", "sms-json", "sms-twilio", "telegram"]
+GATEWAYS = ["smsru", "smsc", "smsaero"]
+"""The SMS gateways that answer HTTP 200 whatever happened."""
+PROVIDERS = ["smtp", "sms-json", "sms-twilio", *GATEWAYS, "telegram"]
 
 
 def message(provider: Provider, text: str = "Привет, <b>Анна</b>") -> OutgoingMessage:
@@ -125,10 +137,13 @@ def test_result_shape(name, fakes, tmp_path) -> None:
     if provider.channel == "sms":
         assert result.segments == 1
         sent = provider.accepted()[0]
-        assert sent["to"] == "+79161234567"
-        if name == "sms-json":
+        assert sent["to"] == ("79161234567" if name in GATEWAYS else "+79161234567")
+        if name in ("sms-json", "smsc"):
             assert sent["reference"] == "77"  # the ledger id is the client reference
+        if name == "sms-json":
             assert sent["headers"]["Authorization"] == "Bearer gw"
+        if name in GATEWAYS:
+            assert sent["protocol"] == name and sent["sender"] == "ROMASHKA" and sent["text"] == "Привет, <b>Анна</b>"
 
 
 @pytest.mark.parametrize("name", PROVIDERS)
@@ -178,7 +193,9 @@ def test_answer_slower_than_the_timeout_is_an_unknown_outcome(name, fakes, tmp_p
         transport.send(message(provider))
 
 
-@pytest.mark.parametrize(("name", "bad"), [("sms-json", "+7 000"), ("sms-twilio", "hello"), ("telegram", "@anna")])
+@pytest.mark.parametrize(
+    ("name", "bad"), [("sms-json", "+7 000"), ("sms-twilio", "hello"), ("smsru", "+7 12"), ("smsc", "x"), ("telegram", "@anna")]
+)
 def test_an_impossible_address_fails_before_the_provider(name, bad, fakes, tmp_path) -> None:
     provider = make(name, fakes, tmp_path)
     with pytest.raises(InvalidRecipient) as caught:
@@ -322,6 +339,17 @@ def test_smtp_reuses_one_connection_and_reopens_a_dropped_one(fakes, tmp_path) -
             {"style": "twilio", "sender": "+1", "auth_token_env": "LC_TEST_TOKEN"},
             "channels.sms.account_sid_env",
         ),
+        ("sms", "smsru", {}, "channels.sms.api_id_env"),
+        ("sms", "smsru", {"api_id_env": "LC_UNSET"}, "channels.sms.api_id_env"),
+        ("sms", "smsc", {"password_env": "LC_TEST_TOKEN"}, "channels.sms.login"),
+        ("sms", "smsaero", {"email": "a@example.com", "api_key_env": "LC_UNSET"}, "channels.sms.api_key_env"),
+        (
+            "sms",
+            "smsaero",
+            {"email": "a@example.com", "api_key_env": "LC_TEST_TOKEN", "status_callback": "https://x/webhooks/sms"},
+            "channels.sms.callback_secret_env",
+        ),
+        ("email", "smsru", {"api_id_env": "LC_TEST_TOKEN"}, "channels.email.transport"),
         ("telegram", "telegram", {}, "channels.telegram.token_env"),
         ("telegram", "telegram", {"token_env": "LC_UNSET"}, "channels.telegram.token_env"),
         ("telegram", "smtp", {}, "channels.telegram.transport"),

@@ -55,8 +55,10 @@ from campaigns.store.models import (
 from campaigns.store.preferences import withdrawn
 from channels.base import OutgoingMessage, SendResult
 from channels.errors import (
+    AccountProblem,
     AddressUnsupported,
     ChannelError,
+    DuplicateRequest,
     InvalidRecipient,
     OutcomeUnknown,
     PermanentError,
@@ -352,15 +354,23 @@ class Deliverer:
                 pending.suppress.append({"channel": row.channel, "address": row.address, "reason": exc.describe()})
             return Outcome(row.id, Status.FAILED, permanent_code(exc), exc.describe(), holds_slot=exc.reached_provider), called
         except OutcomeUnknown as exc:
+            what = (
+                "the provider refused it as a repeat of a request it already has; most likely sent by that one"
+                if isinstance(exc, DuplicateRequest)
+                else "no answer from the provider; it may have been delivered"
+            )
             return Outcome(
                 row.id,
                 Status.UNKNOWN,
                 ReasonCode.OUTCOME_UNKNOWN,
-                f"no answer from the provider; it may have been delivered, so it is not resent: {exc.describe()}",
+                f"{what}, so it is not resent: {exc.describe()}",
                 holds_slot=True,
                 error=exc.describe(),
             ), called
         except TransientError as exc:
+            if isinstance(exc, AccountProblem):
+                log.error("ALERT %s (%s): %s; messages wait and are retried", row.channel, exc.provider, exc.describe())
+                metrics.provider_alert(row.channel, exc.provider)
             error = f"attempt {attempt}: {exc.describe()}"
             if attempt >= self.settings.delivery.max_attempts:
                 reason = f"gave up after {attempt} attempts: {exc.describe()}"

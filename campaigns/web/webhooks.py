@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -84,7 +84,7 @@ class Webhooks:
             raise built
         return built
 
-    async def receive(self, request: Request, channel: str) -> JSONResponse:
+    async def receive(self, request: Request, channel: str) -> Response:
         if channel not in CHANNELS:
             return problem(404, f"unknown channel {channel[:40]!r} (known: {', '.join(CHANNELS)})", "path.channel")
         try:
@@ -111,6 +111,8 @@ class Webhooks:
         except SQLAlchemyError:
             return problem(503, "the database is unavailable; send this again later", None, {"Retry-After": "5"})
         # Responses built here, not by FastAPI's serializer (a third of a small request's CPU).
+        if inbound.reply is not None:
+            return PlainTextResponse(inbound.reply)
         if len(replies) == 1:
             chat_id, text = replies[0]
             return JSONResponse({"method": "sendMessage", "chat_id": int(chat_id), "text": text})

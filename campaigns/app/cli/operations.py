@@ -94,6 +94,13 @@ def fakes(
     slow_seconds: Annotated[float, typer.Option(help="Delay every answer by this long.")] = 0.0,
     reject: Annotated[Optional[list[str]], typer.Option(help="Address, number or chat id to refuse as invalid (repeat).")] = None,
     block: Annotated[Optional[list[str]], typer.Option(help="Telegram chat id that blocked the bot (repeat).")] = None,
+    answer: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="NUMBER=ERROR: the SMS gateway answers this number with its provider's own error body "
+            "(invalid, blocked, no_funds, auth, sender, duplicate, prohibited, quota; repeat)."
+        ),
+    ] = None,
 ) -> None:
     """Run fake SMTP, SMS gateway and Telegram Bot API servers on loopback until Ctrl-C
     (try real transports with examples/settings.fakes.toml)."""
@@ -105,12 +112,15 @@ def fakes(
         slow_seconds=slow_seconds,
         rejected=set(reject or []),
         blocked=set(block or []),
+        errors=dict(_pair(item) for item in answer or []),
     )
     smtp = FakeSmtpServer(smtp_port, faults).start()
     sms = FakeSmsGateway(sms_port, faults).start()
     telegram = FakeTelegramApi(telegram_port, faults).start()
     out.print(f"smtp      {smtp.address[0]}:{smtp.address[1]}  (no TLS)")
     out.print(f"sms       {sms.url}/send  (JSON)   {sms.url}/2010-04-01/Accounts/<sid>/Messages.json  (Twilio)")
+    out.print(f"          {sms.url}/sms/send  (SMS.ru)   {sms.url}/sys/send.php  (SMSC)   {sms.url}/v2/sms/send  (SMS Aero)")
+    out.print(f"          base_url = {sms.url!r} for smsru and smsc, {sms.url + '/v2'!r} for smsaero")
     out.print(f"telegram  {telegram.url}/bot<token>/sendMessage")
     out.print("Ctrl-C stops them.")
     try:
@@ -123,6 +133,13 @@ def fakes(
         smtp.stop()
         sms.stop()
         telegram.stop()
+
+
+def _pair(item: str) -> tuple[str, str]:
+    number, sep, error = item.partition("=")
+    if not sep or not number or not error:
+        raise typer.BadParameter(f"expected NUMBER=ERROR, got {item!r}", param_hint="--answer")
+    return number.strip(), error.strip()
 
 
 # --- scheduler, reconciler, serve -------------------------------------------------------
