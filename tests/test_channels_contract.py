@@ -60,7 +60,8 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
     for server in fakes.values():
         server.faults.__init__()  # a clean fault plan for every test
         server.messages.clear()
-        getattr(server, "envelopes", []).clear()
+        for log in ("envelopes", "raw", "mail_options"):
+            getattr(server, log, []).clear()
     smtp, sms, telegram = fakes["smtp"], fakes["sms"], fakes["telegram"]
     if name == "smtp":
         transport = build_transport(
