@@ -31,6 +31,7 @@ from channels.specs import (
     channel_spec,
 )
 from channels.telegram import TelegramTransport
+from channels.viber import InfobipViberTransport
 
 TRANSPORTS: dict[str, type[Transport]] = {
     OutboxTransport.name: OutboxTransport,
@@ -40,6 +41,7 @@ TRANSPORTS: dict[str, type[Transport]] = {
     SmscTransport.name: SmscTransport,
     SmsAeroTransport.name: SmsAeroTransport,
     TelegramTransport.name: TelegramTransport,
+    InfobipViberTransport.name: InfobipViberTransport,
     NullTransport.name: NullTransport,
 }
 

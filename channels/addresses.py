@@ -18,6 +18,7 @@ from functools import lru_cache
 import phonenumbers
 
 from channels.errors import InvalidRecipient
+from channels.specs import channel_spec
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 """Runs of control characters: never part of an address or a header."""
@@ -64,14 +65,15 @@ def chat_id(raw: str, provider: str) -> int:
 
 def check_address(channel: str, address: str, *, provider: str, default_region: str = "RU") -> None:
     """Raise InvalidRecipient (before any provider call) when ``address`` cannot work on ``channel``."""
-    if channel == "email":
+    contact = channel_spec(channel).contact
+    if contact == "email":
         envelope_address(address, provider)
-    elif channel == "sms":
+    elif contact == "phone":
         try:
             normalize_number(address, default_region)
         except ValueError as exc:
             raise _invalid(str(exc), provider) from None
-    elif channel == "telegram":
+    elif contact == "telegram_chat_id":
         chat_id(address, provider)
 
 

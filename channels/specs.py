@@ -103,6 +103,14 @@ CHANNELS: dict[str, ChannelSpec] = {
             measure=measure,
             marketing_cap=timedelta(days=30),
         ),
+        ChannelSpec(
+            "viber",
+            "Viber",
+            MessageKind.TEXT,
+            contact="phone",
+            consent="viber_consent",
+            marketing_cap=timedelta(days=7),
+        ),
     )
 }
 """Every channel, in the order ``[triggered] channels`` lists them by default."""

@@ -30,7 +30,7 @@ from channels.errors import (
     RecipientBlocked,
     TransientError,
 )
-from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+from channels.fakes import FakeInfobip, FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
 from channels.mime import build_email, flatten, parse_sender
 
 
@@ -49,7 +49,12 @@ class Provider:
 
 @pytest.fixture(scope="module")
 def fakes() -> Iterator[dict[str, Any]]:
-    servers = {"smtp": FakeSmtpServer().start(), "sms": FakeSmsGateway().start(), "telegram": FakeTelegramApi().start()}
+    servers = {
+        "smtp": FakeSmtpServer().start(),
+        "sms": FakeSmsGateway().start(),
+        "telegram": FakeTelegramApi().start(),
+        "viber": FakeInfobip().start(),
+    }
     yield servers
     for server in servers.values():
         server.stop()
@@ -100,6 +105,10 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
         options = {"base_url": base, "sender": "ROMASHKA", "timeout": timeout, **credentials}
         transport = build_transport("sms", name, outbox_dir=tmp_path, options=options)
         return Provider(name, transport, sms.faults, lambda: sms.messages, "+79161234567", "sms")
+    if name == "viber":
+        options = {"base_url": fakes["viber"].url, "api_key_env": "LC_TEST_GW", "sender": "Romashka", "timeout": timeout}
+        transport = build_transport("viber", "infobip", outbox_dir=tmp_path, options=options)
+        return Provider(name, transport, fakes["viber"].faults, lambda: fakes["viber"].messages, "+79161234567", "viber")
     if name == "telegram":
         transport = build_transport(
             "telegram",
@@ -113,7 +122,7 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
 
 GATEWAYS = ["smsru", "smsc", "smsaero"]
 """The SMS gateways that answer HTTP 200 whatever happened."""
-PROVIDERS = ["smtp", "sms-json", "sms-twilio", *GATEWAYS, "telegram"]
+PROVIDERS = ["smtp", "sms-json", "sms-twilio", *GATEWAYS, "telegram", "viber"]
 
 
 def message(provider: Provider, text: str = "Привет, <b>Анна</b>") -> OutgoingMessage:
@@ -195,7 +204,15 @@ def test_answer_slower_than_the_timeout_is_an_unknown_outcome(name, fakes, tmp_p
 
 
 @pytest.mark.parametrize(
-    ("name", "bad"), [("sms-json", "+7 000"), ("sms-twilio", "hello"), ("smsru", "+7 12"), ("smsc", "x"), ("telegram", "@anna")]
+    ("name", "bad"),
+    [
+        ("sms-json", "+7 000"),
+        ("sms-twilio", "hello"),
+        ("smsru", "+7 12"),
+        ("smsc", "x"),
+        ("telegram", "@anna"),
+        ("viber", "+7 1"),
+    ],
 )
 def test_an_impossible_address_fails_before_the_provider(name, bad, fakes, tmp_path) -> None:
     provider = make(name, fakes, tmp_path)
@@ -351,6 +368,20 @@ def test_smtp_reuses_one_connection_and_reopens_a_dropped_one(fakes, tmp_path) -
             "channels.sms.callback_secret_env",
         ),
         ("email", "smsru", {"api_id_env": "LC_TEST_TOKEN"}, "channels.email.transport"),
+        ("viber", "infobip", {"api_key_env": "LC_TEST_TOKEN", "sender": "R"}, "channels.viber.base_url"),
+        ("viber", "infobip", {"base_url": "http://x", "api_key_env": "LC_UNSET", "sender": "R"}, "channels.viber.api_key_env"),
+        (
+            "viber",
+            "infobip",
+            {
+                "base_url": "http://x",
+                "api_key_env": "LC_TEST_TOKEN",
+                "sender": "R",
+                "status_callback": "https://x/webhooks/viber",
+            },
+            "channels.viber.callback_secret_env",
+        ),
+        ("sms", "infobip", {}, "channels.sms.transport"),
         ("telegram", "telegram", {}, "channels.telegram.token_env"),
         ("telegram", "telegram", {"token_env": "LC_UNSET"}, "channels.telegram.token_env"),
         ("telegram", "smtp", {}, "channels.telegram.transport"),

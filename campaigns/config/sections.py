@@ -133,7 +133,7 @@ class SegmentSettings(Section):
     locales: list[LocaleName] | None = None
 
 
-STRATUM_COLUMNS = ("locale", "timezone", "email_consent", "sms_consent", "telegram_consent")
+STRATUM_COLUMNS = ("locale", "timezone", "email_consent", "sms_consent", "telegram_consent", "viber_consent")
 """Columns of ``members`` a control group may be stratified by beside ``tier``."""
 
 

@@ -94,6 +94,7 @@ members = Table(
     Column("email_consent", Boolean, nullable=False, server_default=text("false")),
     Column("sms_consent", Boolean, nullable=False, server_default=text("false")),
     Column("telegram_consent", Boolean, nullable=False, server_default=text("false")),
+    Column("viber_consent", Boolean, nullable=False, server_default=text("false")),
     Column("last_purchase_at", UTCDateTime, nullable=True),
 )
 

@@ -1,7 +1,7 @@
 """Fake providers speaking the real protocols on loopback, for tests and for trying real
 transports locally (``loyalcast fakes``): an SMTP server (aiosmtpd), an SMS gateway
 (the generic JSON style, Twilio, SMS.ru, SMSC.ru and SMS Aero, each at its own path)
-and a Telegram Bot API server.
+a Telegram Bot API server and Infobip's Viber Business Messages API.
 
 Each records what it accepted and can be told to fail (``Faults``): a share of
 transient failures, "slow down" answers with a wait, answers slower than any timeout,
@@ -10,12 +10,13 @@ drawn from a seeded generator, so a test sees the same sequence every run.
 
 One module per fake: ``base`` (what they share), ``smtp``, ``telegram``, ``sms`` (the
 gateway and its JSON and Twilio protocols) and one per Russian gateway's protocol
-(``smsru``, ``smsc``, ``smsaero``).
+(``smsru``, ``smsc``, ``smsaero``), and ``infobip`` (Viber).
 """
 
 from channels.fakes.base import Faults, HttpFake
+from channels.fakes.infobip import FakeInfobip
 from channels.fakes.sms import FakeSmsGateway
 from channels.fakes.smtp import FakeSmtpServer
 from channels.fakes.telegram import FakeTelegramApi
 
-__all__ = ["FakeSmsGateway", "FakeSmtpServer", "FakeTelegramApi", "Faults", "HttpFake"]
+__all__ = ["FakeInfobip", "FakeSmsGateway", "FakeSmtpServer", "FakeTelegramApi", "Faults", "HttpFake"]

@@ -223,7 +223,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "unknown-channel-section",
         "[channels.telegram]",
         '[channels.pigeon]\ntransport = "outbox"\n\n[channels.telegram]',
-        "channels.pigeon: unknown channel 'pigeon' (known: email, sms, telegram)",
+        "channels.pigeon: unknown channel 'pigeon' (known: email, sms, telegram, viber)",
     ),
     (
         "delivery-batch-zero",
@@ -353,7 +353,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "caps-unknown-channel",
         'channel = "sms"\ncategory = "marketing"',
         'channel = "fax"\ncategory = "marketing"',
-        "caps[0].channel: unknown channel 'fax' (known: email, sms, telegram)",
+        "caps[0].channel: unknown channel 'fax' (known: email, sms, telegram, viber)",
     ),
     (
         "caps-empty-category",
@@ -461,7 +461,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "campaign-unknown-channel",
         'channels = ["telegram", "email", "sms"]\ncategory = "marketing"\nschedule = "0 11 1 * *"',
         'channels = ["telegram", "sms2"]\ncategory = "marketing"\nschedule = "0 11 1 * *"',
-        "campaigns.balance_reminder.channels[1]: unknown channel 'sms2' (known: email, sms, telegram)",
+        "campaigns.balance_reminder.channels[1]: unknown channel 'sms2' (known: email, sms, telegram, viber)",
     ),
     (
         "campaign-channel-twice",
@@ -654,7 +654,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "triggered-unknown-channel",
         "[delivery]",
         '[triggered]\nchannels = ["fax"]\n\n[delivery]',
-        "triggered.channels[0]: unknown channel 'fax' (known: email, sms, telegram)",
+        "triggered.channels[0]: unknown channel 'fax' (known: email, sms, telegram, viber)",
     ),
     (
         "triggered-empty-category",

@@ -89,6 +89,7 @@ def fakes(
     smtp_port: Annotated[int, typer.Option(help="SMTP port.")] = 2525,
     sms_port: Annotated[int, typer.Option(help="SMS gateway port.")] = 8025,
     telegram_port: Annotated[int, typer.Option(help="Telegram Bot API port.")] = 8081,
+    viber_port: Annotated[int, typer.Option(help="Infobip (Viber Business Messages) API port.")] = 8082,
     transient_rate: Annotated[float, typer.Option(help="Share of requests failing transiently (0-1).")] = 0.0,
     rate_limit_rate: Annotated[float, typer.Option(help="Share answered 'slow down' (429, retry after).")] = 0.0,
     slow_seconds: Annotated[float, typer.Option(help="Delay every answer by this long.")] = 0.0,
@@ -102,9 +103,9 @@ def fakes(
         ),
     ] = None,
 ) -> None:
-    """Run fake SMTP, SMS gateway and Telegram Bot API servers on loopback until Ctrl-C
-    (try real transports with examples/settings.fakes.toml)."""
-    from channels.fakes import FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+    """Run fake SMTP, SMS gateway, Telegram Bot API and Infobip (Viber) servers on loopback
+    until Ctrl-C (try real transports with examples/settings.fakes.toml)."""
+    from channels.fakes import FakeInfobip, FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
 
     faults = Faults(
         transient_rate=transient_rate,
@@ -117,22 +118,26 @@ def fakes(
     smtp = FakeSmtpServer(smtp_port, faults).start()
     sms = FakeSmsGateway(sms_port, faults).start()
     telegram = FakeTelegramApi(telegram_port, faults).start()
+    viber = FakeInfobip(viber_port, faults).start()
     out.print(f"smtp      {smtp.address[0]}:{smtp.address[1]}  (no TLS)")
     out.print(f"sms       {sms.url}/send  (JSON)   {sms.url}/2010-04-01/Accounts/<sid>/Messages.json  (Twilio)")
     out.print(f"          {sms.url}/sms/send  (SMS.ru)   {sms.url}/sys/send.php  (SMSC)   {sms.url}/v2/sms/send  (SMS Aero)")
     out.print(f"          base_url = {sms.url!r} for smsru and smsc, {sms.url + '/v2'!r} for smsaero")
     out.print(f"telegram  {telegram.url}/bot<token>/sendMessage")
+    out.print(f"viber     {viber.url}/viber/2/messages  (Infobip)")
     out.print("Ctrl-C stops them.")
     try:
         while True:
             time.sleep(5)
-            out.print(f"accepted: {len(smtp.messages)} emails, {len(sms.messages)} SMS, {len(telegram.messages)} Telegram")
+            counts = f"{len(smtp.messages)} emails, {len(sms.messages)} SMS, {len(telegram.messages)} Telegram"
+            out.print(f"accepted: {counts}, {len(viber.messages)} Viber")
     except KeyboardInterrupt:
         pass
     finally:
         smtp.stop()
         sms.stop()
         telegram.stop()
+        viber.stop()
 
 
 def _pair(item: str) -> tuple[str, str]:
