@@ -21,8 +21,10 @@ only ever sent by the worker whose claim took it):
    plan message waits; the reconciler takes the lease for the message it sends.
 
 Between steps 1 and 2 it applies providers' events that matched no ledger row when they
-arrived (a delivery report faster than the worker's own "sent"), and once a day removes
-events older than ``[web] events_retention``.
+arrived (a delivery report faster than the worker's own "sent"), once a day removes
+events older than ``[web] events_retention``, and decides the campaigns' fallbacks that
+are due (``campaigns.planning.cascade``: a message not delivered in time, once more on
+another channel), enqueued delayed until due.
 
 It runs inside ``loyalcast scheduler`` and ``loyalcast serve`` every
 ``reconciler.interval``, and once with ``loyalcast reconcile``.
@@ -38,6 +40,7 @@ import dramatiq
 
 from campaigns import metrics
 from campaigns.app import actors, backlog, runtime
+from campaigns.planning import cascade
 from campaigns.planning.batches import open_runs, overdue
 from campaigns.store import events, leases
 from campaigns.store.runs import renew_plan_lease, stalled_plans
@@ -62,10 +65,12 @@ class Pass:
     matched_events: int = 0
     """Providers' events kept unmatched (they arrived before the worker recorded the
     send) that matched a ledger row in this pass."""
+    fallbacks: int = 0
+    """Fallback messages decided (on another channel, for messages not delivered in time)."""
 
     @property
     def acted(self) -> bool:
-        return bool(self.broker_lost or self.unknown or self.messages or self.replanned)
+        return bool(self.broker_lost or self.unknown or self.messages or self.replanned or self.fallbacks)
 
     def describe(self) -> str:
         parts = []
@@ -80,6 +85,8 @@ class Pass:
             parts.append(f"runs {', '.join(map(str, self.replanned))} planned again")
         if self.matched_events:
             parts.append(f"{self.matched_events} early delivery reports matched")
+        if self.fallbacks:
+            parts.append(f"{self.fallbacks} fallbacks decided for messages not delivered in time")
         return "; ".join(parts) or "nothing to do"
 
 
@@ -103,6 +110,11 @@ class Reconciler:
             if self._pruned_on != now.date():
                 events.prune(conn, now - settings.web.events_retention)
                 self._pruned_on = now.date()
+
+        for fallback in cascade.fall_back(engine, settings, now):
+            result.fallbacks += 1
+            if fallback.status == "queued":
+                actors.carry(fallback.send_at, [fallback.delivery_id])
 
         # On the in-memory broker the queue is this process's own: a due row it holds
         # no message for was queued by another command and is sent at once.

@@ -163,6 +163,15 @@ class ControlSettings(Section):
     """A column of ``members`` the group is stratified by beside ``tier``."""
 
 
+class FallbackSettings(Section):
+    """``[campaigns.<name>.fallback]``: when the message on ``on`` is not delivered within
+    ``after`` (no delivery report, or a report that it failed), send it once on ``to``."""
+
+    on: ChannelName
+    to: ChannelName
+    after: Duration
+
+
 class CampaignSettings(Section):
     segment: str
     template: str
@@ -193,6 +202,9 @@ class CampaignSettings(Section):
     """After scheduler downtime: run the latest missed occasion (if younger than
     ``catch_up_max_age``) or skip it; either way the decision is recorded."""
     catch_up_max_age: Duration = timedelta(hours=6)
+    fallback: FallbackSettings | None = None
+    """A cascade after the fact: one more message on another channel when the first is
+    not delivered in time (``campaigns.planning.cascade``)."""
 
     @field_validator("stages")
     @classmethod

@@ -123,8 +123,11 @@ class Settings(Section):
 
     @property
     def slowest_timeout(self) -> timedelta:
-        """The longest ``timeout`` of any channel's transport: how long one provider call may take."""
-        return max(self.channel(name).timeout for name in CHANNELS)
+        """The longest ``timeout`` of the configured channels' transports: how long one
+        provider call may take. A channel without a section goes to the outbox (a file
+        written at once), so its default timeout does not count while any channel has one."""
+        configured = [self.channel(name).timeout for name in CHANNELS if name in self.channels]
+        return max(configured) if configured else max(self.channel(name).timeout for name in CHANNELS)
 
     def link_signer(self) -> LinkSigner:
         """The signer of members' links (``[web]`` keys); ConfigError when no key is set.

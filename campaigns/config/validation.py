@@ -159,6 +159,18 @@ def semantic_problems(settings: Settings) -> tuple[list[str], list[str]]:
         if campaign.kind == "standard" and campaign.stages is not None:
             problems.append(f'{prefix}.stages: means nothing without kind = "expiring_ladder"')
         template_dir = templates / campaign.template
+        if campaign.fallback is not None:
+            fallback, where = campaign.fallback, f"{prefix}.fallback"
+            if fallback.on not in campaign.channels:
+                problems.append(
+                    f"{where}.on: {fallback.on!r} is not one of the campaign's channels ({', '.join(campaign.channels)})"
+                )
+            if fallback.to == fallback.on:
+                problems.append(f"{where}.to: falls back to the channel it falls back from")
+            for group in missing_parts(template_dir, channel_spec(fallback.to), program.default_locale) if look_inside else []:
+                problems.append(
+                    f"{where}.to: template {campaign.template!r} has no {' or '.join(group)} for channel {fallback.to!r}"
+                )
         for index, channel in enumerate(campaign.channels if look_inside else []):
             for group in missing_parts(template_dir, channel_spec(channel), program.default_locale):
                 problems.append(

@@ -52,11 +52,13 @@ def triggered_channels(settings: Settings, template: str) -> list[str]:
     return [channel for channel in settings.triggered.channels if channel in available]
 
 
-def problem(settings: Settings, conn: Connection, member_id: int, template: str, data: Any) -> tuple[ReasonCode, str] | None:
+def problem(
+    settings: Settings, conn: Connection, member_id: int, template: str, data: Any, channels: list[str] | None = None
+) -> tuple[ReasonCode, str] | None:
     """Why the message cannot be sent at all (code and text), or None."""
     if not isinstance(data, dict):
         return ReasonCode.BAD_DATA, f"data must be a JSON object, got {type(data).__name__}"
-    if not (settings.templates_path / template).is_dir() or not triggered_channels(settings, template):
+    if not (settings.templates_path / template).is_dir() or not (channels or triggered_channels(settings, template)):
         return ReasonCode.UNKNOWN_TEMPLATE, f"unknown template {template!r} (no texts in {settings.templates_path / template})"
     if conn.execute(select(members.c.id).where(members.c.id == member_id)).first() is None:
         return ReasonCode.UNKNOWN_MEMBER, f"unknown member {member_id}"
@@ -72,13 +74,15 @@ def decide(
     idempotency_key: str,
     category: str | None = None,
     now: datetime | None = None,
+    channels: list[str] | None = None,
 ) -> Decided:
-    """Write the ledger row of one triggered message (atomically, under the member lock)."""
+    """Write the ledger row of one triggered message (atomically, under the member lock);
+    ``channels`` replaces the ``[triggered]`` priority (a campaign's fallback)."""
     now = now or datetime.now(UTC)
     category = category or settings.triggered.category
     key = str(idempotency_key)[:MAX_KEY_LENGTH]
     try:
-        return _decide(engine, settings, member_id, template, data, key, category, now)
+        return _decide(engine, settings, member_id, template, data, key, category, now, channels)
     except IntegrityError:
         # The same key for another member (or an unknown one) won the unique index.
         with engine.begin() as conn:
@@ -95,13 +99,14 @@ def _decide(
     key: str,
     category: str,
     now: datetime,
+    channels: list[str] | None = None,
 ) -> Decided:
     with engine.begin() as conn:
         lock_members(conn, (member_id, member_id))
         first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).first()
         if first is not None:
             return _duplicate(conn, member_id, template, category, now, key, first)
-        why_not = problem(settings, conn, member_id, template, data)
+        why_not = problem(settings, conn, member_id, template, data, channels)
         if why_not is not None:
             code, text = why_not
             log.warning("triggered %s for member %s not sent: %s", template, member_id, text)
@@ -111,7 +116,7 @@ def _decide(
             segment="(every member)",
             template=template,
             category=category,
-            channels=triggered_channels(settings, template),
+            channels=channels or triggered_channels(settings, template),
         )
         ctx = make_context(
             settings,

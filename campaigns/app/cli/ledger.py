@@ -22,6 +22,8 @@ from campaigns.app.cli.common import (
     when,
 )
 from campaigns.errors import LoyalcastError
+from campaigns.planning.cascade import KEY_PREFIX
+from campaigns.store.models import deliveries
 from campaigns.tools.report import latest_run_id, member_choices_and_links, member_history, run_report
 from channels.specs import CHANNELS
 
@@ -67,6 +69,7 @@ def why(
     if not rows:
         out.print(f"member {member_id}: no campaign has considered this member yet")
         return
+    fallbacks = fallbacks_of(application.engine, member_id)
     table = Table(title=f"member {member_id}")
     for column in ("campaign", "occasion", "channel", "status", "reason", "lifecycle"):
         table.add_column(column)
@@ -78,9 +81,25 @@ def why(
             row["status"],
             row["reason"]
             + "".join(f"\nreminds of points expiring {m['expires_on']}: the {m['stage']}-day reminder" for m in row["reminds"]),
-            lifecycle(row),
+            lifecycle(row) + fallbacks.get(row["id"], ""),
         )
     out.print(table)
+
+
+def fallbacks_of(engine: Any, member_id: int) -> dict[int, str]:
+    """For each of the member's rows that fell back, the lifecycle line naming its fallback."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(deliveries.c.id, deliveries.c.channel, deliveries.c.status, deliveries.c.idempotency_key).where(
+                deliveries.c.member_id == member_id, deliveries.c.idempotency_key.startswith(KEY_PREFIX)
+            )
+        ).all()
+    lines = {}
+    for row in rows:
+        first = row.idempotency_key[len(KEY_PREFIX) :]
+        if first.isdigit():
+            lines[int(first)] = f"\nfell back to {row.channel or 'no channel'}: delivery {row.id} ({row.status})"
+    return lines
 
 
 def lifecycle(row: dict[str, Any]) -> str:
