@@ -30,11 +30,11 @@ def _rows(application: Any) -> dict[int, Any]:
         return {row.member_id: row for row in conn.execute(select(deliveries).order_by(deliveries.c.member_id))}
 
 
-def test_a_campaign_on_viber_and_its_delivery_reports(configured, infobip, web_port, web_server, monkeypatch) -> None:
-    # Given members with a phone: three consent to Viber, one only to SMS
+def viber_settings(infobip: FakeInfobip, base: str, web_port: int, monkeypatch: Any, channels: list[str]) -> dict[str, Any]:
+    """Settings sending the balance reminder on ``channels`` with Viber through the fake,
+    its reports to the web service at ``base`` behind the URL secret."""
     monkeypatch.setenv("LC_IB_KEY", "ib-key")
     monkeypatch.setenv("LC_IB_CALLBACK", SECRET)
-    base = f"http://127.0.0.1:{web_port}"
     viber = {
         "transport": "infobip",
         "base_url": infobip.url,
@@ -43,14 +43,18 @@ def test_a_campaign_on_viber_and_its_delivery_reports(configured, infobip, web_p
         "status_callback": f"{base}/webhooks/viber",
         "callback_secret_env": "LC_IB_CALLBACK",
     }
-    application = configured(
-        {
-            "web": {"port": web_port, "public_url": base},
-            "channels": {"viber": viber},
-            "quiet_hours": {"default": "off", "telegram": "off"},
-            "campaigns": {"balance_reminder": {"channels": ["viber", "sms"]}},
-        }
-    )
+    return {
+        "web": {"port": web_port, "public_url": base},
+        "channels": {"viber": viber},
+        "quiet_hours": {"default": "off", "telegram": "off"},
+        "campaigns": {"balance_reminder": {"channels": channels}},
+    }
+
+
+def test_a_campaign_on_viber_and_its_delivery_reports(configured, infobip, web_port, web_server, monkeypatch) -> None:
+    # Given members with a phone: three consent to Viber, one only to SMS
+    base = f"http://127.0.0.1:{web_port}"
+    application = configured(viber_settings(infobip, base, web_port, monkeypatch, ["viber", "sms"]))
     for member_id in (1, 2, 3):
         add_member(application.engine, member_id, phone=f"+7916123450{member_id}", viber_consent=True, sms_consent=True)
     add_member(application.engine, 4, phone="+79161234504", sms_consent=True)
@@ -94,25 +98,8 @@ def test_a_campaign_on_viber_and_its_delivery_reports(configured, infobip, web_p
 
 def test_not_a_viber_user_fails_without_suppressing_the_number(configured, infobip, web_port, web_server, monkeypatch) -> None:
     # Given a member sent a Viber message
-    monkeypatch.setenv("LC_IB_KEY", "ib-key")
-    monkeypatch.setenv("LC_IB_CALLBACK", SECRET)
     base = f"http://127.0.0.1:{web_port}"
-    viber = {
-        "transport": "infobip",
-        "base_url": infobip.url,
-        "api_key_env": "LC_IB_KEY",
-        "sender": "Romashka",
-        "status_callback": f"{base}/webhooks/viber",
-        "callback_secret_env": "LC_IB_CALLBACK",
-    }
-    application = configured(
-        {
-            "web": {"port": web_port, "public_url": base},
-            "channels": {"viber": viber},
-            "quiet_hours": {"default": "off", "telegram": "off"},
-            "campaigns": {"balance_reminder": {"channels": ["viber"]}},
-        }
-    )
+    application = configured(viber_settings(infobip, base, web_port, monkeypatch, ["viber"]))
     add_member(application.engine, 1, phone="+79161234501", viber_consent=True)
     add_member(application.engine, 2, phone="+79161234502", viber_consent=True)
     infobip.faults.rejected.add("79161234502")  # Infobip refuses this destination outright

@@ -169,7 +169,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "email-unknown-transport",
         'transport = "outbox"\nfrom_address',
         'transport = "sendgrid"\nfrom_address',
-        "channels.email.transport: unknown transport (known: http_sms, null, outbox, smtp, telegram) (got 'sendgrid')",
+        "channels.email.transport: unknown transport (known: http_sms, infobip, null, outbox, smsaero, smsc, smsru, smtp, telegram) (got 'sendgrid')",
     ),
     (
         "email-smtp-no-host",
@@ -528,7 +528,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "holdout = 0.1",
         'holdout = 0.1\nholdout_by = "city"',
         "campaigns.balance_reminder.holdout_by: cannot stratify by 'city' "
-        "(one of: locale, timezone, email_consent, sms_consent, telegram_consent; tier always is)",
+        "(one of: locale, timezone, email_consent, sms_consent, telegram_consent, viber_consent; tier always is)",
     ),
     (
         "control-share-too-big",
