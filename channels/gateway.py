@@ -11,6 +11,7 @@ secret in the callback URL (none of them signs its callbacks): the operator regi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -18,7 +19,7 @@ import requests
 from channels.addresses import normalize_number
 from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
 from channels.http import HttpClient, document
-from channels.options import TransportOptions
+from channels.options import TransportOptions, secret
 from channels.smstext import measure
 
 
@@ -37,6 +38,29 @@ class GatewayOptions(TransportOptions):
     while it is unset."""
 
 
+@dataclass(frozen=True)
+class Link:
+    """How to reach one gateway, from the keys every such gateway has."""
+
+    base_url: str
+    timeout: float
+    """Longest wait for an answer, in seconds."""
+    default_region: str
+    sender: str | None
+    callback_secret: str | None
+
+    @classmethod
+    def from_options(cls, options: GatewayOptions, key: str, default_base_url: str) -> Link:
+        """``key`` is the channel's settings key (``channels.sms``), for the secret's error."""
+        return cls(
+            base_url=(options.base_url or default_base_url).rstrip("/"),
+            timeout=options.timeout.total_seconds(),
+            default_region=options.default_region,
+            sender=options.sender,
+            callback_secret=secret(options.callback_secret_env, f"{key}.callback_secret_env"),
+        )
+
+
 class Payload:
     """A prepared send: the request's keyword arguments for ``requests`` and the text's segments."""
 
@@ -51,11 +75,11 @@ class GatewayTransport(Transport):
     channels = ("sms",)
     send_path: str = ""
 
-    def __init__(self, *, base_url: str, timeout: float, default_region: str, callback_secret: str | None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.default_region = default_region
-        self.callback_secret = callback_secret
-        self.client = HttpClient(self.name, self.base_url, timeout)
+    def __init__(self, link: Link) -> None:
+        self.base_url, self.sender = link.base_url, link.sender
+        self.default_region = link.default_region
+        self.callback_secret = link.callback_secret
+        self.client = HttpClient(self.name, self.base_url, link.timeout)
 
     def request(self, message: OutgoingMessage, to: str) -> dict[str, Any]:
         """The keyword arguments of ``requests`` for this message (``data=`` or ``json=``)."""

@@ -36,9 +36,9 @@ from channels.errors import (
     MessageRejected,
     OutcomeUnknown,
 )
-from channels.gateway import GatewayOptions, GatewayTransport, Payload
+from channels.gateway import GatewayOptions, GatewayTransport, Link, Payload
 from channels.options import TransportOptions, secret
-from channels.webhooks import check_url_secret, form_body, json_body
+from channels.webhooks import check_url_secret, form_body, json_body, with_secret
 
 STATUSES: dict[int, EventKind | None] = {
     0: None,
@@ -73,43 +73,20 @@ class SmsAeroTransport(GatewayTransport):
     Options = SmsAeroOptions
     send_path = "/sms/send"
 
-    def __init__(
-        self,
-        *,
-        email: str,
-        api_key: str,
-        sender: str | None,
-        status_callback: str | None,
-        base_url: str,
-        timeout: float,
-        default_region: str,
-        callback_secret: str | None,
-    ) -> None:
-        super().__init__(base_url=base_url, timeout=timeout, default_region=default_region, callback_secret=callback_secret)
-        self.sender = sender
+    def __init__(self, link: Link, *, email: str, api_key: str, status_callback: str | None) -> None:
+        super().__init__(link)
         self.client.session.auth = (email, api_key)
-        self.callback_url = None
-        if status_callback and callback_secret:
-            joiner = "&" if "?" in status_callback else "?"
-            self.callback_url = f"{status_callback}{joiner}secret={callback_secret}"
+        self.callback_url = with_secret(status_callback, link.callback_secret)
 
     @classmethod
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> SmsAeroTransport:
         assert isinstance(options, SmsAeroOptions)
         key = f"channels.{channel}"
-        callback_secret = secret(options.callback_secret_env, f"{key}.callback_secret_env")
         if options.status_callback and not options.callback_secret_env:
             raise ChannelConfigError(f"{key}.callback_secret_env", "required with status_callback (it authenticates the reports)")
-        return cls(
-            email=options.email,
-            api_key=secret(options.api_key_env, f"{key}.api_key_env", required=True) or "",
-            sender=options.sender,
-            status_callback=options.status_callback,
-            base_url=options.base_url or "https://gate.smsaero.ru/v2",
-            timeout=options.timeout.total_seconds(),
-            default_region=options.default_region,
-            callback_secret=callback_secret,
-        )
+        api_key = secret(options.api_key_env, f"{key}.api_key_env", required=True) or ""
+        link = Link.from_options(options, key, "https://gate.smsaero.ru/v2")
+        return cls(link, email=options.email, api_key=api_key, status_callback=options.status_callback)
 
     def request(self, message: OutgoingMessage, to: str) -> dict[str, Any]:
         body = {"number": to, "text": message.text or "", "sign": self.sender or "SMS Aero"}

@@ -38,7 +38,7 @@ from channels.errors import (
     OutcomeUnknown,
     RateLimited,
 )
-from channels.gateway import GatewayOptions, GatewayTransport, Payload
+from channels.gateway import GatewayOptions, GatewayTransport, Link, Payload
 from channels.options import TransportOptions, secret
 from channels.webhooks import check_url_secret, form_body, timestamp
 
@@ -92,33 +92,16 @@ class SmscTransport(GatewayTransport):
     Options = SmscOptions
     send_path = "/sys/send.php"
 
-    def __init__(
-        self,
-        *,
-        login: str,
-        password: str,
-        sender: str | None,
-        base_url: str,
-        timeout: float,
-        default_region: str,
-        callback_secret: str | None,
-    ) -> None:
-        super().__init__(base_url=base_url, timeout=timeout, default_region=default_region, callback_secret=callback_secret)
-        self.login, self.password, self.sender = login, password, sender
+    def __init__(self, link: Link, *, login: str, password: str) -> None:
+        super().__init__(link)
+        self.login, self.password = login, password
 
     @classmethod
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> SmscTransport:
         assert isinstance(options, SmscOptions)
         key = f"channels.{channel}"
-        return cls(
-            login=options.login,
-            password=secret(options.password_env, f"{key}.password_env", required=True) or "",
-            sender=options.sender,
-            base_url=options.base_url or "https://smsc.ru",
-            timeout=options.timeout.total_seconds(),
-            default_region=options.default_region,
-            callback_secret=secret(options.callback_secret_env, f"{key}.callback_secret_env"),
-        )
+        password = secret(options.password_env, f"{key}.password_env", required=True) or ""
+        return cls(Link.from_options(options, key, "https://smsc.ru"), login=options.login, password=password)
 
     def request(self, message: OutgoingMessage, to: str) -> dict[str, Any]:
         form = {"login": self.login, "psw": self.password, "phones": to, "mes": message.text or "", "fmt": "3"}

@@ -42,7 +42,7 @@ from channels.errors import (
     RateLimited,
     RecipientBlocked,
 )
-from channels.gateway import GatewayOptions, GatewayTransport, Payload
+from channels.gateway import GatewayOptions, GatewayTransport, Link, Payload
 from channels.options import TransportOptions, secret
 from channels.webhooks import check_url_secret, form_body, timestamp
 
@@ -96,33 +96,16 @@ class SmsRuTransport(GatewayTransport):
     Options = SmsRuOptions
     send_path = "/sms/send"
 
-    def __init__(
-        self,
-        *,
-        api_id: str,
-        sender: str | None,
-        test: bool,
-        base_url: str,
-        timeout: float,
-        default_region: str,
-        callback_secret: str | None,
-    ) -> None:
-        super().__init__(base_url=base_url, timeout=timeout, default_region=default_region, callback_secret=callback_secret)
-        self.api_id, self.sender, self.test = api_id, sender, test
+    def __init__(self, link: Link, *, api_id: str, test: bool) -> None:
+        super().__init__(link)
+        self.api_id, self.test = api_id, test
 
     @classmethod
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> SmsRuTransport:
         assert isinstance(options, SmsRuOptions)
         key = f"channels.{channel}"
-        return cls(
-            api_id=secret(options.api_id_env, f"{key}.api_id_env", required=True) or "",
-            sender=options.sender,
-            test=options.test,
-            base_url=options.base_url or "https://sms.ru",
-            timeout=options.timeout.total_seconds(),
-            default_region=options.default_region,
-            callback_secret=secret(options.callback_secret_env, f"{key}.callback_secret_env"),
-        )
+        api_id = secret(options.api_id_env, f"{key}.api_id_env", required=True) or ""
+        return cls(Link.from_options(options, key, "https://sms.ru"), api_id=api_id, test=options.test)
 
     def request(self, message: OutgoingMessage, to: str) -> dict[str, Any]:
         form = {"api_id": self.api_id, "to": to, "msg": message.text or "", "json": "1"}

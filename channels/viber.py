@@ -47,7 +47,7 @@ from channels.errors import (
 )
 from channels.http import HttpClient, detail, document
 from channels.options import TransportOptions, secret
-from channels.webhooks import MAX_EVENTS, check_url_secret, json_body, text, timestamp
+from channels.webhooks import MAX_EVENTS, check_url_secret, json_body, text, timestamp, with_secret
 
 GROUPS: dict[str, EventKind | None] = {
     "PENDING": None,
@@ -104,9 +104,7 @@ class InfobipViberTransport(Transport):
         self.base_url = base_url.rstrip("/")
         self.sender, self.default_region, self.validity = sender, default_region, validity
         self.callback_secret = callback_secret
-        self.callback_url = None
-        if status_callback and callback_secret:
-            self.callback_url = f"{status_callback}{'&' if '?' in status_callback else '?'}secret={callback_secret}"
+        self.callback_url = with_secret(status_callback, callback_secret)
         self.client = HttpClient(self.name, self.base_url, timeout, {"Authorization": f"App {api_key}"})
 
     @classmethod

@@ -67,6 +67,14 @@ def check_url_secret(expected: str | None, request: WebhookRequest, *, key: str)
         raise InvalidSignature("the callback URL's secret does not match", field="query.secret")
 
 
+def with_secret(url: str | None, secret: str | None) -> str | None:
+    """The callback ``url`` with ``secret`` as its ``secret`` query parameter (what
+    :func:`check_url_secret` checks); None unless both are set."""
+    if not url or not secret:
+        return None
+    return f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode({'secret': secret})}"
+
+
 def form_body(request: WebhookRequest) -> list[tuple[str, str]]:
     """A form body's fields in order; MalformedWebhook when it is not a form."""
     try:
