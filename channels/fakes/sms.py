@@ -12,47 +12,13 @@ import hashlib
 import hmac
 import json
 import urllib.parse
-from typing import Any, ClassVar
+from typing import Any
 
 from channels.fakes.base import Faults, HttpFake, basic_auth, post
-
-Answer = tuple[int, dict[str, str], Any]
-"""HTTP status, headers, and the JSON document of an answer."""
-
-
-class Protocol:
-    """One provider's request and answer shapes. ``path`` is the URL path it serves
-    (a prefix for Twilio's)."""
-
-    name: ClassVar[str]
-    path: ClassVar[str]
-
-    def read(self, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-        """The request as a message record: ``to``, ``text``, ``sender``, ``reference``
-        and what the protocol needs later (credentials, callback URL)."""
-        raise NotImplementedError
-
-    def transient(self) -> Answer:
-        return 503, {}, {"message": "gateway overloaded"}
-
-    def error(self, name: str, to: str) -> Answer | None:
-        """The provider's answer for the named error (``Faults.errors``), None if it has none."""
-        return None
-
-    def rejected(self, to: str) -> Answer:
-        """The answer for a number the provider refuses as invalid."""
-        answer = self.error("invalid", to)
-        assert answer is not None
-        return answer
-
-    def accepted(self, message: dict[str, Any], number: int) -> tuple[str, Answer]:
-        """The provider's message id and its answer for an accepted message."""
-        raise NotImplementedError
-
-    def report(self, gateway: FakeSmsGateway, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
-        """Post the provider's delivery report of ``message``; the HTTP status, or None
-        when this protocol has nowhere to post."""
-        return None
+from channels.fakes.protocol import Answer, Protocol, ReportTo
+from channels.fakes.smsaero import SmsAeroProtocol
+from channels.fakes.smsc import SmscProtocol
+from channels.fakes.smsru import SmsRuProtocol
 
 
 class JsonProtocol(Protocol):
@@ -75,12 +41,12 @@ class JsonProtocol(Protocol):
     def accepted(self, message: dict[str, Any], number: int) -> tuple[str, Answer]:
         return f"gw-{number}", (200, {}, {"id": f"gw-{number}", "status": "accepted"})
 
-    def report(self, gateway: FakeSmsGateway, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
-        if not gateway.report_url:
+    def report(self, to: ReportTo, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
+        if not to.url:
             return None
         body = json.dumps({"id": message["id"], "status": status, "error": error_code}).encode()
-        signature = hmac.new(gateway.report_key.encode(), body, hashlib.sha256).hexdigest()
-        return post(gateway.report_url, body, "application/json", {"X-Signature": f"sha256={signature}"})
+        signature = hmac.new(to.key.encode(), body, hashlib.sha256).hexdigest()
+        return post(to.url, body, "application/json", {"X-Signature": f"sha256={signature}"})
 
 
 class TwilioProtocol(Protocol):
@@ -113,7 +79,7 @@ class TwilioProtocol(Protocol):
         sid = f"SM{number:032x}"
         return sid, (201, {}, {"sid": sid, "status": "queued"})
 
-    def report(self, gateway: FakeSmsGateway, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
+    def report(self, to: ReportTo, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
         if not message.get("callback"):
             return None
         form = {"MessageSid": message["id"], "MessageStatus": status, "To": message["to"], "From": message["sender"]}
@@ -140,10 +106,6 @@ class FakeSmsGateway(HttpFake):
 
     def __init__(self, port: int = 0, faults: Faults | None = None) -> None:
         super().__init__(port, faults)
-        from channels.fakes.smsaero import SmsAeroProtocol
-        from channels.fakes.smsc import SmscProtocol
-        from channels.fakes.smsru import SmsRuProtocol
-
         self.protocols: list[Protocol] = [JsonProtocol(), TwilioProtocol(), SmsRuProtocol(), SmscProtocol(), SmsAeroProtocol()]
 
     def send_reports(self, status: str = "delivered", *, error_code: str | None = None) -> list[int]:
@@ -153,7 +115,7 @@ class FakeSmsGateway(HttpFake):
         answers = []
         by_name = {protocol.name: protocol for protocol in self.protocols}
         for message in list(self.messages):
-            answer = by_name[message["protocol"]].report(self, message, status, error_code)
+            answer = by_name[message["protocol"]].report(ReportTo(self.report_url, self.report_key), message, status, error_code)
             if answer is not None:
                 answers.append(answer)
         return answers

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from channels.fakes.base import basic_auth, post
-from channels.fakes.sms import Answer, Protocol
-
-if TYPE_CHECKING:
-    from channels.fakes.sms import FakeSmsGateway
+from channels.fakes.protocol import Answer, Protocol, ReportTo
 
 STATUS_CODES = {"delivered": (1, "delivery success"), "failed": (2, "delivery failure"), "expired": (2, "delivery failure")}
 STATUS_CODES["invalid"] = (6, "message rejected")
@@ -69,7 +66,7 @@ class SmsAeroProtocol(Protocol):
         }
         return str(number), (200, {}, {"success": True, "data": data, "message": None})
 
-    def report(self, gateway: FakeSmsGateway, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
+    def report(self, to: ReportTo, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
         if not message.get("callback"):
             return None
         code, words = STATUS_CODES[status]

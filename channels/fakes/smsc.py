@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from channels.fakes.base import post
-from channels.fakes.sms import Answer, Protocol
-
-if TYPE_CHECKING:
-    from channels.fakes.sms import FakeSmsGateway
+from channels.fakes.protocol import Answer, Protocol, ReportTo
 
 ERRORS = {
     "auth": (2, "authorise error"),
@@ -56,8 +53,8 @@ class SmscProtocol(Protocol):
         message_id = str(message.get("reference") or number)
         return message_id, (200, {}, {"id": int(message_id), "cnt": 1})
 
-    def report(self, gateway: FakeSmsGateway, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
-        if not gateway.report_url:
+    def report(self, to: ReportTo, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
+        if not to.url:
             return None
         now = int(time.time())
         form = {
@@ -68,4 +65,4 @@ class SmscProtocol(Protocol):
             "ts": str(now),
             "err": error_code or "0",
         }
-        return post(gateway.report_url, urllib.parse.urlencode(form).encode(), "application/x-www-form-urlencoded", {})
+        return post(to.url, urllib.parse.urlencode(form).encode(), "application/x-www-form-urlencoded", {})

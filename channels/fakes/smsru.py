@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from channels.fakes.base import post
-from channels.fakes.sms import Answer, Protocol
-
-if TYPE_CHECKING:
-    from channels.fakes.sms import FakeSmsGateway
+from channels.fakes.protocol import Answer, Protocol, ReportTo
 
 ERRORS = {
     # name: (status_code, where, status_text): "request" errors are top-level, "number" per number
@@ -64,10 +61,10 @@ class SmsRuProtocol(Protocol):
         sms = {str(message["to"]): {"status": "OK", "status_code": 100, "sms_id": sms_id}}
         return sms_id, (200, {}, {"status": "OK", "status_code": 100, "sms": sms, "balance": 100.5})
 
-    def report(self, gateway: FakeSmsGateway, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
-        if not gateway.report_url:
+    def report(self, to: ReportTo, message: dict[str, Any], status: str, error_code: str | None) -> int | None:
+        if not to.url:
             return None
         code = STATUS_CODES[status]
         entry = f"sms_status\n{message['id']}\n{code}\n{int(time.time())}"
         body = urllib.parse.urlencode([("data[0]", entry)]).encode()
-        return post(gateway.report_url, body, "application/x-www-form-urlencoded", {})
+        return post(to.url, body, "application/x-www-form-urlencoded", {})
