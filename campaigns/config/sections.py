@@ -133,8 +133,10 @@ class SegmentSettings(Section):
     locales: list[LocaleName] | None = None
 
 
-STRATUM_COLUMNS = ("locale", "timezone", "email_consent", "sms_consent", "telegram_consent", "viber_consent")
-"""Columns of ``members`` a control group may be stratified by beside ``tier``."""
+STRATUM_COLUMNS = ("locale", "timezone", *sorted(spec.consent for spec in CHANNELS.values()))
+"""Columns of ``members`` a control group may be stratified by beside ``tier``: the
+locale, the time zone and every channel's consent (from the specs, so a new channel's
+consent is one without a change here)."""
 
 
 def _stratum_column(value: str) -> str:
