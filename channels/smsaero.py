@@ -30,7 +30,6 @@ import requests
 from channels.base import DeliveryEvent, EventKind, Inbound, OutgoingMessage, WebhookRequest
 from channels.errors import (
     AccountProblem,
-    ChannelConfigError,
     InvalidRecipient,
     MalformedWebhook,
     MessageRejected,
@@ -38,7 +37,7 @@ from channels.errors import (
 )
 from channels.gateway import GatewayOptions, GatewayTransport, Link, Payload
 from channels.options import TransportOptions, secret
-from channels.webhooks import check_url_secret, form_body, json_body, with_secret
+from channels.webhooks import check_url_secret, form_body, json_body, require_callback_secret, with_secret
 
 STATUSES: dict[int, EventKind | None] = {
     0: None,
@@ -82,8 +81,7 @@ class SmsAeroTransport(GatewayTransport):
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> SmsAeroTransport:
         assert isinstance(options, SmsAeroOptions)
         key = f"channels.{channel}"
-        if options.status_callback and not options.callback_secret_env:
-            raise ChannelConfigError(f"{key}.callback_secret_env", "required with status_callback (it authenticates the reports)")
+        require_callback_secret(options.status_callback, options.callback_secret_env, key)
         api_key = secret(options.api_key_env, f"{key}.api_key_env", required=True) or ""
         link = Link.from_options(options, key, "https://gate.smsaero.ru/v2")
         return cls(link, email=options.email, api_key=api_key, status_callback=options.status_callback)

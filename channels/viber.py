@@ -39,7 +39,6 @@ from channels.addresses import normalize_number
 from channels.base import DeliveryEvent, EventKind, Inbound, OutgoingMessage, SendResult, SendStatus, Transport, WebhookRequest
 from channels.errors import (
     AccountProblem,
-    ChannelConfigError,
     InvalidRecipient,
     MalformedWebhook,
     MessageRejected,
@@ -47,7 +46,7 @@ from channels.errors import (
 )
 from channels.http import HttpClient, detail, document
 from channels.options import TransportOptions, secret
-from channels.webhooks import MAX_EVENTS, check_url_secret, json_body, text, timestamp, with_secret
+from channels.webhooks import MAX_EVENTS, check_url_secret, json_body, require_callback_secret, text, timestamp, with_secret
 
 GROUPS: dict[str, EventKind | None] = {
     "PENDING": None,
@@ -111,8 +110,7 @@ class InfobipViberTransport(Transport):
     def from_options(cls, channel: str, options: TransportOptions, *, outbox_dir: Path) -> InfobipViberTransport:
         assert isinstance(options, InfobipViberOptions)
         key = f"channels.{channel}"
-        if options.status_callback and not options.callback_secret_env:
-            raise ChannelConfigError(f"{key}.callback_secret_env", "required with status_callback (it authenticates the reports)")
+        require_callback_secret(options.status_callback, options.callback_secret_env, key)
         return cls(
             base_url=options.base_url,
             api_key=secret(options.api_key_env, f"{key}.api_key_env", required=True) or "",

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.base import DeliveryEvent, EventKind, Inbound, WebhookRequest
-from channels.errors import InvalidSignature, MalformedWebhook, WebhookUnsupported
+from channels.errors import ChannelConfigError, InvalidSignature, MalformedWebhook, WebhookUnsupported
 
 SIGNATURE_HEADER = "x-loyalcast-signature"
 MAX_EVENTS = 1000
@@ -65,6 +65,13 @@ def check_url_secret(expected: str | None, request: WebhookRequest, *, key: str)
     given = (query.get("secret") or [""])[0]
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise InvalidSignature("the callback URL's secret does not match", field="query.secret")
+
+
+def require_callback_secret(status_callback: str | None, secret_env: str | None, key: str) -> None:
+    """ChannelConfigError unless a per-message ``status_callback`` comes with the
+    ``callback_secret_env`` that authenticates its reports (``key``: the channel's settings key)."""
+    if status_callback and not secret_env:
+        raise ChannelConfigError(f"{key}.callback_secret_env", "required with status_callback (it authenticates the reports)")
 
 
 def with_secret(url: str | None, secret: str | None) -> str | None:
