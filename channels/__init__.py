@@ -32,6 +32,7 @@ from channels.specs import (
 )
 from channels.telegram import TelegramTransport
 from channels.viber import InfobipViberTransport
+from channels.whatsapp import WhatsAppCloudTransport
 
 TRANSPORTS: dict[str, type[Transport]] = {
     OutboxTransport.name: OutboxTransport,
@@ -42,6 +43,7 @@ TRANSPORTS: dict[str, type[Transport]] = {
     SmsAeroTransport.name: SmsAeroTransport,
     TelegramTransport.name: TelegramTransport,
     InfobipViberTransport.name: InfobipViberTransport,
+    WhatsAppCloudTransport.name: WhatsAppCloudTransport,
     NullTransport.name: NullTransport,
 }
 

@@ -43,11 +43,37 @@ class SendStatus(StrEnum):
 
 
 @dataclass(frozen=True)
+class ApprovedTemplate:
+    """A message template the provider approved beforehand (WhatsApp's message
+    templates), filled for one recipient: the provider holds the wording, we send its
+    name, language and parameters. Parameters are plain text, already rendered."""
+
+    name: str
+    language: str
+    """The provider's language code of the approved translation (``ru``, ``en_US``)."""
+    header: tuple[str, ...] = ()
+    body: tuple[str, ...] = ()
+    buttons: tuple[tuple[int, str], ...] = ()
+    """``(index, url suffix)`` of the template's dynamic URL buttons."""
+
+    def describe(self) -> str:
+        """The template and its parameters as people read them (previews, the outbox)."""
+        lines = [f"approved template {self.name} ({self.language})"]
+        lines += [f"  header {{{{{n}}}}} = {value}" for n, value in enumerate(self.header, 1)]
+        lines += [f"  body {{{{{n}}}}} = {value}" for n, value in enumerate(self.body, 1)]
+        lines += [f"  button {index} url suffix = {value}" for index, value in self.buttons]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """A rendered message for one recipient.
 
     ``reference`` is the ledger id: transports pass it to the provider as the client
-    reference where the API has one, and use it to name outbox files.
+    reference where the API has one, and use it to name outbox files. ``approved`` is
+    the provider-approved template of a channel that has one; ``session_open`` says the
+    member wrote to us within the channel's session window, so ``text`` may go as free
+    text instead.
     """
 
     channel: str
@@ -60,6 +86,8 @@ class OutgoingMessage:
     marketing: bool = True
     unsubscribe_url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    approved: ApprovedTemplate | None = None
+    session_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,12 +125,14 @@ class DeliveryEvent:
 
 @dataclass(frozen=True)
 class InboundMessage:
-    """Something a member sent us (a bot command): who, what, in which language."""
+    """Something a member sent us (a bot command, a reply): who, what, in which
+    language, and when (None: as it arrives)."""
 
     key: str
     address: str
     text: str
     language: str | None = None
+    occurred_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +208,16 @@ class Transport(ABC):
         raise ``WebhookRejected`` (signature, shape) and record nothing. Transports that
         receive no callbacks keep this default."""
         raise WebhookUnsupported(f"the {self.name} transport receives no callbacks")
+
+    def verify_subscription(self, query: Mapping[str, str]) -> str:
+        """Answer a provider's check that ``/webhooks/<channel>`` is ours (a GET with
+        a challenge, as WhatsApp's ``hub.challenge``): the text to answer with, or
+        ``WebhookRejected``. Transports whose provider does no such check keep this."""
+        raise WebhookUnsupported(f"the {self.name} transport receives no subscription checks")
+
+    replies_in_webhook: ClassVar[bool] = False
+    """The provider takes a reply to a member's message in the webhook's own answer
+    (Telegram's "method in the response"): bot commands are answered there."""
 
     def open(self) -> None:  # noqa: B027  # optional hook: most transports hold nothing between sends
         """Acquire what a batch of sends shares (a connection). Optional."""

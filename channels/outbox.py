@@ -5,7 +5,9 @@ by ledger id, so a redelivered batch overwrites rather than duplicates:
 
 - letters (email): ``<dir>/<channel>/<id>.eml``, the exact MIME message SMTP would send;
 - text and markup messages: ``<dir>/<channel>/<id>.json`` with ``to``, ``text`` and
-  ``reference`` (and ``parse_mode`` for markup).
+  ``reference`` (and ``parse_mode`` for markup); an approved-template channel's file
+  holds the ``template`` (name, language, parameters) and, when the member's session is
+  open, the free ``text`` that would go instead (``sent_as`` says which).
 
 Files are written to a temporary name and renamed, so a reader never sees half a file.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +81,10 @@ class OutboxTransport(Transport):
             document["sender"] = self.text_sender
         if kind is MessageKind.MARKUP:
             document["parse_mode"] = "HTML"
+        if kind is MessageKind.APPROVED:
+            if message.approved is not None:
+                document["template"] = asdict(message.approved)
+            document["sent_as"] = "text" if message.session_open and message.text else "template"
         return folder / f"{message.reference}.json", json.dumps(document, ensure_ascii=False, indent=2).encode()
 
     def transmit(self, payload: tuple[Path, bytes]) -> Path:

@@ -28,12 +28,18 @@ class MessageKind(StrEnum):
       ``<channel>.txt``, ``<channel>.html``); the HTML is a whole document;
     - ``text``: one plain-text body (``<channel>.txt``);
     - ``markup``: one body in a provider's HTML subset (``<channel>.html``, member data
-      escaped by autoescaping), sent as the message text.
+      escaped by autoescaping), sent as the message text;
+    - ``approved``: a template the provider approved beforehand, declared in
+      ``<channel>.toml`` (its name and language there, and its parameters as Jinja
+      expressions over the message context), plus an optional free text
+      (``<channel>.txt``) the provider accepts only while the member's session is open
+      (``ChannelSpec.session_window``).
     """
 
     LETTER = "letter"
     TEXT = "text"
     MARKUP = "markup"
+    APPROVED = "approved"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,10 @@ class ChannelSpec:
     marketing_cap: timedelta | None = None
     """The program's default frequency cap: at most one ``marketing`` message per this
     long (settings that list ``[[caps]]`` replace every default)."""
+    session_window: timedelta | None = None
+    """How long after a member's own message the provider takes free text from us
+    (WhatsApp's customer service window); outside it only an approved template goes.
+    None: the channel has no such window."""
 
     @property
     def quiet_hours_key(self) -> str:
@@ -68,6 +78,8 @@ class ChannelSpec:
             return (f"{self.name}.subject", f"{self.name}.txt", f"{self.name}.html")
         if self.kind is MessageKind.TEXT:
             return (f"{self.name}.txt",)
+        if self.kind is MessageKind.APPROVED:
+            return (f"{self.name}.toml", f"{self.name}.txt")
         return (f"{self.name}.html",)
 
     @property
@@ -76,6 +88,8 @@ class ChannelSpec:
         if self.kind is MessageKind.LETTER:
             subject, text, html = self.parts
             return ((subject,), (text, html))
+        if self.kind is MessageKind.APPROVED:
+            return ((self.parts[0],),)  # the free text is optional: most sends are outside the window
         return (self.parts,)
 
 
@@ -110,6 +124,15 @@ CHANNELS: dict[str, ChannelSpec] = {
             contact="phone",
             consent="viber_consent",
             marketing_cap=timedelta(days=7),
+        ),
+        ChannelSpec(
+            "whatsapp",
+            "WhatsApp",
+            MessageKind.APPROVED,
+            contact="phone",
+            consent="whatsapp_consent",
+            marketing_cap=timedelta(days=7),
+            session_window=timedelta(hours=24),
         ),
     )
 }

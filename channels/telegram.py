@@ -154,6 +154,7 @@ class TelegramTransport(Transport):
     channels = ("telegram",)
     max_length = MAX_LENGTH
     Options = TelegramOptions
+    replies_in_webhook = True
 
     def __init__(
         self, token: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 10.0, webhook_secret: str | None = None

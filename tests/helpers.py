@@ -28,6 +28,7 @@ MEMBER_DEFAULTS: dict[str, Any] = {
     "sms_consent": False,
     "telegram_consent": False,
     "viber_consent": False,
+    "whatsapp_consent": False,
     "last_purchase_at": datetime(2026, 1, 1, tzinfo=UTC),
 }
 """A member's columns when a test does not say otherwise."""

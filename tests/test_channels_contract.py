@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from channels import build_transport
-from channels.base import OutgoingMessage, SendResult, SendStatus, Transport
+from channels.base import ApprovedTemplate, OutgoingMessage, SendResult, SendStatus, Transport
 from channels.errors import (
     AddressUnsupported,
     ChannelConfigError,
@@ -30,7 +30,7 @@ from channels.errors import (
     RecipientBlocked,
     TransientError,
 )
-from channels.fakes import FakeInfobip, FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+from channels.fakes import FakeInfobip, FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, FakeWhatsApp, Faults
 from channels.mime import build_email, flatten, parse_sender
 
 
@@ -54,6 +54,7 @@ def fakes() -> Iterator[dict[str, Any]]:
         "sms": FakeSmsGateway().start(),
         "telegram": FakeTelegramApi().start(),
         "viber": FakeInfobip().start(),
+        "whatsapp": FakeWhatsApp(access_token="wa-token", templates={("balance_reminder", "ru"): 2}).start(),
     }
     yield servers
     for server in servers.values():
@@ -109,6 +110,16 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
         options = {"base_url": fakes["viber"].url, "api_key_env": "LC_TEST_GW", "sender": "Romashka", "timeout": timeout}
         transport = build_transport("viber", "infobip", outbox_dir=tmp_path, options=options)
         return Provider(name, transport, fakes["viber"].faults, lambda: fakes["viber"].messages, "+79161234567", "viber")
+    if name == "whatsapp":
+        os.environ["LC_TEST_WA"] = "wa-token"
+        options = {
+            "base_url": f"{fakes['whatsapp'].url}/v21.0",
+            "phone_number_id": "1000000001",
+            "access_token_env": "LC_TEST_WA",
+            "timeout": timeout,
+        }
+        transport = build_transport("whatsapp", "whatsapp_cloud", outbox_dir=tmp_path, options=options)
+        return Provider(name, transport, fakes["whatsapp"].faults, lambda: fakes["whatsapp"].messages, "+79161234567", "whatsapp")
     if name == "telegram":
         transport = build_transport(
             "telegram",
@@ -122,7 +133,9 @@ def make(name: str, fakes: dict[str, Any], tmp_path: Path, timeout: float = 2.0)
 
 GATEWAYS = ["smsru", "smsc", "smsaero"]
 """The SMS gateways that answer HTTP 200 whatever happened."""
-PROVIDERS = ["smtp", "sms-json", "sms-twilio", *GATEWAYS, "telegram", "viber"]
+PROVIDERS = ["smtp", "sms-json", "sms-twilio", *GATEWAYS, "telegram", "viber", "whatsapp"]
+REMINDER = ApprovedTemplate("balance_reminder", "ru", body=("Анна", "500 баллов"))
+"""The approved template a WhatsApp message outside the member's window goes as."""
 
 
 def message(provider: Provider, text: str = "Привет, <b>Анна</b>") -> OutgoingMessage:
@@ -133,6 +146,7 @@ def message(provider: Provider, text: str = "Привет, <b>Анна</b>") -> 
         text=text,
         subject="Баллы" if provider.channel == "email" else None,
         to_name="Анна",
+        approved=REMINDER if provider.channel == "whatsapp" else None,
     )
 
 
@@ -212,6 +226,7 @@ def test_answer_slower_than_the_timeout_is_an_unknown_outcome(name, fakes, tmp_p
         ("smsc", "x"),
         ("telegram", "@anna"),
         ("viber", "+7 1"),
+        ("whatsapp", "+7 1"),
     ],
 )
 def test_an_impossible_address_fails_before_the_provider(name, bad, fakes, tmp_path) -> None:
@@ -382,6 +397,20 @@ def test_smtp_reuses_one_connection_and_reopens_a_dropped_one(fakes, tmp_path) -
             "channels.viber.callback_secret_env",
         ),
         ("sms", "infobip", {}, "channels.sms.transport"),
+        ("whatsapp", "whatsapp_cloud", {"access_token_env": "LC_TEST_TOKEN"}, "channels.whatsapp.phone_number_id"),
+        (
+            "whatsapp",
+            "whatsapp_cloud",
+            {"phone_number_id": "1", "access_token_env": "LC_UNSET"},
+            "channels.whatsapp.access_token_env",
+        ),
+        (
+            "whatsapp",
+            "whatsapp_cloud",
+            {"phone_number_id": "1", "access_token_env": "LC_TEST_TOKEN", "app_secret_env": "LC_UNSET"},
+            "channels.whatsapp.app_secret_env",
+        ),
+        ("sms", "whatsapp_cloud", {}, "channels.sms.transport"),
         ("telegram", "telegram", {}, "channels.telegram.token_env"),
         ("telegram", "telegram", {"token_env": "LC_UNSET"}, "channels.telegram.token_env"),
         ("telegram", "smtp", {}, "channels.telegram.transport"),

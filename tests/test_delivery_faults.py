@@ -178,7 +178,7 @@ def test_the_demo_runs_against_loyalcast_fakes(tmp_path) -> None:
         report = loyalcast("run", "balance_reminder", "--json")
         counts = __import__("json").loads(report[report.index("{") :])["counts"]
         # Then it delivered to every fake provider
-        assert set(counts["sent"]) == {"email", "sms", "telegram", "viber"}
+        assert set(counts["sent"]) == {"email", "sms", "telegram", "viber", "whatsapp"}
     finally:
         fakes.terminate()
         fakes.wait(timeout=10)

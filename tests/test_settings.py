@@ -42,7 +42,7 @@ def test_shipped_settings_are_valid() -> None:
     [
         (
             {"campaigns": {"balance_reminder": {"channels": ["telegram", "sms2"]}}},
-            "campaigns.balance_reminder.channels[1]: unknown channel 'sms2' (known: email, sms, telegram, viber)",
+            "campaigns.balance_reminder.channels[1]: unknown channel 'sms2' (known: email, sms, telegram, viber, whatsapp)",
         ),
         (
             {"campaigns": {"balance_reminder": {"schedule": "61 * * * *"}}},
@@ -141,7 +141,7 @@ def test_cli_exits_2_with_one_line_per_problem_and_no_traceback(write_settings) 
     # Then it exits 2 and prints exactly one line naming the key, and no traceback
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    known = "email, sms, telegram, viber"
+    known = "email, sms, telegram, viber, whatsapp"
     assert lines == [f"{path}: campaigns.balance_reminder.channels[1]: unknown channel 'sms2' (known: {known})"]
     assert "Traceback" not in done.stderr
 

@@ -43,11 +43,13 @@ from campaigns.delivery.transports import Transports
 from campaigns.errors import TemplateError
 from campaigns.planning import ladder
 from campaigns.planning.reroute import reroute
+from campaigns.store.conversations import is_open
 from campaigns.store.engine import in_ids
 from campaigns.store.ledger import Outcome, ReasonCode, Status
 from campaigns.store.models import (
     balances,
     campaign_runs,
+    conversations,
     deliveries,
     members,
     point_expirations,
@@ -66,6 +68,7 @@ from channels.errors import (
     RecipientBlocked,
     TransientError,
 )
+from channels.specs import channel_spec
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +239,16 @@ class Deliverer:
                 members.c.tier,
                 func.coalesce(balances.c.points, 0).label("balance"),
                 withdrawn(deliveries).label("withdrawn"),
+                conversations.c.last_inbound_at,
             )
             .select_from(
                 deliveries.outerjoin(members, members.c.id == deliveries.c.member_id)
                 .outerjoin(balances, balances.c.member_id == deliveries.c.member_id)
                 .outerjoin(campaign_runs, campaign_runs.c.id == deliveries.c.run_id)
+                .outerjoin(
+                    conversations,
+                    (conversations.c.channel == deliveries.c.channel) & (conversations.c.address == deliveries.c.address),
+                )
             )
             .where(in_ids(conn, deliveries.c.id, ids), deliveries.c.status == Status.QUEUED.value)
             .order_by(deliveries.c.id)
@@ -265,6 +273,7 @@ class Deliverer:
                     recipient=Recipient.from_row(
                         r, member_id=r.member_id, campaign=r.campaign, occasion=r.occasion, as_of=r.send_at
                     ),
+                    last_inbound_at=r.last_inbound_at,
                 )
             )
         return rows, missing
@@ -333,6 +342,8 @@ class Deliverer:
                 to_name=context["member"]["first_name"] or None,
                 marketing=is_marketing(row.category),
                 unsubscribe_url=context["unsubscribe_url"],
+                approved=rendered.approved,
+                session_open=is_open(row.last_inbound_at, channel_spec(row.channel).session_window, datetime.now(UTC)),
             )
             transports.check(message)  # a malformed address fails here, before a claim or a connection
             self.throughput.wait(row.channel)

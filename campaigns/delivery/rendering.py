@@ -2,7 +2,8 @@
 
 Layout: ``templates/<name>/<part>``, the parts of each channel named by its spec
 (``channels.specs``: ``<channel>.subject``, ``.txt`` and ``.html`` for a letter, one
-``.txt`` or ``.html`` body otherwise). A locale variant lives in
+``.txt`` or ``.html`` body, or an approved template's ``.toml`` declaration
+(``campaigns.delivery.approved``) and an optional ``.txt``). A locale variant lives in
 ``templates/<name>/<locale>/<part>``; lookup tries the member's locale, then the
 program's default locale, then the unlocalized file.
 
@@ -59,8 +60,10 @@ from jinja2.runtime import Context
 
 from campaigns.config.sections import ProgramSettings, RenderingSettings
 from campaigns.config.zones import zone_info
+from campaigns.delivery.approved import Declaration, parse_declaration
 from campaigns.delivery.budget import WATCHDOG, BudgetedSandbox, RenderTimeout
 from campaigns.errors import RenderBudgetExceeded, TemplateError
+from channels.base import ApprovedTemplate
 from channels.specs import MessageKind, channel_spec
 
 
@@ -74,6 +77,18 @@ class Rendered:
     html: str | None
     files: tuple[str, ...]
     """Template files used, relative to the templates folder (for previews and errors)."""
+    approved: ApprovedTemplate | None = None
+    """The provider-approved template, filled (channels of kind ``approved``)."""
+
+    @property
+    def shown(self) -> str:
+        """The message as people read it in a preview: the text, else the HTML, and an
+        approved template with its parameters."""
+        body = self.text or self.html or ""
+        if self.approved is None:
+            return body
+        template = self.approved.describe()
+        return f"{template}\n\nfree text, inside the member's session window:\n{body}" if body else template
 
 
 class Renderer:
@@ -90,6 +105,7 @@ class Renderer:
         self.budget = budget or RenderingSettings()
         # Filled as renders ask; two threads may compile the same template once each.
         self._found: dict[tuple[str, str, str], Template | None] = {}
+        self._declared: dict[tuple[str, str, str], Declaration | None] = {}
         self._timeouts: dict[str, int] = {}
         self.env = BudgetedSandbox(
             self.budget.max_output,
@@ -125,7 +141,15 @@ class Renderer:
         spec = channel_spec(channel)
         rendered: list[str | None] = []
         files = []
+        approved: ApprovedTemplate | None = None
         for part in spec.parts:
+            if part.endswith(".toml"):
+                declaration = self._declaration(name, part, locale)
+                rendered.append(None if declaration is None else declaration.file)
+                if declaration is not None:
+                    approved = declaration.fill(self._render_template, context)
+                    files.append(declaration.file)
+                continue
             template = self._template(name, part, locale)
             if template is None:
                 rendered.append(None)
@@ -139,6 +163,9 @@ class Renderer:
         if spec.kind is MessageKind.LETTER:
             subject, text, html = rendered
             return Rendered(channel, " ".join((subject or "").split()), text, html, tuple(files))
+        if spec.kind is MessageKind.APPROVED:
+            text = (rendered[1] or "").strip() or None
+            return Rendered(channel, None, text, None, tuple(files), approved=approved)
         return Rendered(channel, None, (rendered[0] or "").strip(), None, tuple(files))
 
     def _template(self, name: str, part: str, locale: str) -> Template | None:
@@ -161,6 +188,29 @@ class Renderer:
             raise TemplateError(f"syntax error: {exc.message}", file=exc.name or exc.filename, line=exc.lineno) from None
         self._found[key] = template
         return template
+
+    def _declaration(self, name: str, part: str, locale: str) -> Declaration | None:
+        """The parsed declaration serving ``part`` for ``locale`` (None when there is
+        none); cached per process like compiled templates. Its language defaults to the
+        locale of the folder it was found in."""
+        key = (name, part, locale)
+        try:
+            return self._declared[key]
+        except KeyError:
+            pass
+        loader = self.env.loader
+        assert loader is not None
+        found: Declaration | None = None
+        for candidate in self.candidates(name, part, locale):
+            try:
+                source, _, _ = loader.get_source(self.env, candidate)
+            except TemplateNotFound:
+                continue
+            folder = candidate.split("/")[-2] if candidate.count("/") == 2 else self.program.default_locale
+            found = parse_declaration(source, candidate, folder, self.env)
+            break
+        self._declared[key] = found
+        return found
 
     TIMEOUTS_BEFORE_REFUSING = 3
     """A template that ran out of time this often in a process fails at once after that

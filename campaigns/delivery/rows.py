@@ -62,6 +62,9 @@ class DeliveryRow:
     """``suppressed`` or ``unsubscribed`` when the address was suppressed or the member
     unsubscribed after the decision (checked as the batch loads); None: still wanted."""
     recipient: Recipient
+    last_inbound_at: datetime | None = None
+    """When the member last wrote to us at this address on this channel (channels with
+    a session window; ``conversations``)."""
 
     @property
     def member_id(self) -> int:

@@ -7,7 +7,8 @@ creates views with these names and columns, see ``docs/data.md``).
 
 loyalcast owns ``campaign_runs``, ``deliveries`` (the ledger), ``suppressions``,
 ``cap_locks``, and what comes back through the web service: ``preferences`` (members'
-unsubscribes), ``contacts`` (addresses members linked, such as a Telegram chat) and
+unsubscribes), ``contacts`` (addresses members linked, such as a Telegram chat),
+``conversations`` (when a member last wrote to us, on channels with a session window) and
 ``provider_events`` (delivery reports as received), and the control groups it drew
 (``control_draws``, ``control_strata``), and changes them only through Alembic migrations
 (``campaigns/migrations``).
@@ -95,6 +96,7 @@ members = Table(
     Column("sms_consent", Boolean, nullable=False, server_default=text("false")),
     Column("telegram_consent", Boolean, nullable=False, server_default=text("false")),
     Column("viber_consent", Boolean, nullable=False, server_default=text("false")),
+    Column("whatsapp_consent", Boolean, nullable=False, server_default=text("false")),
     Column("last_purchase_at", UTCDateTime, nullable=True),
 )
 
@@ -290,6 +292,15 @@ contacts = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_contacts_channel_address", "channel", "address"),
     comment="addresses loyalcast collected itself; used where the program's members row has none",
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("address", String(320), primary_key=True, comment="the member's address on the channel (E.164 phone)"),
+    Column("last_inbound_at", UTCDateTime, nullable=False, comment="when the member last wrote to us"),
+    comment="members' own messages on channels with a session window: free text may follow within it",
 )
 
 provider_events = Table(

@@ -194,8 +194,9 @@ def generate(
             "email_consent": email is not None and rng.random() < 0.7,
             "sms_consent": phone is not None and rng.random() < 0.6,
             "telegram_consent": chat_id is not None and rng.random() < 0.85,
-            # Drawn apart from rng, so adding Viber left every other demo figure as it was.
+            # Drawn apart from rng, so adding Viber and WhatsApp left every other demo figure as it was.
             "viber_consent": phone is not None and (member_id * 2_654_435_761) % 100 < 40,
+            "whatsapp_consent": phone is not None and (member_id * 2_246_822_519) % 100 < 55,
             "last_purchase_at": None
             if days_since_purchase is None
             else now - timedelta(days=days_since_purchase, minutes=rng.randrange(1440)),

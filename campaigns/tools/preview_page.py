@@ -33,9 +33,11 @@ def preview_page(member_id: int, campaign: str, previews: list[ChannelPreview]) 
                 body += f'<p class="meta">{e(note)}</p>'
             if preview.over_budget:
                 body += f'<p class="error">{e(preview.over_budget)}</p>'
-        elif preview.rendered:
+        elif kind is MessageKind.MARKUP and preview.rendered:
             # A markup message's HTML subset is already escaped where it holds member data.
             body = f'<div class="bubble markup">{preview.rendered.text or ""}</div>'
+        elif preview.rendered:
+            body = f'<div class="bubble">{e(preview.rendered.shown)}</div>'
         else:
             body = ""
         cards.append(

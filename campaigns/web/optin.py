@@ -1,4 +1,5 @@
-"""Members' bot commands: ``/start <token>`` links the chat, ``/stop`` opts out.
+"""Members' bot commands: ``/start <token>`` links the chat, ``/stop`` opts out; and a
+stop word on a channel without commands (WhatsApp: "STOP", "стоп") does the same.
 
 The token is the signed opt-in token of ``Settings.opt_in_links`` (Telegram passes the
 deep link's ``start`` parameter as ``/start <token>``). Linking records the chat in
@@ -27,6 +28,32 @@ from campaigns.web.texts import Words, language
 from channels.base import InboundMessage
 from channels.specs import channel_spec
 
+STOP_WORDS = frozenset({"/stop", "stop", "стоп", "unsubscribe", "отписаться", "stop promotions", "остановить рассылку"})
+"""What a member writes (or taps: a template's quick-reply button) to stop marketing on a
+channel, compared without case and surrounding punctuation."""
+
+
+def is_stop(text: str) -> bool:
+    return text.strip().strip(".!").casefold() in STOP_WORDS
+
+
+def stop(conn: Connection, channel: str, message: InboundMessage, now: datetime) -> list[int]:
+    """A member's stop word on ``channel``: unsubscribe the members at the message's
+    address from every marketing category there; their ids (none for any other text)."""
+    if not is_stop(message.text):
+        return []
+    return _unsubscribe(conn, channel, message.address, f"{channel} stop word", now)
+
+
+def _unsubscribe(conn: Connection, channel: str, address: str, source: str, now: datetime) -> list[int]:
+    ids = set(contacts.withdraw(conn, channel, address, now))
+    column = members.c[channel_spec(channel).contact]
+    ids |= {row.id for row in conn.execute(select(members.c.id).where(cast(column, String) == address))}
+    for member_id in sorted(ids):
+        choose(conn, member_id, channel, ANY, subscribed=False, source=source[:32], now=now)
+    metrics.preference_changed(source)
+    return sorted(ids)
+
 
 def answer(conn: Connection, settings: Settings, channel: str, message: InboundMessage, now: datetime) -> str:
     """Act on one command; the reply to send to the chat."""
@@ -46,13 +73,8 @@ def answer(conn: Connection, settings: Settings, channel: str, message: InboundM
         choose(conn, claim.member_id, channel, ANY, subscribed=True, source="telegram /start", now=now)
         metrics.preference_changed("telegram /start")
         return Words(_locale(settings, member.locale, fallback))("bot_linked", program=program.name)
-    if command == "/stop":
-        ids = set(contacts.withdraw(conn, channel, message.address, now))
-        column = members.c[channel_spec(channel).contact]
-        ids |= {row.id for row in conn.execute(select(members.c.id).where(cast(column, String) == message.address))}
-        for member_id in sorted(ids):
-            choose(conn, member_id, channel, ANY, subscribed=False, source="telegram /stop", now=now)
-        metrics.preference_changed("telegram /stop")
+    if command == "/stop" or is_stop(message.text):
+        ids = _unsubscribe(conn, channel, message.address, "telegram /stop", now)
         locale = fallback
         if ids:
             found = conn.execute(select(members.c.locale).where(members.c.id == min(ids))).scalar()

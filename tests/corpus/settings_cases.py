@@ -169,7 +169,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "email-unknown-transport",
         'transport = "outbox"\nfrom_address',
         'transport = "sendgrid"\nfrom_address',
-        "channels.email.transport: unknown transport (known: http_sms, infobip, null, outbox, smsaero, smsc, smsru, smtp, telegram) (got 'sendgrid')",
+        "channels.email.transport: unknown transport (known: http_sms, infobip, null, outbox, smsaero, smsc, smsru, smtp, telegram, whatsapp_cloud) (got 'sendgrid')",
     ),
     (
         "email-smtp-no-host",
@@ -223,7 +223,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "unknown-channel-section",
         "[channels.telegram]",
         '[channels.pigeon]\ntransport = "outbox"\n\n[channels.telegram]',
-        "channels.pigeon: unknown channel 'pigeon' (known: email, sms, telegram, viber)",
+        "channels.pigeon: unknown channel 'pigeon' (known: email, sms, telegram, viber, whatsapp)",
     ),
     (
         "delivery-batch-zero",
@@ -353,7 +353,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "caps-unknown-channel",
         'channel = "sms"\ncategory = "marketing"',
         'channel = "fax"\ncategory = "marketing"',
-        "caps[0].channel: unknown channel 'fax' (known: email, sms, telegram, viber)",
+        "caps[0].channel: unknown channel 'fax' (known: email, sms, telegram, viber, whatsapp)",
     ),
     (
         "caps-empty-category",
@@ -461,7 +461,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "campaign-unknown-channel",
         'channels = ["telegram", "email", "sms"]\ncategory = "marketing"\nschedule = "0 11 1 * *"',
         'channels = ["telegram", "sms2"]\ncategory = "marketing"\nschedule = "0 11 1 * *"',
-        "campaigns.balance_reminder.channels[1]: unknown channel 'sms2' (known: email, sms, telegram, viber)",
+        "campaigns.balance_reminder.channels[1]: unknown channel 'sms2' (known: email, sms, telegram, viber, whatsapp)",
     ),
     (
         "campaign-channel-twice",
@@ -528,7 +528,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "holdout = 0.1",
         'holdout = 0.1\nholdout_by = "city"',
         "campaigns.balance_reminder.holdout_by: cannot stratify by 'city' "
-        "(one of: locale, timezone, email_consent, sms_consent, telegram_consent, viber_consent; tier always is)",
+        "(one of: locale, timezone, email_consent, sms_consent, telegram_consent, viber_consent, whatsapp_consent; tier always is)",
     ),
     (
         "control-share-too-big",
@@ -654,7 +654,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "triggered-unknown-channel",
         "[delivery]",
         '[triggered]\nchannels = ["fax"]\n\n[delivery]',
-        "triggered.channels[0]: unknown channel 'fax' (known: email, sms, telegram, viber)",
+        "triggered.channels[0]: unknown channel 'fax' (known: email, sms, telegram, viber, whatsapp)",
     ),
     (
         "triggered-empty-category",

@@ -206,7 +206,7 @@ def preview(
         assert item.rendered is not None
         if item.rendered.subject is not None:
             out.print(f"Subject: {item.rendered.subject}", markup=False, highlight=False)
-        out.print(item.rendered.text or item.rendered.html or "", markup=False, highlight=False)
+        out.print(item.rendered.shown, markup=False, highlight=False)
         if item.length:
             out.print(f"({item.length.segments} segment(s), {item.length.encoding}, {item.length.characters} characters)")
         if item.over_budget:

@@ -90,6 +90,11 @@ def fakes(
     sms_port: Annotated[int, typer.Option(help="SMS gateway port.")] = 8025,
     telegram_port: Annotated[int, typer.Option(help="Telegram Bot API port.")] = 8081,
     viber_port: Annotated[int, typer.Option(help="Infobip (Viber Business Messages) API port.")] = 8082,
+    whatsapp_port: Annotated[int, typer.Option(help="WhatsApp Business Cloud API port.")] = 8083,
+    whatsapp_webhook: Annotated[
+        Optional[str],
+        typer.Option(help="Where the WhatsApp fake posts statuses and members' messages (loyalcast web's /webhooks/whatsapp)."),
+    ] = None,
     transient_rate: Annotated[float, typer.Option(help="Share of requests failing transiently (0-1).")] = 0.0,
     rate_limit_rate: Annotated[float, typer.Option(help="Share answered 'slow down' (429, retry after).")] = 0.0,
     slow_seconds: Annotated[float, typer.Option(help="Delay every answer by this long.")] = 0.0,
@@ -103,9 +108,9 @@ def fakes(
         ),
     ] = None,
 ) -> None:
-    """Run fake SMTP, SMS gateway, Telegram Bot API and Infobip (Viber) servers on loopback
-    until Ctrl-C (try real transports with examples/settings.fakes.toml)."""
-    from channels.fakes import FakeInfobip, FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, Faults
+    """Run fake SMTP, SMS gateway, Telegram Bot API, Infobip (Viber) and WhatsApp Cloud API
+    servers on loopback until Ctrl-C (try real transports with examples/settings.fakes.toml)."""
+    from channels.fakes import FakeInfobip, FakeSmsGateway, FakeSmtpServer, FakeTelegramApi, FakeWhatsApp, Faults
 
     faults = Faults(
         transient_rate=transient_rate,
@@ -119,18 +124,21 @@ def fakes(
     sms = FakeSmsGateway(sms_port, faults).start()
     telegram = FakeTelegramApi(telegram_port, faults).start()
     viber = FakeInfobip(viber_port, faults).start()
+    whatsapp = FakeWhatsApp(whatsapp_port, faults, webhook=whatsapp_webhook)
+    whatsapp.start()
     out.print(f"smtp      {smtp.address[0]}:{smtp.address[1]}  (no TLS)")
     out.print(f"sms       {sms.url}/send  (JSON)   {sms.url}/2010-04-01/Accounts/<sid>/Messages.json  (Twilio)")
     out.print(f"          {sms.url}/sms/send  (SMS.ru)   {sms.url}/sys/send.php  (SMSC)   {sms.url}/v2/sms/send  (SMS Aero)")
     out.print(f"          base_url = {sms.url!r} for smsru and smsc, {sms.url + '/v2'!r} for smsaero")
     out.print(f"telegram  {telegram.url}/bot<token>/sendMessage")
     out.print(f"viber     {viber.url}/viber/2/messages  (Infobip)")
+    out.print(f"whatsapp  {whatsapp.url}/v21.0/<phone_number_id>/messages  (Cloud API; app secret {whatsapp.app_secret!r})")
     out.print("Ctrl-C stops them.")
     try:
         while True:
             time.sleep(5)
             counts = f"{len(smtp.messages)} emails, {len(sms.messages)} SMS, {len(telegram.messages)} Telegram"
-            out.print(f"accepted: {counts}, {len(viber.messages)} Viber")
+            out.print(f"accepted: {counts}, {len(viber.messages)} Viber, {len(whatsapp.messages)} WhatsApp")
     except KeyboardInterrupt:
         pass
     finally:
@@ -138,6 +146,7 @@ def fakes(
         sms.stop()
         telegram.stop()
         viber.stop()
+        whatsapp.stop()
 
 
 def _pair(item: str) -> tuple[str, str]:

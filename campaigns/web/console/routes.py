@@ -225,7 +225,8 @@ class Console:
         cards = [
             {"preview": p, "kind": channel_spec(p.channel).kind.value, "label": channel_spec(p.channel).label} for p in previews
         ]
-        return self._render(request, "preview.html", 200, form=form, previews=cards, letter=MessageKind.LETTER.value)
+        kinds = {"letter": MessageKind.LETTER.value, "markup": MessageKind.MARKUP.value}
+        return self._render(request, "preview.html", 200, form=form, previews=cards, **kinds)
 
     async def plan_form(self, request: Request, form: dict[str, str]) -> Response:
         now = datetime.now(self.zone).strftime("%Y-%m-%dT%H:%M")
