@@ -81,6 +81,11 @@ def _get(name: str) -> Any:
                         "Sends refused because the provider account needs the operator (balance, credentials, sender name)",
                         ["channel", "transport"],
                     ),
+                    "quota": Counter(
+                        "loyalcast_quota_deferred_total",
+                        "Deliveries moved to the next day because the provider's daily quota was used up",
+                        ["channel"],
+                    ),
                     "latency": Histogram(
                         "loyalcast_provider_latency_seconds",
                         "Time a transport took to send one message",
@@ -114,6 +119,11 @@ def retry(channel: str | None) -> None:
 def provider_latency(channel: str, transport: str, seconds: float) -> None:
     if _enabled:
         _get("latency").labels(channel, transport).observe(seconds)
+
+
+def quota_deferred(channel: str, count: int) -> None:
+    if _enabled:
+        _get("quota").labels(channel).inc(count)
 
 
 def provider_alert(channel: str, transport: str) -> None:

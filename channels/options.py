@@ -13,6 +13,7 @@ import os
 import re
 from datetime import timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -58,6 +59,14 @@ def _duration_or_seconds(value: Any) -> timedelta:
     return parse_duration(value)
 
 
+def _zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as 'Europe/Moscow')") from None
+    return name
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
 """A positive duration written ``"30d"``, ``"12h"``, ... in settings."""
 
@@ -75,6 +84,12 @@ class TransportOptions(BaseModel):
     rate_per_second: float | None = Field(default=None, gt=0)
     """Provider throughput shared by all workers (through Redis), in messages per
     second, fractions exact: sends are spaced ``1 / rate`` seconds apart. None: unlimited."""
+    daily_quota: int | None = Field(default=None, gt=0)
+    """Most messages the provider takes per day (a contract's daily volume, WhatsApp's
+    messaging tier, a sender's daily limit), counted by all workers together in the
+    database. Past it messages wait for the next day, never fail. None: no quota."""
+    quota_zone: Annotated[str, AfterValidator(_zone)] | None = None
+    """IANA time zone whose midnight starts the provider's day (None: the program's)."""
     timeout: Timeout = timedelta(seconds=10)
     """Longest wait for the provider's answer to one request."""
     price_per_segment: float = Field(default=0.0, ge=0)

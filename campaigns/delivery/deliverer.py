@@ -37,11 +37,13 @@ from campaigns.config.settings import Settings
 from campaigns.config.values import is_marketing
 from campaigns.delivery.claimant import Claimant, Pending
 from campaigns.delivery.message import Lots, MessageBuilder, Steps
+from campaigns.delivery.quota import DailyQuota
 from campaigns.delivery.rows import DeliveryRow, Recipient
 from campaigns.delivery.throughput import Throughput
 from campaigns.delivery.transports import Transports
 from campaigns.errors import TemplateError
 from campaigns.planning import ladder
+from campaigns.planning.deferral import postpone
 from campaigns.planning.reroute import reroute
 from campaigns.store.conversations import is_open
 from campaigns.store.engine import in_ids
@@ -107,6 +109,7 @@ class Deliverer:
         self.engine = engine
         self.messages = messages
         self.throughput = Throughput(settings)
+        self.quota = DailyQuota(settings, engine)
         self.stopping = stopping or threading.Event()
         self.call_budget = settings.slowest_timeout.total_seconds() + CALL_MARGIN
         """Seconds a batch keeps in hand before its deadline: the slowest call and its write."""
@@ -143,6 +146,7 @@ class Deliverer:
         transports = Transports(self.settings)
         pending = Pending()
         retries: list[Outcome] = []
+        over_quota: dict[tuple[str, datetime], list[int]] = defaultdict(list)
         try:
             for index, row in enumerate(rows):
                 if self._must_stop(deadline):
@@ -173,6 +177,10 @@ class Deliverer:
                     outcome, claimed = self._deliver_one(claimant, row, lots, steps, transports, pending)
                 if outcome is None:
                     continue
+                if outcome.code is ReasonCode.QUOTA_DEFERRED and not claimed:
+                    assert outcome.due is not None
+                    over_quota[(row.channel, outcome.due)].append(row.id)
+                    continue
                 self._observe(row, outcome)
                 (pending.outcomes if claimed else pending.settled).append(outcome)
                 if outcome.status is Status.QUEUED:
@@ -184,6 +192,22 @@ class Deliverer:
             claimant.write(pending)
         if retries:
             report.carry(max(o.due or datetime.now(UTC) for o in retries), [o.id for o in retries])
+        for (channel, tomorrow), ids in over_quota.items():
+            self._postpone(channel, tomorrow, ids, report)
+
+    def _postpone(self, channel: str, tomorrow: datetime, ids: list[int], report: BatchReport) -> None:
+        """Move rows past ``channel``'s used-up daily quota to ``tomorrow`` or later
+        (each member's quiet hours and caps applying) and carry them there."""
+        why = f"{self.quota.describe(channel)} was used up"
+        moved = postpone(self.engine, self.settings, ids, tomorrow, why)
+        metrics.quota_deferred(channel, len(ids))
+        log.info("%s: %d deliveries wait for %s", why, len(ids), tomorrow.isoformat(timespec="minutes"))
+        by_due: dict[datetime, list[int]] = defaultdict(list)
+        for row_id, due in moved.items():
+            if due is not None:
+                by_due[due].append(row_id)
+        for due, due_ids in sorted(by_due.items()):
+            report.carry(due, due_ids)
 
     # -- steps ---------------------------------------------------------------------
 
@@ -346,6 +370,10 @@ class Deliverer:
                 session_open=is_open(row.last_inbound_at, channel_spec(row.channel).session_window, datetime.now(UTC)),
             )
             transports.check(message)  # a malformed address fails here, before a claim or a connection
+            tomorrow = self.quota.take(row.channel, datetime.now(UTC))
+            if tomorrow is not None:
+                # Not claimed: the caller moves it to tomorrow, quiet hours and caps applying.
+                return Outcome(row.id, Status.QUEUED, ReasonCode.QUOTA_DEFERRED, None, holds_slot=True, due=tomorrow), False
             self.throughput.wait(row.channel)
             if not claimant.open(row.id, pending):
                 return None, False  # no longer queued: another worker (a duplicate message) has it

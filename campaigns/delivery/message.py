@@ -11,10 +11,9 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfoNotFoundError
 
 from campaigns.config.settings import Settings
-from campaigns.config.zones import zone_info
+from campaigns.config.zones import member_zone, zone_info
 from campaigns.delivery.rendering import Rendered, Renderer, short
 from campaigns.delivery.rows import Recipient
 from campaigns.planning import ladder
@@ -175,18 +174,6 @@ class MessageBuilder:
     def _campaign_data(self, campaign: str | None) -> dict[str, Any]:
         spec = self.settings.campaigns.get(campaign or "")
         return dict(spec.data) if spec else {}
-
-
-@lru_cache(maxsize=1024)
-def member_zone(zone_name: str | None, program_zone: str) -> str:
-    """The member's zone if it is a known IANA name, else the program's."""
-    if zone_name:
-        try:
-            zone_info(zone_name)
-            return zone_name
-        except (ZoneInfoNotFoundError, ValueError):
-            log.warning("unknown member time zone %r; using %s", zone_name, program_zone)
-    return program_zone
 
 
 NAME_MAX = 40

@@ -13,7 +13,8 @@ from campaigns.config.settings import Settings
 from campaigns.planning.context import run_context
 from campaigns.planning.decisions import decide_chunk
 from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX
-from campaigns.planning.planner import lock_members, member_chunks
+from campaigns.planning.locks import lock_members
+from campaigns.planning.planner import member_chunks
 from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries
 from campaigns.store.runs import RunState, occasion_for

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select, update
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from campaigns.config.settings import Settings
 from campaigns.planning.context import RunContext, run_context
 from campaigns.planning.decisions import decide_chunk
-from campaigns.store.engine import upsert_insert
-from campaigns.store.models import campaign_runs, cap_locks, deliveries, members
+from campaigns.planning.locks import lock_members
+from campaigns.store.models import campaign_runs, deliveries, members
 from campaigns.store.runs import RunState, load_run, renew_plan_lease
 
 log = logging.getLogger(__name__)
@@ -163,28 +162,3 @@ def _plan_chunk(engine: Engine, settings: Settings, ctx: RunContext, member_rang
 def _is_retryable(exc: OperationalError) -> bool:
     code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     return code in {"40P01", "40001"} or "database is locked" in str(exc.orig)
-
-
-def lock_members(conn: Connection, member_range: tuple[int, int]) -> None:
-    """Serialize cap decisions per member for the rest of the transaction.
-
-    PostgreSQL: one ``cap_locks`` row per member, locked ``FOR UPDATE`` in id order.
-    SQLite: the INSERT makes this transaction the database's single writer at once.
-    """
-    conn.execute(
-        upsert_insert(conn, cap_locks)
-        .from_select(
-            ["member_id"],
-            select(members.c.id).where(members.c.id.between(*member_range)).order_by(members.c.id),
-        )
-        .on_conflict_do_nothing()
-    )
-    if conn.dialect.name == "postgresql":
-        locked = (
-            select(cap_locks.c.member_id)
-            .where(cap_locks.c.member_id.between(*member_range))
-            .order_by(cap_locks.c.member_id)
-            .with_for_update()
-            .subquery()
-        )
-        conn.execute(select(func.count()).select_from(locked))

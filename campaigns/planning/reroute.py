@@ -24,7 +24,7 @@ from campaigns.config.settings import Settings
 from campaigns.planning.context import make_context
 from campaigns.planning.decisions import decision_rows
 from campaigns.planning.deferral import defer_chunk
-from campaigns.planning.planner import lock_members
+from campaigns.planning.locks import lock_members
 from campaigns.planning.triggered import member_zones, triggered_channels
 from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries, members

@@ -29,7 +29,7 @@ from campaigns.config.settings import Settings
 from campaigns.config.templates import template_channels
 from campaigns.planning.context import make_context
 from campaigns.planning.decisions import decide_chunk
-from campaigns.planning.planner import lock_members
+from campaigns.planning.locks import lock_members
 from campaigns.store.ledger import ReasonCode, Status
 from campaigns.store.models import deliveries, members
 

@@ -54,6 +54,7 @@ class ReasonCode(StrEnum):
     CAPPED = "capped"  # cap_rule is full; skipped
     CAP_DEFERRED = "cap_deferred"  # cap_rule is full; due when its window opens
     CAP_NO_WINDOW = "cap_no_window"  # deferred, but no window opens within the search horizon
+    QUOTA_DEFERRED = "quota_deferred"  # the provider's daily quota was used up; due the next day it has room
     NO_CONTACT = "no_contact"
     NO_CONSENT = "no_consent"
     SUPPRESSED = "suppressed"

@@ -294,6 +294,16 @@ contacts = Table(
     comment="addresses loyalcast collected itself; used where the program's members row has none",
 )
 
+quota_days = Table(
+    "quota_days",
+    metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("day", Date, primary_key=True, comment="the provider's day (its quota_zone's calendar)"),
+    Column("used", Integer, nullable=False, comment="messages workers took from the day's quota"),
+    Column("updated_at", UTCDateTime, nullable=False),
+    comment="providers' daily quotas as used: workers reserve blocks of a day's quota here",
+)
+
 conversations = Table(
     "conversations",
     metadata,

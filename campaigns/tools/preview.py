@@ -16,8 +16,8 @@ from sqlalchemy import Engine, func, select
 from campaigns.config.sections import CampaignSettings
 from campaigns.config.settings import Settings
 from campaigns.config.values import is_marketing
-from campaigns.config.zones import zone_info
-from campaigns.delivery.message import Lots, MessageBuilder, Steps, member_zone
+from campaigns.config.zones import member_zone, zone_info
+from campaigns.delivery.message import Lots, MessageBuilder, Steps
 from campaigns.delivery.rendering import Rendered
 from campaigns.delivery.rows import Recipient
 from campaigns.delivery.transports import Transports
