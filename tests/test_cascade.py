@@ -16,6 +16,7 @@ from sqlalchemy import insert, select
 
 from campaigns.app import actors, runtime
 from campaigns.app.reconciler import Reconciler
+from campaigns.store import partitions
 from campaigns.store.models import deliveries
 from channels.fakes import FakeInfobip, FakeSmsGateway
 
@@ -83,8 +84,9 @@ def test_viber_not_delivered_falls_back_to_one_sms(configured, fakes, web_port, 
     # 4 had a marketing SMS ten days ago (the 30-day SMS cap is full), 5 gave no SMS consent
     for member_id in range(1, 6):
         add_member(application.engine, member_id, phone=f"+7916123450{member_id}", viber_consent=True, sms_consent=member_id != 5)
+    earlier = now - timedelta(days=10)
+    partitions.ensure_for(application.engine, earlier)  # the ledger's month of that decision
     with application.engine.begin() as conn:
-        earlier = now - timedelta(days=10)
         conn.execute(
             insert(deliveries).values(
                 member_id=4,

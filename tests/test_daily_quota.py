@@ -15,6 +15,7 @@ from sqlalchemy import insert, select
 from campaigns.delivery.deliverer import Deliverer
 from campaigns.errors import ConfigError
 from campaigns.planning.deferral import postpone
+from campaigns.store import partitions
 from campaigns.store.models import deliveries, quota_days
 
 NOON = "2026-11-24T12:00+03:00"
@@ -74,11 +75,11 @@ def test_messages_past_the_quota_wait_for_the_next_day(configured) -> None:
 
 def test_a_postponed_message_never_crowds_one_planned_later(configured) -> None:
     # Given a member whose marketing SMS (one per 30 days) is queued now, and another
-    # marketing SMS already planned for 20 days from now
+    # marketing SMS already planned for two days from now
     application = configured(quota_settings(100))
     add_member(application.engine, 1, phone="+79161234501", sms_consent=True)
     now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-    later = now + timedelta(days=20)
+    later = now + timedelta(days=2)
 
     def row(send_at: datetime, run: int) -> dict[str, object]:
         return {
@@ -97,15 +98,26 @@ def test_a_postponed_message_never_crowds_one_planned_later(configured) -> None:
             "updated_at": now,
         }
 
+    partitions.ensure_for(application.engine, now)  # the ledger's month of those decisions
     with application.engine.begin() as conn:
         first = conn.execute(insert(deliveries).returning(deliveries.c.id), [row(now, 1)]).scalar_one()
         conn.execute(insert(deliveries), [row(later, 2)])
+        third = conn.execute(insert(deliveries).returning(deliveries.c.id), [row(now, 3)]).scalar_one()
 
     # When the first is postponed to tomorrow (its provider's quota is used up today)
     moved = postpone(application.engine, application.settings, [first], now + timedelta(days=1), "quota used up")
 
     # Then it does not land inside the later one's 30-day window: it goes 30 days after it
     assert moved == {first: later + timedelta(days=30)}
+    # And one that would have to wait longer after its decision than a message may
+    # (Settings.hold_slack: the longest window, two days and the retries, 33 days here)
+    # is capped instead, its slot given back: cap lookups never look that far back
+    assert application.settings.hold_slack == timedelta(days=33)
+    assert postpone(application.engine, application.settings, [third], now + timedelta(days=1), "quota used up") == {third: None}
+    with application.engine.connect() as conn:
+        capped = conn.execute(select(deliveries).where(deliveries.c.id == third)).one()
+    assert (capped.status, capped.reason_code, capped.holds_slot) == ("capped", "cap_no_window", False)
+    assert capped.reason.endswith("quota used up; no window opens within 33d of the decision")
 
 
 def test_a_quota_zone_must_be_a_time_zone(write_settings) -> None:

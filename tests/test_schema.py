@@ -18,6 +18,11 @@ ROW = (
 )
 
 
+def _not_a_partition(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", "")
+    return not (table or "").startswith("deliveries_p")
+
+
 def test_migrations_build_the_declared_schema_and_keep_rows(database_url: str) -> None:
     # Given a database at the first revision with one ledger row
     engine = make_engine(database_url)
@@ -34,9 +39,11 @@ def test_migrations_build_the_declared_schema_and_keep_rows(database_url: str) -
     # When it is upgraded to the head
     schema.upgrade(engine)
 
-    # Then the schema is exactly what campaigns/models.py declares, and the row is there
+    # Then the schema is exactly what campaigns/models.py declares (the ledger's monthly
+    # partitions on PostgreSQL are the parent's), and the row is there
     with engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata) == []
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": _not_a_partition})
+        assert compare_metadata(context, metadata) == []
         assert conn.execute(text("SELECT count(*) FROM deliveries")).scalar_one() == 1
     indexes = {index["name"] for index in inspect(engine).get_indexes("deliveries")}
     assert "ix_deliveries_member_caps" in indexes and "ix_deliveries_cap_window" not in indexes

@@ -22,7 +22,8 @@ only ever sent by the worker whose claim took it):
 
 Between steps 1 and 2 it applies providers' events that matched no ledger row when they
 arrived (a delivery report faster than the worker's own "sent"), once a day removes
-events older than ``[web] events_retention``, and decides the campaigns' fallbacks that
+events older than ``[web] events_retention``, creates next month's ledger partition and
+enforces ``[ledger] retention`` (``campaigns.store.retention``), and decides the campaigns' fallbacks that
 are due (``campaigns.planning.cascade``: a message not delivered in time, once more on
 another channel), enqueued delayed until due.
 
@@ -42,7 +43,7 @@ from campaigns import metrics
 from campaigns.app import actors, backlog, runtime
 from campaigns.planning import cascade
 from campaigns.planning.batches import open_runs, overdue
-from campaigns.store import events, leases
+from campaigns.store import events, leases, partitions, retention
 from campaigns.store.runs import renew_plan_lease, stalled_plans
 
 log = logging.getLogger("loyalcast.reconciler")
@@ -67,6 +68,8 @@ class Pass:
     send) that matched a ledger row in this pass."""
     fallbacks: int = 0
     """Fallback messages decided (on another channel, for messages not delivered in time)."""
+    expired: retention.Expired | None = None
+    """What the day's retention pass removed (the first pass of a day)."""
 
     @property
     def acted(self) -> bool:
@@ -109,7 +112,11 @@ class Reconciler:
             result.matched_events = events.apply_unmatched(conn, now)
             if self._pruned_on != now.date():
                 events.prune(conn, now - settings.web.events_retention)
-                self._pruned_on = now.date()
+        if self._pruned_on != now.date():
+            # Once a day: next month's partition ahead of time, and the ledger's retention.
+            partitions.ensure_for(engine, now)
+            result.expired = retention.enforce(engine, settings, now)
+            self._pruned_on = now.date()
 
         for fallback in cascade.fall_back(engine, settings, now):
             result.fallbacks += 1

@@ -347,6 +347,21 @@ class WebSettings(Section):
     read of the run's ledger rows."""
 
 
+class LedgerSettings(Section):
+    """``[ledger]``: how long the ledger keeps what it decided."""
+
+    retention: Duration = timedelta(days=400)
+    """How long a decision is kept, counted from when it was decided. On PostgreSQL whole
+    months expire at once (``deliveries`` is partitioned by month), so a row lives up to a
+    month longer; on SQLite older rows are deleted. Never shorter than the longest cap
+    window, the longest a decided message may wait, and ``reporting_horizon`` together."""
+    reporting_horizon: Duration = timedelta(days=90)
+    """How far back reports, ``lift`` and the console must still find every decision."""
+    archive: bool = False
+    """PostgreSQL: detach an expired month and keep it as the table
+    ``archived_deliveries_pYYYYMM`` (to dump and drop at leisure) instead of dropping it."""
+
+
 class SchedulerSettings(Section):
     tick: Duration = timedelta(seconds=30)
     """How often the scheduler looks at the clock."""

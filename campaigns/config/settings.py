@@ -9,6 +9,7 @@ value (``database.url_env = "LOYALCAST_DATABASE_URL"``).
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from datetime import timedelta
@@ -25,6 +26,7 @@ from campaigns.config.sections import (
     ControlSettings,
     DatabaseSettings,
     DeliverySettings,
+    LedgerSettings,
     LoggingSettings,
     MetricsSettings,
     OutboxSettings,
@@ -40,6 +42,9 @@ from campaigns.config.values import ANY, ANY_CHANNEL, ChannelName, Section
 from campaigns.errors import ConfigError, UnknownCampaign
 from channels import Transport, TransportOptions, build_transport
 from channels.specs import CHANNELS
+
+CALENDAR_SPAN = {"week": timedelta(days=7), "month": timedelta(days=31)}
+"""The longest a calendar cap window lasts."""
 
 
 class Settings(Section):
@@ -58,6 +63,7 @@ class Settings(Section):
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     web: WebSettings = WebSettings()
+    ledger: LedgerSettings = LedgerSettings()
     control: ControlSettings = ControlSettings()
     caps: list[CapRule] = Field(default_factory=default_caps)
     segments: dict[str, SegmentSettings] = Field(default_factory=dict)
@@ -162,6 +168,23 @@ class Settings(Section):
         (Telegram: a ``t.me`` deep link that links the chat on ``/start``), else None."""
         token = self.link_signer().sign(TELEGRAM_START, member_id)
         return {name: self.channel(name).opt_in_url(token) for name in CHANNELS}
+
+    @property
+    def longest_cap_window(self) -> timedelta:
+        """The widest reach of any cap rule on either side of a send: a rolling rule's
+        ``per``, a minimum gap, a calendar week (7 days) or month (31 days)."""
+        spans = [CALENDAR_SPAN[rule.period or "month"] if rule.window == "calendar" else rule.span for rule in self.caps]
+        return max(spans, default=timedelta(0))
+
+    @property
+    def hold_slack(self) -> timedelta:
+        """The longest a message holding a cap slot may become due after it was decided:
+        a cap's deferral or a quota's postponement (at most one cap window, plus a day),
+        quiet hours or ``send_at_local`` (a day), and every retry's backoff. Deferrals
+        search no further, and cap lookups read ledger rows decided no earlier than a
+        window's start less this (on PostgreSQL, only those months' partitions)."""
+        retries = self.delivery.max_backoff * self.delivery.max_attempts
+        return self.longest_cap_window + timedelta(days=2 + math.ceil(retries / timedelta(days=1)))
 
     def caps_for(self, channel: str, category: str, tier: str | None = None) -> list[CapRule]:
         """Rules that limit ``category`` on ``channel`` for a member of ``tier``.

@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 from campaigns.config.links import MIN_KEY_BYTES
 from campaigns.config.settings import Settings
 from campaigns.config.templates import missing_parts
+from campaigns.config.values import format_duration
 from channels import TRANSPORTS
 from channels.errors import ChannelConfigError, MissingSecret
 from channels.specs import channel_spec
@@ -142,6 +143,7 @@ def semantic_problems(settings: Settings) -> tuple[list[str], list[str]]:
         )
     problems += transport_problems
     problems += _lease_problems(settings)
+    problems += _retention_problems(settings)
 
     templates = settings.templates_path
     if not templates.is_dir():
@@ -213,6 +215,20 @@ def _lease_problems(settings: Settings) -> list[str]:
     if delivery.max_backoff < delivery.min_backoff:
         problems.append(f"delivery.max_backoff: shorter than delivery.min_backoff ({_seconds(delivery.min_backoff)})")
     return problems
+
+
+def _retention_problems(settings: Settings) -> list[str]:
+    """The ledger may forget a decision only once no cap window, waiting message or report needs it."""
+    ledger = settings.ledger
+    needed = settings.longest_cap_window + settings.hold_slack + ledger.reporting_horizon
+    if ledger.retention >= needed:
+        return []
+    return [
+        f"ledger.retention: {format_duration(ledger.retention)} is shorter than the longest cap window "
+        f"({format_duration(settings.longest_cap_window)}), the longest a decided message may wait "
+        f"({format_duration(settings.hold_slack)}) and ledger.reporting_horizon "
+        f"({format_duration(ledger.reporting_horizon)}) together: at least {format_duration(needed)}"
+    ]
 
 
 def _seconds(value: timedelta) -> str:

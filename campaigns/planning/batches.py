@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, func, select
 
-from campaigns.store.ledger import Status
+from campaigns.store.ledger import Status, in_status
 from campaigns.store.models import deliveries
 
 
@@ -27,7 +27,7 @@ def queued_batches(
     inclusive) keeps only those members' deliveries. ``run_id`` None: triggered messages.
     """
     run = deliveries.c.run_id.is_(None) if run_id is None else deliveries.c.run_id == run_id
-    query = select(deliveries.c.id, deliveries.c.send_at).where(run, deliveries.c.status == Status.QUEUED.value)
+    query = select(deliveries.c.id, deliveries.c.send_at).where(run, in_status(Status.QUEUED))
     if members is not None:
         query = query.where(deliveries.c.member_id.between(*members))
     if due_by is not None:
@@ -52,7 +52,7 @@ def waiting(engine: Engine, run_id: int, after: datetime) -> tuple[int, datetime
         row = conn.execute(
             select(func.count(), func.min(deliveries.c.send_at)).where(
                 deliveries.c.run_id == run_id,
-                deliveries.c.status == Status.QUEUED.value,
+                in_status(Status.QUEUED),
                 deliveries.c.send_at > after,
             )
         ).one()
@@ -74,7 +74,7 @@ def overdue(engine: Engine, due_before: datetime) -> list[Overdue]:
     with engine.connect() as conn:
         result = conn.execute(
             select(deliveries.c.run_id, func.count(), func.min(deliveries.c.send_at))
-            .where(deliveries.c.status == Status.QUEUED.value, deliveries.c.send_at < due_before)
+            .where(in_status(Status.QUEUED), deliveries.c.send_at < due_before)
             .group_by(deliveries.c.run_id)
         ).all()
     return [Overdue(row[0], row[1], row[2]) for row in result]
@@ -84,6 +84,6 @@ def open_runs(engine: Engine) -> list[int | None]:
     """Runs (None: triggered messages) with any queued delivery, due or not."""
     with engine.connect() as conn:
         found: list[int | None] = list(
-            conn.execute(select(deliveries.c.run_id).where(deliveries.c.status == Status.QUEUED.value).distinct()).scalars()
+            conn.execute(select(deliveries.c.run_id).where(in_status(Status.QUEUED)).distinct()).scalars()
         )
     return found

@@ -25,8 +25,6 @@ from campaigns.config.rules import CapRule
 from campaigns.config.values import Clock
 
 UTC = UTC
-DEFER_HORIZON = timedelta(days=400)
-"""A deferred message that cannot find an open window this far ahead is capped instead."""
 
 
 def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
@@ -70,16 +68,18 @@ def next_opening(
     t: datetime,
     zone: ZoneInfo,
     holders: Callable[[CapRule], list[datetime]],
+    latest: datetime,
     adjust: Callable[[datetime], datetime] = lambda moment: moment,
 ) -> datetime | None:
-    """The earliest instant at or after ``t`` when every rule has a free slot.
+    """The earliest instant at or after ``t`` and no later than ``latest`` when every
+    rule has a free slot.
 
     ``holders(rule)`` gives the send times the rule counts; ``adjust`` moves a candidate
-    out of quiet hours. None when nothing opens within ``DEFER_HORIZON``.
+    out of quiet hours. None when nothing opens by ``latest``.
     """
     current = adjust(t)
     for _ in range(10_000):
-        if current - t > DEFER_HORIZON:
+        if current > latest:
             return None
         blocking = [rule for rule in rules if not is_free(rule, current, zone, holders(rule))]
         if not blocking:

@@ -89,6 +89,8 @@ def fall_back(engine: Engine, settings: Settings, now: datetime) -> list[Fallbac
             .where(
                 campaign_runs.c.campaign == name,
                 deliveries.c.channel == rule.on,
+                # Sent by now - after, and decided at most hold_slack before that.
+                deliveries.c.created_at >= now - rule.after - LOOKBACK - settings.hold_slack,
                 or_(
                     and_(
                         deliveries.c.status == Status.SENT.value,

@@ -42,6 +42,10 @@ class RunContext:
     """``{channel: {zone: when a message planned at as_of is due}}``."""
     idempotency_key: str | None = None
     data: dict[str, Any] | None = None
+    decided_at: datetime | None = None
+    """The ledger rows' ``created_at``: a run's start for every row of the run (a rerun
+    then conflicts with the rows it decided before, in the same monthly partition),
+    the moment of deciding for a triggered message (None: now)."""
 
 
 def member_zones(conn: Connection) -> list[str]:
@@ -57,10 +61,13 @@ def member_zones(conn: Connection) -> list[str]:
     return sorted(valid)
 
 
-def run_context(conn: Connection, settings: Settings, run_id: int, campaign_name: str, as_of: datetime) -> RunContext:
+def run_context(
+    conn: Connection, settings: Settings, run_id: int, campaign_name: str, as_of: datetime, decided_at: datetime | None = None
+) -> RunContext:
     campaign = settings.campaigns[campaign_name]
     zones = tuple(sorted(set(member_zones(conn)) | {settings.program.timezone}))
-    return make_context(settings, run_id, campaign_name, campaign, settings.segments[campaign.segment], as_of, zones)
+    segment = settings.segments[campaign.segment]
+    return make_context(settings, run_id, campaign_name, campaign, segment, as_of, zones, decided_at=decided_at)
 
 
 def make_context(

@@ -67,6 +67,9 @@ STATE_NO_CONSENT = "no consent"
 STATE_SUPPRESSED = "suppressed"
 STATE_UNSUBSCRIBED = "unsubscribed"
 
+RUN_MEMBER = ["run_id", "member_id", "created_at"]
+"""The conflict target of a run's decisions: one per member (a run's rows share created_at)."""
+
 INSERTED_COLUMNS = [
     "run_id",
     "member_id",
@@ -182,13 +185,13 @@ def _insert_not_due(conn: Connection, ctx: RunContext, left_out: dict[int, tuple
             "reason_code": code.value,
             "holds_slot": False,
             "send_at": ctx.as_of,
-            "created_at": now,
+            "created_at": ctx.decided_at or now,
             "updated_at": now,
             "attempts": 0,
         }
         for member_id, (code, reason) in sorted(left_out.items())
     ]
-    result = conn.execute(upsert_insert(conn, deliveries).on_conflict_do_nothing(index_elements=["run_id", "member_id"]), rows)
+    result = conn.execute(upsert_insert(conn, deliveries).on_conflict_do_nothing(index_elements=RUN_MEMBER), rows)
     added = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
     return Counter({(Status.NOT_DUE.value, "-"): added})
 
@@ -368,7 +371,7 @@ def decision_rows(
         status == Status.QUEUED.value,
         capped.c.send_at,
         case((is_deferred, capped.c.send_at), else_=literal(None, UTCDateTime())),
-        literal(now, UTCDateTime()),
+        literal(ctx.decided_at or now, UTCDateTime()),
         literal(now, UTCDateTime()),
         literal(0, Integer),
         literal(ctx.idempotency_key, String()),
@@ -387,11 +390,9 @@ def decision_insert(
     body = decision_rows(conn, settings, ctx, member_range, only)
     insert = upsert_insert(conn, deliveries).from_select(INSERTED_COLUMNS, body)
     if ctx.idempotency_key is not None:
-        # The key's unique index is partial: the conflict target must repeat its WHERE.
-        return insert.on_conflict_do_nothing(
-            index_elements=["idempotency_key"], index_where=deliveries.c.idempotency_key.is_not(None)
-        )
-    return insert.on_conflict_do_nothing(index_elements=["run_id", "member_id"])
+        # The key was claimed in idempotency_keys before (campaigns.planning.triggered).
+        return insert
+    return insert.on_conflict_do_nothing(index_elements=RUN_MEMBER)
 
 
 def _first_full_rule(settings: Settings, ctx: RunContext, channel: str, chosen: Any) -> ColumnElement[Any] | None:
@@ -421,8 +422,13 @@ def _is_full(settings: Settings, ctx: RunContext, channel: str, rule: CapRule, c
         lows[zone_name], highs[zone_name], inclusive = window_bounds(rule, due, ZoneInfo(zone_name))
     low = _per_zone(chosen.c.zone, lows, ctx.program_zone, UTCDateTime())
     high = _per_zone(chosen.c.zone, highs, ctx.program_zone, UTCDateTime())
+    # A holder inside the window was decided no earlier than its start less the longest
+    # a message may wait after its decision: a constant, so PostgreSQL reads only the
+    # months from then on.
+    decided_since = literal(min(lows.values()) - settings.hold_slack, UTCDateTime())
     conditions = [
         deliveries.c.member_id == chosen.c.member_id,
+        deliveries.c.created_at >= decided_since,
         deliveries.c.holds_slot,
         deliveries.c.category == rule.category,
         deliveries.c.send_at >= low if inclusive else deliveries.c.send_at > low,

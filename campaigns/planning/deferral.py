@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from campaigns.config.rules import CapRule
 from campaigns.config.settings import Settings
-from campaigns.config.values import ANY_CHANNEL, Clock
+from campaigns.config.values import ANY_CHANNEL, Clock, format_duration
 from campaigns.config.zones import member_zone, zone_info
 from campaigns.planning.caps import leave_quiet_hours, next_opening
 from campaigns.planning.context import RunContext
@@ -48,19 +48,25 @@ class _Moving:
     zone: ZoneInfo
     start: datetime
     """The earliest instant it may move to."""
+    decided_at: datetime
+    """Its ``created_at``: it may not move further than ``Settings.hold_slack`` after it."""
 
 
 def _openings(conn: Connection, settings: Settings, rows: list[_Moving]) -> dict[int, datetime | None]:
     """Each row's first instant at or after its ``start`` outside its quiet hours where
     every cap rule of its channel and category has room, counting the members' other
     slot-holding rows and the rows moved before it; None when no window opens within
-    the search horizon. Two queries whatever the number of rows."""
+    ``Settings.hold_slack`` of the row's decision (so cap lookups, which read rows
+    decided no earlier than a window's start less that, always find it). One query."""
     holders: dict[int, list[tuple[str, str, datetime]]] = defaultdict(list)
+    reach = settings.longest_cap_window + settings.hold_slack
     for held in conn.execute(
         select(deliveries.c.member_id, deliveries.c.channel, deliveries.c.category, deliveries.c.send_at).where(
             deliveries.c.member_id.in_(sorted({row.member_id for row in rows})),
             deliveries.c.holds_slot,
             deliveries.c.id.not_in([row.id for row in rows]),
+            # A holder whose window reaches these rows' starts was decided no earlier.
+            deliveries.c.created_at >= min(row.start for row in rows) - reach,
         )
     ):
         holders[held.member_id].append((held.channel, held.category, held.send_at))
@@ -79,7 +85,7 @@ def _openings(conn: Connection, settings: Settings, rows: list[_Moving]) -> dict
         def adjust(when: datetime, zone: ZoneInfo = row.zone, quiet: tuple[Clock, Clock] | None = quiet) -> datetime:
             return leave_quiet_hours(when, zone, quiet)
 
-        opening = next_opening(rules, row.start, row.zone, counted, adjust=adjust)
+        opening = next_opening(rules, row.start, row.zone, counted, row.decided_at + settings.hold_slack, adjust=adjust)
         found[row.id] = opening
         if opening is not None:  # a later row of the same member counts this one where it lands
             holders[row.member_id].append((row.channel, row.category, opening))
@@ -100,6 +106,7 @@ def postpone(engine: Engine, settings: Settings, ids: list[int], not_before: dat
                 deliveries.c.channel,
                 deliveries.c.category,
                 deliveries.c.reason,
+                deliveries.c.created_at,
                 members.c.tier,
                 members.c.timezone,
             )
@@ -110,7 +117,14 @@ def postpone(engine: Engine, settings: Settings, ids: list[int], not_before: dat
         program_zone = settings.program.timezone
         rows = [
             _Moving(
-                r.id, r.member_id, r.channel, r.category, r.tier, zone_info(member_zone(r.timezone, program_zone)), not_before
+                r.id,
+                r.member_id,
+                r.channel,
+                r.category,
+                r.tier,
+                zone_info(member_zone(r.timezone, program_zone)),
+                not_before,
+                r.created_at,
             )
             for r in found
         ]
@@ -119,7 +133,7 @@ def postpone(engine: Engine, settings: Settings, ids: list[int], not_before: dat
         updates = []
         for row_id, opening in openings.items():
             if opening is None:
-                updates.append(_capped(row_id, reasons[row_id], f"{why}; no window opens within 400 days", not_before))
+                updates.append(_capped(row_id, reasons[row_id], f"{why}; {_no_window(settings)}", not_before))
             else:
                 reason = f"{reasons[row_id]}; {why}: due {opening.isoformat(timespec='minutes')}"
                 updates.append(_moved(row_id, reason, opening, ReasonCode.QUOTA_DEFERRED))
@@ -131,7 +145,7 @@ def _capped(row_id: int, reason: str, why: str, send_at: datetime) -> dict[str, 
     """A row no window opens for: capped, its slot given back. A row a cap deferred keeps
     its rule's words ("cap sms/marketing ...")."""
     if reason.startswith(DEFERRED_PREFIX):
-        text = CAPPED_PREFIX + reason.removeprefix(DEFERRED_PREFIX) + "; no window opens within 400 days"
+        text = CAPPED_PREFIX + reason.removeprefix(DEFERRED_PREFIX) + f"; {why}"
     else:
         text = f"{reason}; {why}"
     return {
@@ -142,6 +156,10 @@ def _capped(row_id: int, reason: str, why: str, send_at: datetime) -> dict[str, 
         "b_reason": text[:500],
         "b_code": ReasonCode.CAP_NO_WINDOW.value,
     }
+
+
+def _no_window(settings: Settings) -> str:
+    return f"no window opens within {format_duration(settings.hold_slack)} of the decision"
 
 
 def _moved(row_id: int, reason: str, opening: datetime, code: ReasonCode) -> dict[str, object]:
@@ -181,6 +199,7 @@ def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_ra
             deliveries.c.channel,
             deliveries.c.send_at,
             deliveries.c.reason,
+            deliveries.c.created_at,
             members.c.tier,
             members.c.timezone,
         )
@@ -204,6 +223,7 @@ def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_ra
             row.tier,
             ZoneInfo(row.timezone if row.timezone in ctx.zones else ctx.program_zone),
             row.send_at,
+            row.created_at,
         )
         for row in pending
     ]
@@ -213,7 +233,7 @@ def defer_chunk(conn: Connection, settings: Settings, ctx: RunContext, member_ra
     for row_id, opening in _openings(conn, settings, rows).items():
         if opening is None:
             # The row's reason was written by decision_insert as DEFERRED_PREFIX + the rest.
-            updates.append(_capped(row_id, reasons[row_id], "", starts[row_id]))
+            updates.append(_capped(row_id, reasons[row_id], _no_window(settings), starts[row_id]))
         else:
             updates.append(
                 _moved(

@@ -31,8 +31,9 @@ from campaigns.config.settings import Settings
 from campaigns.planning.context import RunContext, run_context
 from campaigns.planning.decisions import decide_chunk
 from campaigns.planning.locks import lock_members
+from campaigns.store import partitions
 from campaigns.store.models import campaign_runs, deliveries, members
-from campaigns.store.runs import RunState, load_run, renew_plan_lease
+from campaigns.store.runs import RunState, load_run, of_run, renew_plan_lease
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,16 @@ def plan_chunks(engine: Engine, settings: Settings, run_id: int) -> Iterator[Pla
     settings.campaign(run.campaign)
     lease = settings.delivery.plan_lease
     renew_plan_lease(engine, run.id, datetime.now(UTC) + lease)
+    partitions.ensure_for(engine, run.started_at)
     with engine.connect() as conn:
-        ctx = run_context(conn, settings, run.id, run.campaign, run.as_of)
+        ctx = run_context(conn, settings, run.id, run.campaign, run.as_of, decided_at=run.started_at)
     decided = 0
     for member_range, counts in _plan_chunks(engine, settings, ctx, member_chunks(engine, settings.delivery.plan_chunk_size)):
         decided += sum(counts.values())
         renew_plan_lease(engine, run.id, datetime.now(UTC) + lease)
         yield PlannedChunk(run.campaign, member_range, counts)
     with engine.begin() as conn:
-        considered = conn.execute(select(func.count()).select_from(deliveries).where(deliveries.c.run_id == run.id)).scalar_one()
+        considered = conn.execute(select(func.count()).select_from(deliveries).where(of_run(run.id, run.started_at))).scalar_one()
         conn.execute(
             update(campaign_runs)
             .where(campaign_runs.c.id == run.id)

@@ -4,8 +4,8 @@
 same member lock and the same decision SQL, so consent, suppressions, quiet hours and
 caps all apply; ``service`` is exempt from marketing caps unless a rule names it):
 
-- the idempotency key is unique in the ledger: a key seen before adds a ``duplicate``
-  row pointing at the first delivery and sends nothing;
+- the idempotency key is unique (``idempotency_keys``, kept as long as the ledger): a key
+  seen before adds a ``duplicate`` row pointing at the first delivery and sends nothing;
 - an unknown member or template, or data that is not a JSON object, adds a ``failed``
   row with that reason instead of crashing the worker;
 - data a template needs but the caller did not send fails at render time, also as a
@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from campaigns.config.sections import CampaignSettings, SegmentSettings
 from campaigns.config.settings import Settings
@@ -30,8 +30,10 @@ from campaigns.config.templates import template_channels
 from campaigns.planning.context import make_context
 from campaigns.planning.decisions import decide_chunk
 from campaigns.planning.locks import lock_members
+from campaigns.store import partitions
+from campaigns.store.engine import upsert_insert
 from campaigns.store.ledger import ReasonCode, Status
-from campaigns.store.models import deliveries, members
+from campaigns.store.models import deliveries, idempotency_keys, members
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +83,37 @@ def decide(
     now = now or datetime.now(UTC)
     category = category or settings.triggered.category
     key = str(idempotency_key)[:MAX_KEY_LENGTH]
-    try:
-        return _decide(engine, settings, member_id, template, data, key, category, now, channels)
-    except IntegrityError:
-        # The same key for another member (or an unknown one) won the unique index.
-        with engine.begin() as conn:
-            first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).one()
-            return _duplicate(conn, member_id, template, category, now, key, first)
+    partitions.ensure_for(engine, now)
+    with engine.begin() as conn:
+        lock_members(conn, (member_id, member_id))
+        # The key is taken here or was before: a concurrent use of it (for another
+        # member too) waits for this transaction, then finds it taken.
+        taken = conn.execute(
+            upsert_insert(conn, idempotency_keys)
+            .values(key=key, delivery_id=None, created_at=now)
+            .on_conflict_do_nothing()
+            .returning(idempotency_keys.c.key)
+        ).first()
+        if taken is None:
+            return _duplicate(conn, member_id, template, category, now, key, _first_use(conn, key))
+        decided = _decide(conn, settings, member_id, template, data, key, category, now, channels)
+        conn.execute(update(idempotency_keys).where(idempotency_keys.c.key == key).values(delivery_id=decided.delivery_id))
+        return decided
+
+
+def _first_use(conn: Connection, key: str) -> Any:
+    """The delivery that used ``key`` first: its id and status."""
+    used = conn.execute(select(idempotency_keys).where(idempotency_keys.c.key == key)).one()
+    first = conn.execute(
+        select(deliveries.c.id, deliveries.c.status).where(
+            deliveries.c.id == used.delivery_id, deliveries.c.created_at == used.created_at
+        )
+    ).first()
+    return first or SimpleNamespace(id=used.delivery_id, status="no longer in the ledger")
 
 
 def _decide(
-    engine: Engine,
+    conn: Connection,
     settings: Settings,
     member_id: int,
     template: str,
@@ -101,42 +123,36 @@ def _decide(
     now: datetime,
     channels: list[str] | None = None,
 ) -> Decided:
-    with engine.begin() as conn:
-        lock_members(conn, (member_id, member_id))
-        first = conn.execute(select(deliveries.c.id, deliveries.c.status).where(deliveries.c.idempotency_key == key)).first()
-        if first is not None:
-            return _duplicate(conn, member_id, template, category, now, key, first)
-        why_not = problem(settings, conn, member_id, template, data, channels)
-        if why_not is not None:
-            code, text = why_not
-            log.warning("triggered %s for member %s not sent: %s", template, member_id, text)
-            return _plain_row(conn, member_id, template, category, now, Status.FAILED, code, text, key)
-        member_zone = conn.execute(select(members.c.timezone).where(members.c.id == member_id)).scalar()
-        campaign = CampaignSettings(
-            segment="(every member)",
-            template=template,
-            category=category,
-            channels=channels or triggered_channels(settings, template),
+    why_not = problem(settings, conn, member_id, template, data, channels)
+    if why_not is not None:
+        code, text = why_not
+        log.warning("triggered %s for member %s not sent: %s", template, member_id, text)
+        return _plain_row(conn, member_id, template, category, now, Status.FAILED, code, text, key)
+    member_zone = conn.execute(select(members.c.timezone).where(members.c.id == member_id)).scalar()
+    campaign = CampaignSettings(
+        segment="(every member)",
+        template=template,
+        category=category,
+        channels=channels or triggered_channels(settings, template),
+    )
+    ctx = make_context(
+        settings,
+        None,
+        f"triggered:{template}",
+        campaign,
+        SegmentSettings(),
+        now,
+        member_zones(member_zone, settings.program.timezone),
+        idempotency_key=key,
+        data=data,
+        decided_at=now,
+    )
+    decide_chunk(conn, settings, ctx, (member_id, member_id))
+    row = conn.execute(
+        select(deliveries.c.id, deliveries.c.status, deliveries.c.reason, deliveries.c.send_at).where(
+            deliveries.c.idempotency_key == key, deliveries.c.created_at == now
         )
-        ctx = make_context(
-            settings,
-            None,
-            f"triggered:{template}",
-            campaign,
-            SegmentSettings(),
-            now,
-            member_zones(member_zone, settings.program.timezone),
-            idempotency_key=key,
-            data=data,
-        )
-        decide_chunk(conn, settings, ctx, (member_id, member_id))
-        row = conn.execute(
-            select(deliveries.c.id, deliveries.c.member_id, deliveries.c.status, deliveries.c.reason, deliveries.c.send_at).where(
-                deliveries.c.idempotency_key == key
-            )
-        ).one()
-        if row.member_id != member_id:
-            return _duplicate(conn, member_id, template, category, now, key, row)
+    ).one()
     return Decided(row.id, row.status, row.reason, row.send_at)
 
 

@@ -40,6 +40,10 @@ FAILED_BY = (EventKind.BOUNCED.value, EventKind.FAILED.value)
 SUPPRESSED_BY = (EventKind.BOUNCED.value, EventKind.COMPLAINED.value)
 UNMATCHED_HORIZON = timedelta(days=7)
 """How long an unmatched event keeps being tried against the ledger."""
+REACH = timedelta(days=120)
+"""A report names a message decided at most this long before it arrives (a message may
+wait up to ``Settings.hold_slack`` to be sent, then its reports come within days): on
+PostgreSQL matching reads only those months of the ledger."""
 UNMATCHED_AFTER = timedelta(minutes=1)
 """The reconciler leaves younger events to the web process that kept them (it applies
 them right after): two appliers on the same rows would only wait for each other."""
@@ -143,6 +147,7 @@ def apply(conn: Connection, event_ids: list[int], now: datetime) -> int:
         return 0
     events = provider_events
     these = in_ids(conn, events.c.id, event_ids)
+    recent = deliveries.c.created_at >= now - REACH
     # 1. match: the row on the event's channel with the provider's message id
     conn.execute(
         update(events)
@@ -151,6 +156,7 @@ def apply(conn: Connection, event_ids: list[int], now: datetime) -> int:
             events.c.delivery_id.is_(None),
             deliveries.c.channel == events.c.provider,
             deliveries.c.provider_message_id == events.c.provider_message_id,
+            recent,
         )
         .values(delivery_id=deliveries.c.id)
     )
@@ -158,7 +164,7 @@ def apply(conn: Connection, event_ids: list[int], now: datetime) -> int:
     delivered = select(events.c.delivery_id).where(these, events.c.event.in_(DELIVERED_BY))
     conn.execute(
         update(deliveries)
-        .where(deliveries.c.id.in_(delivered), deliveries.c.status.in_(BELOW_DELIVERED))
+        .where(deliveries.c.id.in_(delivered), deliveries.c.status.in_(BELOW_DELIVERED), recent)
         .values(status=Status.DELIVERED.value, updated_at=now)
     )
     # 3. failed, with the first failure's reason
@@ -177,6 +183,7 @@ def apply(conn: Connection, event_ids: list[int], now: datetime) -> int:
             events.c.id.in_(first_failure),
             deliveries.c.id == events.c.delivery_id,
             deliveries.c.status.in_(BELOW_FAILED),
+            recent,
         )
         .values(status=Status.FAILED.value, reason_code=code, reason=reason, last_error=reason, updated_at=now)
     )

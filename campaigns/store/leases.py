@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import String, bindparam, func, literal, or_, select, text, update
 from sqlalchemy.engine import Connection
 
-from campaigns.store.ledger import Outcome, ReasonCode, Status
+from campaigns.store.ledger import Outcome, ReasonCode, Status, in_status
 from campaigns.store.models import deliveries
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ def expire(conn: Connection, *, now: datetime) -> int:
     unknown: int = conn.execute(
         update(deliveries)
         .where(
-            deliveries.c.status == Status.SENDING.value,
+            in_status(Status.SENDING),
             or_(deliveries.c.lease_until < now, deliveries.c.lease_until.is_(None)),
         )
         .values(
@@ -298,6 +298,6 @@ def live_leases(conn: Connection, run_id: int | None, *, now: datetime) -> int:
     """How many of the run's rows (triggered: ``None``) are in a provider call under a live lease."""
     run = deliveries.c.run_id.is_(None) if run_id is None else deliveries.c.run_id == run_id
     count: int = conn.execute(
-        select(func.count()).where(deliveries.c.status == Status.SENDING.value, run, deliveries.c.lease_until >= now)
+        select(func.count()).where(in_status(Status.SENDING), run, deliveries.c.lease_until >= now)
     ).scalar_one()
     return count

@@ -13,10 +13,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import ColumnElement, and_
 from sqlalchemy.engine import Connection
 
 from campaigns.store.engine import upsert_insert
-from campaigns.store.models import suppressions
+from campaigns.store.models import deliveries, suppressions
 
 
 class Status(StrEnum):
@@ -104,6 +105,13 @@ class Outcome:
     provider_message_id: str | None = None
     error: str | None = None
     due: datetime | None = None
+
+
+def in_status(status: Status) -> ColumnElement[bool]:
+    """Rows in ``status``, one of the open ones (queued, sending): through the index of
+    rows on their way, which is on ``is_open``, not on ``status``."""
+    assert status in (Status.QUEUED, Status.SENDING), status
+    return and_(deliveries.c.is_open, deliveries.c.status == status.value)
 
 
 def add_suppressions(conn: Connection, entries: list[dict[str, Any]], now: datetime) -> None:

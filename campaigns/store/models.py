@@ -26,9 +26,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     Date,
     DateTime,
-    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -169,9 +169,14 @@ campaign_runs = Table(
     UniqueConstraint("campaign", "occasion"),
 )
 
+OPEN_STATUSES = ("queued", "sending")
+"""A row in one of these statuses is still on its way (``deliveries.is_open``)."""
+
 deliveries = Table(
     "deliveries",
     metadata,
+    # On PostgreSQL the table is partitioned by month of created_at (migration 0010):
+    # its primary key there is (id, created_at), and every unique index holds created_at.
     Column("id", BigId, primary_key=True),
     # No foreign key to campaign_runs: see migration 0002 (a check per planned row).
     Column("run_id", BigId, nullable=True),
@@ -204,22 +209,31 @@ deliveries = Table(
     Column("last_error", String(500), nullable=True, comment="latest failed attempt"),
     Column("idempotency_key", String(200), nullable=True, comment="triggered messages: the caller's key"),
     Column("data", JSON, nullable=True, comment="triggered messages: the caller's template data"),
-    UniqueConstraint("run_id", "member_id"),
+    # Derived from status, so that no index reads status itself: a claim (queued to
+    # sending) and a delivery report (sent to delivered) leave every indexed column as
+    # it was and are HOT updates, written in place without new index entries.
+    Column(
+        "is_open",
+        Boolean,
+        Computed(f"status IN ({', '.join(repr(s) for s in OPEN_STATUSES)})", persisted=True),
+        comment="queued or sending: still on its way",
+    ),
+    # A run's rows share its created_at (the run's start), so this is (run_id, member_id)
+    # unique, and PostgreSQL can enforce it on every partition.
+    UniqueConstraint("run_id", "member_id", "created_at"),
     Index(
-        "uq_deliveries_idempotency_key",
+        "ix_deliveries_idempotency_key",
         "idempotency_key",
-        unique=True,
         postgresql_where=text("idempotency_key IS NOT NULL"),
         sqlite_where=text("idempotency_key IS NOT NULL"),
     ),
     # The rows still on their way: batches, leases and the reconciler read only these.
     Index(
         "ix_deliveries_open",
-        "status",
         "run_id",
         "send_at",
-        postgresql_where=text("status IN ('queued', 'sending')"),
-        sqlite_where=text("status IN ('queued', 'sending')"),
+        postgresql_where=text("is_open"),
+        sqlite_where=text("is_open = 1"),  # as SQLAlchemy writes the condition, so SQLite uses it
     ),
     # A member's history (`why`) and cap counts (holds_slot rows in a window): one index.
     # Delivery reports name the provider's id of a message.
@@ -255,8 +269,18 @@ ladder_marks = Table(
     Column("member_id", BigId, primary_key=True, autoincrement=False),
     Column("expires_on", Date, primary_key=True, comment="expiry date on the member's clock"),
     Column("stage", Integer, primary_key=True, comment="days before expiry"),
-    Column("delivery_id", BigId, ForeignKey("deliveries.id"), nullable=False),
+    # No foreign key: deliveries rows expire with their month (``[ledger] retention``).
+    Column("delivery_id", BigId, nullable=False),
     comment="expiring-points reminders already given: at most one per (expiry date, stage)",
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(200), primary_key=True, comment="the caller's idempotency key of a triggered message"),
+    Column("delivery_id", BigId, nullable=True, comment="the ledger row the key decided (NULL while deciding)"),
+    Column("created_at", UTCDateTime, nullable=False),
+    comment="every idempotency key used, unique across the ledger's partitions; kept as long as the ledger",
 )
 
 cap_locks = Table(

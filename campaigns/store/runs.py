@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 from sqlalchemy.engine import Connection
 
 from campaigns.config.settings import Settings
 from campaigns.config.zones import zone_info
 from campaigns.store.engine import upsert_insert
-from campaigns.store.models import campaign_runs
+from campaigns.store.models import campaign_runs, deliveries
 
 
 class RunState(StrEnum):
@@ -38,6 +38,14 @@ class Run:
     state: RunState
     created: bool
     """False when the occasion had been claimed before (a rerun decides nothing new)."""
+    started_at: datetime
+    """When the run was claimed: every ledger row of the run has it as ``created_at``."""
+
+
+def of_run(run_id: int, started_at: datetime) -> ColumnElement[bool]:
+    """The ledger rows of run ``run_id`` started at ``started_at``: they all carry it as
+    ``created_at``, so on PostgreSQL the query reads that month's partition alone."""
+    return and_(deliveries.c.run_id == run_id, deliveries.c.created_at == started_at)
 
 
 def occasion_for(settings: Settings, as_of: datetime) -> str:
@@ -92,13 +100,13 @@ def claim_run(
         row = conn.execute(
             select(campaign_runs).where(campaign_runs.c.campaign == campaign, campaign_runs.c.occasion == occasion)
         ).one()
-    return Run(row.id, row.campaign, row.occasion, row.as_of, RunState(row.state), created=inserted is not None)
+    return Run(row.id, row.campaign, row.occasion, row.as_of, RunState(row.state), inserted is not None, row.started_at)
 
 
 def load_run(engine: Engine, run_id: int) -> Run:
     with engine.connect() as conn:
         row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).one()
-    return Run(row.id, row.campaign, row.occasion, row.as_of, RunState(row.state), created=False)
+    return Run(row.id, row.campaign, row.occasion, row.as_of, RunState(row.state), False, row.started_at)
 
 
 def renew_plan_lease(engine: Engine, run_id: int, until: datetime) -> None:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-HEAD = "0009"
+HEAD = "0010"
 """The newest migration's revision (a test holds it equal to Alembic's head): commands
 check the database against it without loading Alembic, which costs a web or worker
 process 15 MB."""

@@ -13,6 +13,7 @@ from campaigns.store.events import events_of
 from campaigns.store.ledger import LEFT, Status
 from campaigns.store.models import campaign_runs, deliveries, ladder_marks
 from campaigns.store.preferences import member_choices
+from campaigns.store.runs import of_run
 
 IN_FLIGHT = (Status.QUEUED.value, Status.SENDING.value)
 """Rows still on their way (``unknown`` is an outcome: it is not waited for)."""
@@ -97,14 +98,14 @@ def run_report(engine: Engine, run_id: int, overdue_after: timedelta = timedelta
             return None
         rows = conn.execute(
             select(deliveries.c.status, deliveries.c.channel, func.count())
-            .where(deliveries.c.run_id == run_id)
+            .where(of_run(run.id, run.started_at))
             .group_by(deliveries.c.status, deliveries.c.channel)
         ).all()
         stuck = conn.execute(
             select(
                 func.count().filter(deliveries.c.status == Status.QUEUED.value, deliveries.c.send_at < now - overdue_after),
                 func.count().filter(deliveries.c.status == Status.SENDING.value, deliveries.c.lease_until < now),
-            ).where(deliveries.c.run_id == run_id, deliveries.c.status.in_(IN_FLIGHT))
+            ).where(of_run(run.id, run.started_at), deliveries.c.is_open)
         ).one()
     report = RunReport(run.id, run.campaign, run.occasion, run.as_of, run.state, overdue=stuck[0], expired=stuck[1])
     report.stalled = run.state == "planning" and run.lease_until is not None and run.lease_until < now
@@ -199,7 +200,7 @@ def due_in_flight(engine: Engine, run_id: int, due_by: datetime) -> int:
         return conn.execute(
             select(func.count()).where(
                 deliveries.c.run_id == run_id,
-                deliveries.c.status.in_(IN_FLIGHT),
+                deliveries.c.is_open,
                 deliveries.c.send_at <= due_by,
             )
         ).scalar_one()

@@ -1,7 +1,8 @@
-"""Commands that read and amend the ledger: report, why, suppressions."""
+"""Commands that read and amend the ledger: report, why, suppressions, ledger prune|months."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Optional
@@ -21,6 +22,7 @@ from campaigns.app.cli.common import (
     suppressions_app,
     when,
 )
+from campaigns.config.values import format_duration
 from campaigns.errors import LoyalcastError
 from campaigns.planning.cascade import KEY_PREFIX
 from campaigns.store.models import deliveries
@@ -192,3 +194,50 @@ def suppressions_remove(
     if not removed:
         raise LoyalcastError(f"{channel} {address} is not suppressed")
     out.print(f"removed {channel} {address}", markup=False, highlight=False)
+
+
+ledger_app = typer.Typer(help="The ledger's months and its retention ([ledger] retention).", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("prune")
+def ledger_prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Remove what is older than [ledger] retention: whole months on PostgreSQL (dropped,
+    or detached with [ledger] archive), rows on SQLite; the scheduler does it once a day."""
+    from campaigns.store import retention
+
+    application = configured_app()
+    require_schema(application)
+    expired = retention.enforce(application.engine, application.settings, dry_run=dry_run)
+    if as_json:
+        out.print_json(json.dumps(dataclasses.asdict(expired), default=json_default))
+        return
+    verb = "would remove" if dry_run else "removed"
+    out.print(f"retention {format_duration(application.settings.ledger.retention)}, cutoff {when(expired.cutoff)}: ", end="")
+    out.print(f"{verb} {expired.describe()}" if dry_run else expired.describe(), markup=False, highlight=False)
+
+
+@ledger_app.command("months")
+def ledger_months(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The ledger's monthly partitions (PostgreSQL): rows (as the statistics estimate them) and size on disk."""
+    from campaigns.store import retention
+
+    application = configured_app()
+    require_schema(application)
+    sizes = retention.month_sizes(application.engine)
+    if as_json:
+        out.print_json(json.dumps(sizes))
+        return
+    table = Table("partition", "month", "rows", "size")
+    for item in sizes:
+        size = item["bytes"]
+        table.add_row(
+            str(item["partition"]),
+            str(item["month"] or "-"),
+            f"{item['rows']:,}",
+            "-" if not isinstance(size, int) else f"{size / 2**20:,.1f} MB",
+        )
+    out.print(table)

@@ -27,6 +27,7 @@ from campaigns.delivery.message import MessageBuilder
 from campaigns.store.engine import upsert_insert
 from campaigns.store.ledger import LEFT, Status
 from campaigns.store.models import campaign_runs, deliveries, run_summaries, suppressions
+from campaigns.store.runs import of_run
 from campaigns.tools.preview import SegmentEstimate, estimate_segments
 from campaigns.web.console.charts import Bar
 from channels.specs import CHANNELS, channel_spec
@@ -216,10 +217,11 @@ def summarize(engine: Engine, settings: Settings, messages: MessageBuilder, run_
     SMS_SAMPLE of them again (the ledger keeps a message's outcome, not its text)."""
     with engine.connect() as conn:
         run_row = conn.execute(select(campaign_runs).where(campaign_runs.c.id == run_id)).one()
+        rows_of_run = of_run(run_id, run_row.started_at)  # that month's partition alone
         counts: dict[str, dict[str, int]] = {}
         for row in conn.execute(
             select(deliveries.c.status, deliveries.c.channel, func.count().label("n"))
-            .where(deliveries.c.run_id == run_id)
+            .where(rows_of_run)
             .group_by(deliveries.c.status, deliveries.c.channel)
         ):
             counts.setdefault(str(row.status), {})[row.channel or "-"] = int(row.n)
@@ -228,7 +230,7 @@ def summarize(engine: Engine, settings: Settings, messages: MessageBuilder, run_
             [str(row.hour), row.channel or "-", int(row.n)]
             for row in conn.execute(
                 select(hour.label("hour"), deliveries.c.channel, func.count().label("n"))
-                .where(deliveries.c.run_id == run_id, deliveries.c.sent_at.is_not(None))
+                .where(rows_of_run, deliveries.c.sent_at.is_not(None))
                 .group_by(hour, deliveries.c.channel)
                 .order_by(hour)
             )
@@ -247,7 +249,7 @@ def summarize(engine: Engine, settings: Settings, messages: MessageBuilder, run_
                     func.min(deliveries.c.reason).label("example"),
                     func.count().label("n"),
                 )
-                .where(deliveries.c.run_id == run_id, deliveries.c.status.not_in(SETTLED_WELL))
+                .where(rows_of_run, deliveries.c.status.not_in(SETTLED_WELL))
                 .group_by(deliveries.c.status, deliveries.c.reason_code)
                 .order_by(func.count().desc(), deliveries.c.status)
                 .limit(TOP_REASONS)
@@ -257,7 +259,7 @@ def summarize(engine: Engine, settings: Settings, messages: MessageBuilder, run_
             channel: list(
                 conn.execute(
                     select(deliveries.c.member_id)
-                    .where(deliveries.c.run_id == run_id, deliveries.c.channel == channel, deliveries.c.status.in_(LEFT))
+                    .where(rows_of_run, deliveries.c.channel == channel, deliveries.c.status.in_(LEFT))
                     .order_by(deliveries.c.member_id)
                     .limit(SMS_SAMPLE)
                 ).scalars()
