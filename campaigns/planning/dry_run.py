@@ -15,6 +15,7 @@ from campaigns.planning.decisions import decide_chunk
 from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX
 from campaigns.planning.locks import lock_members
 from campaigns.planning.planner import member_chunks
+from campaigns.store import partitions
 from campaigns.store.ledger import Status
 from campaigns.store.models import campaign_runs, deliveries
 from campaigns.store.runs import RunState, occasion_for
@@ -72,6 +73,8 @@ def dry_run(engine: Engine, settings: Settings, campaign: str, *, as_of: datetim
     totals: dict[tuple[str, str, str], list[Any]] = {}
     measured = [channel for channel in settings.campaign(campaign).channels if channel_spec(channel).measure]
     samples: dict[str, list[int]] = {channel: [] for channel in measured}
+    started = datetime.now(UTC)
+    partitions.ensure_for(engine, started)
     for member_range in member_chunks(engine, settings.delivery.plan_chunk_size):
         with engine.connect() as conn:
             transaction = conn.begin()
@@ -82,7 +85,7 @@ def dry_run(engine: Engine, settings: Settings, campaign: str, *, as_of: datetim
                         campaign=campaign,
                         occasion=f"{occasion} (dry run {uuid.uuid4().hex[:8]})",
                         as_of=as_of,
-                        started_at=datetime.now(UTC),
+                        started_at=started,
                         started_by="plan",
                         dry_run=True,
                         state=RunState.PLANNING.value,
@@ -90,7 +93,7 @@ def dry_run(engine: Engine, settings: Settings, campaign: str, *, as_of: datetim
                     .returning(campaign_runs.c.id)
                 ).scalar_one()
                 lock_members(conn, member_range)
-                decide_chunk(conn, settings, replace(ctx, run_id=run_id), member_range)
+                decide_chunk(conn, settings, replace(ctx, run_id=run_id, decided_at=started), member_range)
                 for channel, sample in samples.items():
                     if len(sample) < SAMPLE:
                         sample += (

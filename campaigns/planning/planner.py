@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from campaigns.config.settings import Settings
 from campaigns.planning.context import RunContext, run_context
 from campaigns.planning.decisions import decide_chunk
-from campaigns.planning.locks import lock_members
+from campaigns.planning.locks import BUCKET, lock_members
 from campaigns.store import partitions
 from campaigns.store.models import campaign_runs, deliveries, members
 from campaigns.store.runs import RunState, load_run, of_run, renew_plan_lease
@@ -88,11 +88,18 @@ def plan_run(engine: Engine, settings: Settings, run_id: int) -> int:
     return sum(sum(chunk.counts.values()) for chunk in plan_chunks(engine, settings, run_id))
 
 
+ALIGN_FROM = 4 * BUCKET
+"""Chunk sizes from which chunk boundaries follow the lock buckets' (a chunk is then at
+most a bucket longer than asked)."""
+
+
 def member_chunks(engine: Engine, chunk_size: int) -> list[tuple[int, int]]:
     """Inclusive ``(first_id, last_id)`` ranges of about ``chunk_size`` members each.
 
     The boundaries are computed by the database (a window function), so only one row
-    per chunk comes back.
+    per chunk comes back. Chunks of at least :data:`ALIGN_FROM` members end where a
+    bucket of member locks ends (``locks.BUCKET``), so chunks planned at once never wait
+    for each other's locks (smaller ones may share a bucket and wait: still correct).
     """
     numbered = select(members.c.id, func.row_number().over(order_by=members.c.id).label("rn")).subquery()
     with engine.connect() as conn:
@@ -106,6 +113,10 @@ def member_chunks(engine: Engine, chunk_size: int) -> list[tuple[int, int]]:
     ranges = []
     low = first
     for bound in bounds:
+        if chunk_size >= ALIGN_FROM:
+            bound = (bound // BUCKET + 1) * BUCKET - 1
+        if bound < low:
+            continue
         ranges.append((low, bound))
         low = bound + 1
     if low <= last:
