@@ -236,9 +236,7 @@ def _insert_not_due(conn: Connection, ctx: RunContext, left_out: dict[int, tuple
     return Counter({(Status.NOT_DUE.value, "-"): added})
 
 
-def _insert_then_count(
-    conn: Connection, insert: Any, ctx: RunContext, member_range: tuple[int, int]
-) -> Counter[tuple[str, str]]:
+def _insert_then_count(conn: Connection, insert: Any, ctx: RunContext, member_range: tuple[int, int]) -> Counter[tuple[str, str]]:
     """Run ``insert`` of a chunk the run had not decided before, then count its rows per
     (status, channel) from the ledger: reading them back by the run's unique index costs
     a fifth of what returning them from the insert did (measured in bench/README.md)."""
