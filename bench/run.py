@@ -272,6 +272,38 @@ def wait_until_delivered(url: str, started: float, expected: int | None = None, 
         engine.dispose()
 
 
+LEDGER_WRITES = text(
+    "SELECT pg_current_wal_lsn(), coalesce(sum(n_tup_ins), 0), coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_hot_upd), 0) "
+    "FROM pg_stat_user_tables WHERE relname = 'deliveries' OR relname LIKE 'deliveries\\_p%'"
+)
+
+
+def ledger_writes(url: str) -> tuple[str, int, int, int]:
+    """WAL position and the ledger's inserted, updated and HOT-updated rows so far."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        lsn, inserted, updated, hot = conn.execute(LEDGER_WRITES).one()
+    engine.dispose()
+    return str(lsn), int(inserted), int(updated), int(hot)
+
+
+def write_figures(url: str, before: tuple[str, int, int, int], after: tuple[str, int, int, int], sent: int) -> dict:
+    """What the run wrote to PostgreSQL per message sent: WAL bytes, ledger row updates,
+    and how many of those were HOT (in place, no new index entries)."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        wal = conn.execute(text("SELECT pg_wal_lsn_diff(:a, :b)"), {"a": after[0], "b": before[0]}).scalar_one()
+    engine.dispose()
+    updated, hot = after[2] - before[2], after[3] - before[3]
+    return {
+        "wal_bytes_per_message": round(float(wal) / max(sent, 1)),
+        "row_updates_per_message": round(updated / max(sent, 1), 2),
+        "non_hot_updates_per_message": round((updated - hot) / max(sent, 1), 2),
+        "hot_share": round(hot / updated, 2) if updated else None,
+    }
+
+
 def loyalcast_run(url: str, config: Path, processes: int, threads: int, profile: str | None = None) -> dict:
     """The real pipeline: plan (set-based) and deliver (batches) through Redis.
 
@@ -292,11 +324,14 @@ def loyalcast_run(url: str, config: Path, processes: int, threads: int, profile:
     cpu_before = sum(sampler.cpu.values())
     servers = ServerCPU()
     servers_before = servers.read()
+    writes_before = ledger_writes(url)
     started = time.perf_counter()
     loyalcast(config, "run", "balance_reminder", "--now", NOW.isoformat())
     spies = start_profiles(worker, config.parent, profile) if profile else []
     seconds = wait_until_delivered(url, started)
     servers_after = servers.read()
+    time.sleep(1)  # the backends' statistics reach the shared counters within a second
+    writes_after = ledger_writes(url)
     if profile:
         write_profile(spies, profile)
     sampler.stop()
@@ -324,6 +359,8 @@ def loyalcast_run(url: str, config: Path, processes: int, threads: int, profile:
             name: round((servers_after[name] - servers_before[name]) / max(sent, 1) * 1000, 3) for name in servers_after
         },
         "peak_rss_mb_per_worker": round(max(workers or [0]) / 2**20, 1),
+        # Planning included, like the servers' CPU.
+        "postgresql_writes": write_figures(url, writes_before, writes_after, sent),
         "counts": counts,
     }
 

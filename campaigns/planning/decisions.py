@@ -22,6 +22,7 @@ agreement. Members whose first full rule says ``defer`` go on to ``deferral``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -54,6 +55,7 @@ from campaigns.planning.caps import (
 from campaigns.planning.context import RunContext
 from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX, defer_chunk
 from campaigns.planning.segments import segment_query
+from campaigns.store import partitions
 from campaigns.store.engine import upsert_insert
 from campaigns.store.ledger import ReasonCode, Status
 from campaigns.store.models import UTCDateTime, contacts, deliveries, members, preferences, suppressions
@@ -381,8 +383,9 @@ def decision_rows(
     due = {c: _per_zone(chosen.c.zone, ctx.send_at[c], ctx.program_zone, UTCDateTime()) for c in channels}
     send_at = case(*((chosen.c.channel == c, due[c]) for c in channels), else_=literal(ctx.as_of, UTCDateTime()))
     hit_whens = []
+    holders = _holders(conn)
     for channel in channels:
-        hit = _first_full_rule(settings, ctx, channel, chosen)
+        hit = _first_full_rule(settings, ctx, channel, chosen, holders)
         if hit is not None:
             hit_whens.append((chosen.c.channel == channel, hit))
     cap_hit = (
@@ -478,7 +481,9 @@ def decision_insert(
     return insert.on_conflict_do_nothing(index_elements=RUN_MEMBER)
 
 
-def _first_full_rule(settings: Settings, ctx: RunContext, channel: str, chosen: Any) -> ColumnElement[Any] | None:
+def _first_full_rule(
+    settings: Settings, ctx: RunContext, channel: str, chosen: Any, holders: Holders
+) -> ColumnElement[Any] | None:
     """Index (in ``settings.caps``) of the first rule full for the member on ``channel``, else NULL."""
     category = ctx.campaign.category
     groups: list[tuple[str | None, list[CapRule]]] = [
@@ -489,7 +494,10 @@ def _first_full_rule(settings: Settings, ctx: RunContext, channel: str, chosen: 
         return None
 
     def first_full(rules: list[CapRule]) -> ColumnElement[Any]:
-        whens = [(_is_full(settings, ctx, channel, rule, chosen), literal(settings.caps.index(rule), Integer)) for rule in rules]
+        whens = [
+            (_is_full(settings, ctx, channel, rule, chosen, holders), literal(settings.caps.index(rule), Integer))
+            for rule in rules
+        ]
         return case(*whens, else_=literal(None, Integer)) if whens else literal(None, Integer)
 
     tier_whens = [(chosen.c.tier == tier, first_full(rules)) for tier, rules in groups]
@@ -498,7 +506,31 @@ def _first_full_rule(settings: Settings, ctx: RunContext, channel: str, chosen: 
     return case(*tier_whens, else_=first_full(default_rules))
 
 
-def _is_full(settings: Settings, ctx: RunContext, channel: str, rule: CapRule, chosen: Any) -> ColumnElement[bool]:
+Holders = Callable[[datetime], Any]
+"""The slot-holding rows a cap lookup reads, given the earliest decision that can matter."""
+
+HOLDER_COLUMNS = ["member_id", "channel", "category", "send_at", "holds_slot"]
+
+
+def _holders(conn: Connection) -> Holders:
+    """For each earliest decision a window can be reached by, the ledger rows to count:
+    on PostgreSQL only the months from then until today (a backfill's rows are decided
+    now for a past instant; no row is decided later than tomorrow)."""
+    until = datetime.now(UTC) + DECIDED_AHEAD
+    found: dict[tuple[int, int], Any] = {}
+
+    def holders(since: datetime) -> Any:
+        key = (since.year, since.month)
+        if key not in found:
+            found[key] = partitions.rows_decided_between(conn, since, until, HOLDER_COLUMNS)
+        return found[key]
+
+    return holders
+
+
+def _is_full(
+    settings: Settings, ctx: RunContext, channel: str, rule: CapRule, chosen: Any, holders: Holders
+) -> ColumnElement[bool]:
     lows, highs = {}, {}
     inclusive = False
     for zone_name, due in ctx.send_at[channel].items():
@@ -506,20 +538,16 @@ def _is_full(settings: Settings, ctx: RunContext, channel: str, rule: CapRule, c
     low = _per_zone(chosen.c.zone, lows, ctx.program_zone, UTCDateTime())
     high = _per_zone(chosen.c.zone, highs, ctx.program_zone, UTCDateTime())
     # A holder inside the window was decided no earlier than its start less the longest
-    # a message may wait after its decision, and not after today (a backfill's rows are
-    # decided now for a past instant): constants, so PostgreSQL reads only those months.
-    decided_since = literal(min(lows.values()) - settings.hold_slack, UTCDateTime())
-    decided_by = literal(datetime.now(UTC) + DECIDED_AHEAD, UTCDateTime())
+    # a message may wait after its decision (Settings.hold_slack).
+    rows = holders(min(lows.values()) - settings.hold_slack)
     conditions = [
-        deliveries.c.member_id == chosen.c.member_id,
-        deliveries.c.created_at >= decided_since,
-        deliveries.c.created_at <= decided_by,
-        deliveries.c.holds_slot,
-        deliveries.c.category == rule.category,
-        deliveries.c.send_at >= low if inclusive else deliveries.c.send_at > low,
-        deliveries.c.send_at < high,
+        rows.c.member_id == chosen.c.member_id,
+        rows.c.holds_slot,
+        rows.c.category == rule.category,
+        rows.c.send_at >= low if inclusive else rows.c.send_at > low,
+        rows.c.send_at < high,
     ]
     if rule.channel != ANY_CHANNEL:
-        conditions.append(deliveries.c.channel == channel)
-    used = select(func.count()).select_from(deliveries).where(and_(*conditions)).scalar_subquery()
+        conditions.append(rows.c.channel == channel)
+    used = select(func.count()).select_from(rows).where(and_(*conditions)).scalar_subquery()
     return used >= rule.limit

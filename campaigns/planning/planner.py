@@ -3,15 +3,17 @@
 An occasion is claimed once (``campaign_runs`` is unique on campaign and occasion).
 Planning then walks the members in chunks of ids; per chunk, in one transaction:
 
-1. lock the chunk's members (``cap_locks`` rows, in ``member_id`` order, so two planners
-   never deadlock and never both see a free cap slot for the same member);
+1. lock the chunk's members (``campaigns.planning.locks``: in ``member_id`` order, so two
+   planners never deadlock and never both see a free cap slot for the same member);
 2. one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` writes a ``deliveries`` row for
    every member of the segment in the chunk: the channel (first reachable in the
    campaign's priority list), the status (``queued`` or why not) and a reason. A queued
    row holds its cap slot from the moment it is committed.
 
 Rerunning an occasion (a retry, a redelivered message, a second ``run``) inserts nothing:
-the unique ``(run_id, member_id)`` key absorbs it. Nothing here loads members into
+the unique ``(run_id, member_id, created_at)`` key absorbs it (a run's rows share its
+start as ``created_at``); a chunk the run has not touched yet is inserted without
+looking for conflicts at all. Nothing here loads members into
 Python; the only rows that come back are chunk boundaries.
 """
 

@@ -20,10 +20,13 @@ import threading
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, FromClause, column, false, literal_column, select, table, text, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+from campaigns.store.models import deliveries
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,35 @@ def ensure(conn: Connection, month: date) -> bool:
     )
     log.info("ledger partition %s created", name_of(month))
     return True
+
+
+def covering(conn: Connection, since: datetime, until: datetime) -> list[str] | None:
+    """The partitions holding rows decided from ``since`` to ``until``, oldest first;
+    None when the ledger is not partitioned (SQLite)."""
+    if not is_partitioned(conn):
+        return None
+    first, last = month_of(since), month_of(until)
+    return [p.name for p in existing(conn) if first <= p.start <= last]
+
+
+def rows_decided_between(conn: Connection, since: datetime, until: datetime, columns: list[str]) -> FromClause:
+    """``columns`` of the ledger rows decided from ``since`` to ``until``, to read in a
+    correlated lookup: the months' partitions by name on PostgreSQL (``UNION ALL``).
+
+    Naming them, rather than bounding ``created_at``, leaves the lookup no condition but
+    its own: with a bound on ``created_at`` the planner could choose to scan the primary
+    key ``(id, created_at)`` of a month whose statistics still say it is empty (a month
+    being written right now), a scan that grows with every row the plan inserts."""
+    names = covering(conn, since, until)
+    if names is None:
+        return deliveries
+    if not names:
+        return select(*(literal_column(f"NULL::{_TYPES[c]}").label(c) for c in columns)).where(false()).subquery("none")
+    parts: list[Any] = [select(*(column(c) for c in columns)).select_from(table(name)) for name in names]
+    return union_all(*parts).subquery("decided") if len(parts) > 1 else parts[0].subquery("decided")
+
+
+_TYPES = {"member_id": "bigint", "channel": "varchar", "category": "varchar", "send_at": "timestamptz", "holds_slot": "boolean"}
 
 
 class Months:
