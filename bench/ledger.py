@@ -258,23 +258,38 @@ def drop_run(url: str, run_id: int) -> None:
 
 
 def explain_cap_lookup(config: Path, url: str, as_of: datetime) -> list[str]:
-    """``EXPLAIN`` of the SMS cap lookup the planner writes for a member (its window, and
-    the earliest decision that can hold a slot in it): the months it reads."""
+    """``EXPLAIN`` of the SMS cap lookup the planner writes for one member: its window,
+    over the months a holder in it can have been decided in (``UNION ALL`` of those
+    partitions), with the planner's own settings (no sequential or bitmap scans)."""
+    from sqlalchemy import and_, func, select
+
     from campaigns.config.loading import load_settings
+    from campaigns.planning.decisions import DECIDED_AHEAD, HOLDER_COLUMNS
+    from campaigns.store import partitions
 
     settings = load_settings(config)
     low, high = as_of - timedelta(days=30), as_of + timedelta(days=30)
     engine = create_engine(url)
-    with engine.connect() as conn:
-        lines = list(
-            conn.execute(
-                text(
-                    "EXPLAIN SELECT count(*) FROM deliveries WHERE member_id = 42 AND created_at >= :since AND holds_slot "
-                    "AND category = 'marketing' AND channel = 'sms' AND send_at > :low AND send_at < :high"
-                ),
-                {"low": low, "high": high, "since": low - settings.hold_slack},
-            ).scalars()
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+        rows = partitions.rows_decided_between(conn, low - settings.hold_slack, datetime.now(UTC) + DECIDED_AHEAD, HOLDER_COLUMNS)
+        lookup = (
+            select(func.count())
+            .select_from(rows)
+            .where(
+                and_(
+                    rows.c.member_id == 42,
+                    rows.c.holds_slot,
+                    rows.c.category == "marketing",
+                    rows.c.channel == "sms",
+                    rows.c.send_at > low,
+                    rows.c.send_at < high,
+                )
+            )
         )
+        compiled = lookup.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        lines = list(conn.execute(text(f"EXPLAIN {compiled}")).scalars())
     engine.dispose()
     return lines
 

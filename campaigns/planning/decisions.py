@@ -42,6 +42,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -170,6 +171,12 @@ def decide_chunk(
     """
     steps = None
     inserted: Counter[tuple[str, str]] = Counter()
+    if conn.dialect.name == "postgresql":
+        # Index scans whatever the statistics say: this month's partition is being
+        # written by this very plan, and its statistics may still say it is empty, in
+        # which case scanning it whole for each member looks free and is quadratic.
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        conn.execute(text("SET LOCAL enable_bitmapscan = off"))
     if ctx.campaign.kind == "expiring_ladder":
         found = ladder.candidates(conn, settings, ctx.campaign_name, ctx.as_of, member_range, ctx.zones)
         inserted += _insert_not_due(conn, ctx, found.left_out)
