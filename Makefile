@@ -13,7 +13,7 @@ LOYALCAST := $(BIN)/loyalcast
 DEMO_MEMBERS ?= 5000
 FIFTEEN_DAYS_AGO := import datetime as d; print((d.datetime.now(d.UTC) - d.timedelta(days=15)).strftime('%Y-%m-%dT08:00Z'))
 
-.PHONY: demo test lint install services browser clean-demo bench bench-small bench-web bench-console
+.PHONY: demo test lint install services browser clean-demo bench bench-small bench-web bench-console bench-ledger bench-ledger-10m
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -91,3 +91,10 @@ clean-demo:
 # The console: pages over a ledger of a million rows, lift over a million-member occasion.
 bench-console: $(BENCH_STAMP) services
 	$(BIN)/python bench/console.py --members 1000000
+
+# The ledger: planning against its floor, over a month of history, retention, pruning.
+bench-ledger: $(BENCH_STAMP) services
+	$(BIN)/python bench/ledger.py --members 1000000
+
+bench-ledger-10m: $(BENCH_STAMP) services
+	$(BIN)/python bench/ledger.py --members 10000000 --skip-history --skip-floor --repeats 1

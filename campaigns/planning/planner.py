@@ -74,6 +74,7 @@ def plan_chunks(engine: Engine, settings: Settings, run_id: int) -> Iterator[Pla
     for member_range, counts in _plan_chunks(engine, settings, ctx, member_chunks(engine, settings.delivery.plan_chunk_size)):
         decided += sum(counts.values())
         renew_plan_lease(engine, run.id, datetime.now(UTC) + lease)
+        partitions.refresh_statistics(engine, run.started_at)
         yield PlannedChunk(run.campaign, member_range, counts)
     with engine.begin() as conn:
         considered = conn.execute(select(func.count()).select_from(deliveries).where(of_run(run.id, run.started_at))).scalar_one()
