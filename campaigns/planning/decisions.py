@@ -34,6 +34,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    bindparam,
     case,
     cast,
     false,
@@ -55,7 +56,7 @@ from campaigns.planning.caps import (
 )
 from campaigns.planning.context import RunContext
 from campaigns.planning.deferral import CAPPED_PREFIX, DEFERRED_PREFIX, defer_chunk
-from campaigns.planning.segments import segment_query
+from campaigns.planning.segments import MemberRange, segment_query
 from campaigns.store import partitions
 from campaigns.store.engine import upsert_insert
 from campaigns.store.ledger import ReasonCode, Status
@@ -132,7 +133,7 @@ def _consent(segment: Any, channel: str, linked: Any | None) -> ColumnElement[bo
     return given
 
 
-def _choices(channels: list[str], category: str, member_range: tuple[int, int]) -> Any:
+def _choices(channels: list[str], category: str, member_range: MemberRange) -> Any:
     """Per member of the chunk who made any choice covering ``category``, and per channel,
     the deciding row (``campaigns.store.preferences``) as one number: its rank (2 for a
     named channel, plus 1 for a named category) times two, plus 1 when it says
@@ -188,11 +189,11 @@ def decide_chunk(
     for draw in _draws(settings, ctx):
         control.draw_members(conn, draw, segment)
     fresh = ctx.run_id is not None and not _decided_before(conn, ctx, member_range)
-    insert = decision_insert(conn, settings, ctx, member_range, only=only, fresh=fresh)
+    insert, params = chunk_insert(conn, settings, ctx, member_range, only=only, fresh=fresh)
     if fresh and conn.dialect.name == "postgresql":
-        inserted += _insert_then_count(conn, insert, ctx, member_range)
+        inserted += _insert_then_count(conn, insert, params, ctx, member_range)
     else:
-        inserted += _count_inserted(conn, insert)
+        inserted += _count_inserted(conn, insert, params)
     if any(rule.action == "defer" for rule in settings.caps):
         defer_chunk(conn, settings, ctx, member_range)
     if steps:
@@ -245,11 +246,13 @@ def _insert_not_due(conn: Connection, ctx: RunContext, left_out: dict[int, tuple
     return Counter({(Status.NOT_DUE.value, "-"): added})
 
 
-def _insert_then_count(conn: Connection, insert: Any, ctx: RunContext, member_range: tuple[int, int]) -> Counter[tuple[str, str]]:
+def _insert_then_count(
+    conn: Connection, insert: Any, params: dict[str, Any], ctx: RunContext, member_range: tuple[int, int]
+) -> Counter[tuple[str, str]]:
     """Run ``insert`` of a chunk the run had not decided before, then count its rows per
     (status, channel) from the ledger: reading them back by the run's unique index costs
     a fifth of what returning them from the insert did (measured in bench/README.md)."""
-    conn.execute(insert)
+    conn.execute(insert, params)
     counted = (
         select(deliveries.c.status, deliveries.c.channel, func.count())
         .where(
@@ -262,7 +265,7 @@ def _insert_then_count(conn: Connection, insert: Any, ctx: RunContext, member_ra
     return Counter({(row.status, row.channel or "-"): row[2] for row in conn.execute(counted)})
 
 
-def _count_inserted(conn: Connection, insert: Any) -> Counter[tuple[str, str]]:
+def _count_inserted(conn: Connection, insert: Any, params: dict[str, Any]) -> Counter[tuple[str, str]]:
     """Run ``insert``; return how many new rows got each (status, channel).
 
     PostgreSQL counts in the statement (a data-modifying CTE), so a chunk returns a
@@ -272,12 +275,12 @@ def _count_inserted(conn: Connection, insert: Any) -> Counter[tuple[str, str]]:
     if conn.dialect.name == "postgresql":
         rows = insert.returning(deliveries.c.status, deliveries.c.channel).cte("inserted")
         counted = select(rows.c.status, rows.c.channel, func.count()).group_by(rows.c.status, rows.c.channel)
-        return Counter({(row.status, row.channel or "-"): row[2] for row in conn.execute(counted)})
-    returned = conn.execute(insert.returning(deliveries.c.status, deliveries.c.channel))
+        return Counter({(row.status, row.channel or "-"): row[2] for row in conn.execute(counted, params)})
+    returned = conn.execute(insert.returning(deliveries.c.status, deliveries.c.channel), params)
     return Counter((row.status, row.channel or "-") for row in returned)
 
 
-def _segment(settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None) -> Any:
+def _segment(settings: Settings, ctx: RunContext, member_range: MemberRange, only: list[int] | None) -> Any:
     segment_select = segment_query(
         ctx.segment,
         as_of=ctx.as_of,
@@ -303,11 +306,19 @@ def _draws(settings: Settings, ctx: RunContext) -> list[control.Draw]:
 
 
 def decision_rows(
-    conn: Connection, settings: Settings, ctx: RunContext, member_range: tuple[int, int], only: list[int] | None = None
+    conn: Connection,
+    settings: Settings,
+    ctx: RunContext,
+    member_range: MemberRange,
+    only: list[int] | None = None,
+    *,
+    now: ColumnElement[datetime] | None = None,
 ) -> Any:
     """The SELECT of one ledger row per segment member of ``member_range`` (columns named
     as :data:`INSERTED_COLUMNS`). The control groups' draws must have run for these
-    members (``decide_chunk`` draws them); a member not drawn is not held out."""
+    members (``decide_chunk`` draws them); a member not drawn is not held out. ``now``:
+    the rows' ``updated_at`` (a parameter in a statement built for many chunks; default
+    the moment of building)."""
     campaign = ctx.campaign
     channels = campaign.channels
     segment = _segment(settings, ctx, member_range, only)
@@ -440,7 +451,8 @@ def decision_rows(
         *((when, text + capped.c.skipped) for when, text in rule_names),
         else_=literal("", String),
     )
-    now = datetime.now(ctx.as_of.tzinfo)
+    if now is None:
+        now = literal(datetime.now(ctx.as_of.tzinfo), UTCDateTime())
     values = (
         literal(ctx.run_id, BigInteger()),
         capped.c.member_id,
@@ -455,8 +467,8 @@ def decision_rows(
         status == Status.QUEUED.value,
         capped.c.send_at,
         case((is_deferred, capped.c.send_at), else_=literal(None, UTCDateTime())),
-        literal(ctx.decided_at or now, UTCDateTime()),
-        literal(now, UTCDateTime()),
+        literal(ctx.decided_at, UTCDateTime()) if ctx.decided_at else now,
+        now,
         literal(0, Integer),
         literal(ctx.idempotency_key, String()),
         literal(ctx.data, deliveries.c.data.type),
@@ -467,7 +479,14 @@ def decision_rows(
     )
 
 
-def decision_insert(
+CHUNK_BOUNDS = (bindparam("chunk_first", type_=BigInteger()), bindparam("chunk_last", type_=BigInteger()))
+"""The member range of a statement built once per run: filled in per chunk."""
+
+DECIDED_NOW = bindparam("decided_now", type_=UTCDateTime())
+"""The rows' ``updated_at`` in a statement built once per run: filled in per chunk."""
+
+
+def chunk_insert(
     conn: Connection,
     settings: Settings,
     ctx: RunContext,
@@ -475,12 +494,37 @@ def decision_insert(
     only: list[int] | None = None,
     *,
     fresh: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`decision_insert` for one chunk, and the parameters to execute it with.
+
+    The statement does not depend on the chunk, so it is built once per run and kept in
+    ``ctx.statements`` (with the chunk's bounds and the time as parameters); a ladder's
+    chunk, which names its members, is built for itself."""
+    if only is not None:
+        return decision_insert(conn, settings, ctx, member_range, only, fresh=fresh), {}
+    key = ("insert", conn.dialect.name, fresh)
+    insert = ctx.statements.get(key)
+    if insert is None:
+        insert = ctx.statements[key] = decision_insert(conn, settings, ctx, CHUNK_BOUNDS, fresh=fresh, now=DECIDED_NOW)
+    first, last = member_range
+    return insert, {"chunk_first": first, "chunk_last": last, "decided_now": datetime.now(ctx.as_of.tzinfo)}
+
+
+def decision_insert(
+    conn: Connection,
+    settings: Settings,
+    ctx: RunContext,
+    member_range: MemberRange,
+    only: list[int] | None = None,
+    *,
+    fresh: bool = False,
+    now: ColumnElement[datetime] | None = None,
 ) -> Any:
     """The INSERT of :func:`decision_rows` into the ledger, skipping members already
     decided. ``fresh``: the run has decided no member of the range yet, so the insert
     need not look for conflicts (a plain insert writes the rows in two thirds of the
     time; the unique index still refuses a duplicate)."""
-    body = decision_rows(conn, settings, ctx, member_range, only)
+    body = decision_rows(conn, settings, ctx, member_range, only, now=now)
     insert = upsert_insert(conn, deliveries).from_select(INSERTED_COLUMNS, body)
     if ctx.idempotency_key is not None or fresh:
         # A triggered message's key was claimed in idempotency_keys before (campaigns.planning.triggered).

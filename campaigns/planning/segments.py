@@ -11,13 +11,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Subquery, and_, exists, func, literal, select, true
+from sqlalchemy import BindParameter, ColumnElement, Select, Subquery, and_, exists, func, literal, select, true
 
 from campaigns.config.sections import SegmentSettings
 from campaigns.store.models import balances, members, point_expirations, segment_members
 
+MemberRange = tuple[int, int] | tuple[BindParameter[int], BindParameter[int]]
+"""A chunk's first and last member id (inclusive): values, or parameters filled in per
+chunk when one statement built for a run is executed for each of its chunks."""
 
-def expiring_points_subquery(as_of: datetime, within_days: int, member_range: tuple[int, int] | None = None) -> Subquery:
+
+def expiring_points_subquery(as_of: datetime, within_days: int, member_range: MemberRange | None = None) -> Subquery:
     """Points per member expiring in ``(as_of, as_of + within_days]``, as a subquery
     with columns ``member_id`` and ``points``."""
     horizon = as_of + timedelta(days=within_days)
@@ -41,7 +45,7 @@ def segment_query(
     *,
     as_of: datetime,
     default_locale: str,
-    member_range: tuple[int, int] | None = None,
+    member_range: MemberRange | None = None,
 ) -> Select[Any]:
     """SELECT of the segment's members as of ``as_of``.
 
