@@ -246,10 +246,18 @@ def enforce_retention(config: Path, url: str, as_of: datetime) -> dict:
 
 
 def drop_run(url: str, run_id: int) -> None:
+    """Forget a plan's run: its rows deleted, and a month it leaves empty truncated, so
+    the next plan writes into a table as new as the floor's (after a DELETE and VACUUM
+    its inserts would fill the free space of half-empty heap and index pages instead)."""
+    from campaigns.store import partitions
+
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM deliveries WHERE run_id = :run"), {"run": run_id})
         conn.execute(text("DELETE FROM control_draws"))
+        for month in partitions.existing(conn):
+            if not conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {month.name})")).scalar():
+                conn.execute(text(f"TRUNCATE {month.name}"))
     engine.dispose()
     import psycopg
 
