@@ -19,7 +19,7 @@ from campaigns.planning.decisions import RUN_MEMBER
 from campaigns.planning.planner import plan_run
 from campaigns.store import partitions, retention, schema
 from campaigns.store.engine import make_engine, upsert_insert
-from campaigns.store.models import campaign_runs, deliveries, idempotency_keys
+from campaigns.store.models import campaign_runs, deliveries, idempotency_keys, provider_events
 from campaigns.store.runs import claim_run
 
 NOW = datetime(2026, 10, 15, 12, 0, tzinfo=UTC)
@@ -78,6 +78,14 @@ def test_retention_never_drops_what_a_cap_or_a_waiting_message_needs(configured)
         conn.execute(
             insert(idempotency_keys), [{"key": "old", "delivery_id": None, "created_at": datetime(2026, 4, 1, tzinfo=UTC)}]
         )
+        # and two delivery reports, received in June and in September
+        conn.execute(
+            insert(provider_events),
+            [
+                {"provider": "sms", "event_key": key, "event": "delivered", "received_at": received, "raw": "{}"}
+                for key, received in (("june", datetime(2026, 6, 1, tzinfo=UTC)), ("september", datetime(2026, 9, 1, tzinfo=UTC)))
+            ],
+        )
 
     # When retention runs as of 2026-10-15
     expired = retention.enforce(engine, application.settings, NOW)
@@ -86,8 +94,11 @@ def test_retention_never_drops_what_a_cap_or_a_waiting_message_needs(configured)
     with engine.connect() as conn:
         left = sorted(conn.execute(select(deliveries.c.member_id)).scalars())
         keys = list(conn.execute(select(idempotency_keys.c.key)).scalars())
+        events = list(conn.execute(select(provider_events.c.event_key)).scalars())
         partitioned = partitions.is_partitioned(conn)
     assert left == [1, 3] and keys == []
+    # (and the report received before the cutoff, not the one after it)
+    assert events == ["september"] and expired.events == 1
     if partitioned:
         # (whole months: June and July dropped; May kept for its waiting row, said why)
         assert expired.dropped == ["deliveries_p202606", "deliveries_p202607"]

@@ -17,7 +17,10 @@ sent, or still be reported on is ever old enough to go.
 
 With the ledger go the rows only it gave meaning to: runs with nothing left in the
 ledger (and their console snapshots), idempotency keys, expiring-points ladder marks,
-providers' daily quota counts and members' conversations older than the cutoff.
+providers' daily quota counts and members' conversations older than the cutoff, and
+providers' raw events received before it (deleted in batches of ``BATCH``: the table
+keeps one row per event key so a retried report is recognized, which a partition per
+month could not promise across months).
 
 The reconciler enforces it once a day; ``loyalcast ledger prune`` on demand.
 """
@@ -39,6 +42,7 @@ from campaigns.store.models import (
     deliveries,
     idempotency_keys,
     ladder_marks,
+    provider_events,
     quota_days,
     run_summaries,
 )
@@ -65,6 +69,8 @@ class Expired:
     runs: int = 0
     keys: int = 0
     marks: int = 0
+    events: int = 0
+    """Providers' raw events removed (``provider_events``)."""
 
     def describe(self) -> str:
         parts = []
@@ -80,6 +86,8 @@ class Expired:
             parts.append(f"{self.keys} idempotency keys")
         if self.marks:
             parts.append(f"{self.marks} ladder marks")
+        if self.events:
+            parts.append(f"{self.events:,} provider events")
         for name, why in self.kept:
             parts.append(f"kept {name}: {why}")
         return "; ".join(parts) or "nothing older than the retention"
@@ -172,6 +180,13 @@ def _prune_the_rest(engine: Engine, expired: Expired, before: datetime, cutoff: 
         expired.marks = conn.execute(delete(ladder_marks).where(ladder_marks.c.expires_on < cutoff.date())).rowcount or 0
         conn.execute(delete(quota_days).where(quota_days.c.day < cutoff.date()))
         conn.execute(delete(conversations).where(conversations.c.last_inbound_at < cutoff))
+    while True:
+        with engine.begin() as conn:
+            batch = select(provider_events.c.id).where(provider_events.c.received_at < cutoff).limit(BATCH)
+            count = conn.execute(delete(provider_events).where(provider_events.c.id.in_(batch))).rowcount or 0
+        expired.events += count
+        if count < BATCH:
+            return
 
 
 def month_sizes(engine: Engine) -> list[dict[str, object]]:
