@@ -40,13 +40,19 @@ class Watchdog:
     ``arm`` before rendering, ``disarm`` after (in ``finally``); ``disarm`` says whether
     the deadline passed, and then makes sure no interrupt is left pending for the
     thread's next statement.
+
+    The watchdog's thread looks at the armed renders every :attr:`POLL_S` (sooner when a
+    deadline is nearer) and is never woken by ``arm``: waking it for each render (a
+    condition notified whenever the first of a batch's renders was armed) cost a thread
+    switch per message, 17% of a worker's time with the null transport
+    (``bench/results/profiles/null-5-issue18-null.txt``).
     """
 
     POLL_S = 0.1
-    """Longest sleep while renders are armed (a deadline is enforced within this)."""
+    """Longest sleep between two looks at the armed renders (a deadline is enforced within this)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, thread id)
         self._fired: set[int] = set()
         self._tokens = itertools.count(1)
@@ -55,18 +61,16 @@ class Watchdog:
     def arm(self, seconds: float) -> int:
         """Start the clock for the calling thread; return the token for ``disarm``."""
         token = next(self._tokens)
-        with self._cond:
+        with self._lock:
             self._armed[token] = (time.monotonic() + seconds, threading.get_ident())
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._watch, name="loyalcast-render-watchdog", daemon=True)
                 self._thread.start()
-            elif len(self._armed) == 1:
-                self._cond.notify()
         return token
 
     def disarm(self, token: int) -> bool:
         """Stop the clock; True when the deadline had passed (an interrupt was raised)."""
-        with self._cond:
+        with self._lock:
             self._armed.pop(token, None)
             if token not in self._fired:
                 return False
@@ -78,18 +82,15 @@ class Watchdog:
 
     def _watch(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 now = time.monotonic()
                 for token, (deadline, thread_id) in list(self._armed.items()):
                     if deadline <= now:
                         del self._armed[token]
                         self._fired.add(token)
                         raise_thread_exception(thread_id, RenderTimeout)  # type: ignore[no-untyped-call]
-                if self._armed:
-                    earliest = min(deadline for deadline, _ in self._armed.values())
-                    self._cond.wait(min(max(earliest - now, 0.001), self.POLL_S))
-                else:
-                    self._cond.wait()
+                earliest = min((deadline for deadline, _ in self._armed.values()), default=now + self.POLL_S)
+            time.sleep(min(max(earliest - now, 0.001), self.POLL_S))
 
 
 WATCHDOG = Watchdog()
