@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -163,11 +164,11 @@ class Settings(Section):
         """The member's signed link to the preference centre."""
         return f"{self.web.public_url}/u/{self.link_signer().sign(UNSUBSCRIBE, member_id, ANY, ANY)}"
 
-    def opt_in_links(self, member_id: int) -> dict[str, str | None]:
+    def opt_in_links(self, member_id: int) -> OptInLinks:
         """Per channel, the member's signed opt-in link where its transport offers one
-        (Telegram: a ``t.me`` deep link that links the chat on ``/start``), else None."""
-        token = self.link_signer().sign(TELEGRAM_START, member_id)
-        return {name: self.channel(name).opt_in_url(token) for name in CHANNELS}
+        (Telegram: a ``t.me`` deep link that links the chat on ``/start``), else None;
+        signed when a text first reads one."""
+        return OptInLinks(self, member_id)
 
     @property
     def longest_cap_window(self) -> timedelta:
@@ -217,3 +218,29 @@ def _resolve_database_url(url: str, base_dir: Path) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
         return prefix + str((base_dir / url[len(prefix) :]).resolve())
     return url
+
+
+class OptInLinks(Mapping[str, str | None]):
+    """A member's opt-in links per channel (``Settings.opt_in_links``), signed when first
+    read: most texts show none, and signing and asking every channel for its link on
+    every message took 4% of a worker's time (``bench/results/profiles``)."""
+
+    def __init__(self, settings: Settings, member_id: int) -> None:
+        self._settings = settings
+        self._member_id = member_id
+        self._links: dict[str, str | None] | None = None
+
+    def _signed(self) -> dict[str, str | None]:
+        if self._links is None:
+            token = self._settings.link_signer().sign(TELEGRAM_START, self._member_id)
+            self._links = {name: self._settings.channel(name).opt_in_url(token) for name in CHANNELS}
+        return self._links
+
+    def __getitem__(self, channel: str) -> str | None:
+        return self._signed()[channel]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(CHANNELS)
+
+    def __len__(self) -> int:
+        return len(CHANNELS)
