@@ -268,8 +268,9 @@ def drop_run(url: str, run_id: int) -> None:
 def explain_cap_lookup(config: Path, url: str, as_of: datetime) -> list[str]:
     """``EXPLAIN`` of the SMS cap lookup the planner writes for one member: its window,
     over the months a holder in it can have been decided in (``UNION ALL`` of those
-    partitions), with the planner's own settings (no sequential or bitmap scans)."""
-    from sqlalchemy import and_, func, select
+    partitions), with the planner's own settings (no sequential or bitmap scans). A rule
+    of one message per window is an ``EXISTS``, which stops at the first holder."""
+    from sqlalchemy import and_, exists, literal, select
 
     from campaigns.config.loading import load_settings
     from campaigns.planning.decisions import DECIDED_AHEAD, HOLDER_COLUMNS
@@ -282,17 +283,19 @@ def explain_cap_lookup(config: Path, url: str, as_of: datetime) -> list[str]:
         conn.execute(text("SET LOCAL enable_seqscan = off"))
         conn.execute(text("SET LOCAL enable_bitmapscan = off"))
         rows = partitions.rows_decided_between(conn, low - settings.hold_slack, datetime.now(UTC) + DECIDED_AHEAD, HOLDER_COLUMNS)
-        lookup = (
-            select(func.count())
-            .select_from(rows)
-            .where(
-                and_(
-                    rows.c.member_id == 42,
-                    rows.c.holds_slot,
-                    rows.c.category == "marketing",
-                    rows.c.channel == "sms",
-                    rows.c.send_at > low,
-                    rows.c.send_at < high,
+        lookup = select(
+            exists(
+                select(literal(1))
+                .select_from(rows)
+                .where(
+                    and_(
+                        rows.c.member_id == 42,
+                        rows.c.holds_slot,
+                        rows.c.category == "marketing",
+                        rows.c.channel == "sms",
+                        rows.c.send_at > low,
+                        rows.c.send_at < high,
+                    )
                 )
             )
         )

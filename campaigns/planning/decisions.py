@@ -37,6 +37,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    exists,
     false,
     func,
     literal,
@@ -600,5 +601,9 @@ def _is_full(
     ]
     if rule.channel != ANY_CHANNEL:
         conditions.append(rows.c.channel == channel)
+    if rule.limit == 1:
+        # The usual rule ("1 per 30d"): the lookup may stop at the first holder, before
+        # reading the next month's index, instead of counting them all.
+        return exists(select(literal(1)).select_from(rows).where(and_(*conditions)))
     used = select(func.count()).select_from(rows).where(and_(*conditions)).scalar_subquery()
     return used >= rule.limit
