@@ -81,6 +81,21 @@ class Peak:
         return round(self.peak / 2**20, 1)
 
 
+def planning_settings(folder: Path, url: str) -> Path:
+    """Settings for planning the balance reminder without a holdout (the null transport;
+    no provider is called while planning)."""
+    import tomllib
+
+    import tomli_w
+
+    unreachable = {"smtp": ["127.0.0.1", 1], "sms": "http://127.0.0.1:1", "telegram": "http://127.0.0.1:1"}
+    config = settings_file(folder, url, unreachable, "null", 500)
+    data = tomllib.loads(config.read_text())
+    data["campaigns"]["balance_reminder"]["holdout"] = 0.0
+    config.write_text(tomli_w.dumps(data))
+    return config
+
+
 def plan(config: Path, occasion: str, as_of: datetime) -> dict:
     """Plan the balance reminder's ``occasion`` as of ``as_of`` in this process; seconds,
     decisions, the run's id and the process's peak RSS."""
@@ -318,11 +333,7 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="loyalcast-bench-ledger-"))
     url = fresh_database()
-    unreachable = {"smtp": ["127.0.0.1", 1], "sms": "http://127.0.0.1:1", "telegram": "http://127.0.0.1:1"}
-    config = settings_file(folder, url, unreachable, "null", 500)
-    data = __import__("tomllib").loads(config.read_text())
-    data["campaigns"]["balance_reminder"]["holdout"] = 0.0
-    config.write_text(__import__("tomli_w").dumps(data))
+    config = planning_settings(folder, url)
     loyalcast(config, "db", "upgrade")
     log(f"seeding {args.members:,} members")
     seeded = seed(url, args.members)

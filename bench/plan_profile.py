@@ -21,22 +21,20 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 from sqlalchemy import create_engine, text
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ledger import drop_run, settle  # noqa: E402
-from run import DATABASE, NOW, PG_ADMIN, settings_file  # noqa: E402
+from ledger import drop_run, planning_settings, settle  # noqa: E402
+from run import BENCH_URL, NOW  # noqa: E402
 
 STEPS = {
     "campaigns.planning.planner": [
@@ -88,18 +86,14 @@ def main() -> int:
     parser.add_argument("--label", required=True, help="Names the output file (plan-<label>.txt).")
     args = parser.parse_args()
 
-    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + DATABASE
+    url = BENCH_URL
     with create_engine(url).connect() as conn:
         members = conn.execute(text("SELECT count(*) FROM members")).scalar_one()
     if not members:
         print("no members in the benchmark database: run bench/ledger.py first", file=sys.stderr)
         return 2
     folder = Path(tempfile.mkdtemp(prefix="loyalcast-plan-profile-"))
-    unreachable = {"smtp": ["127.0.0.1", 1], "sms": "http://127.0.0.1:1", "telegram": "http://127.0.0.1:1"}
-    config = settings_file(folder, url, unreachable, "null", 500)
-    data = tomllib.loads(config.read_text())
-    data["campaigns"]["balance_reminder"]["holdout"] = 0.0
-    config.write_text(tomli_w.dumps(data))
+    config = planning_settings(folder, url)
     os.environ["BENCH_TELEGRAM_TOKEN"] = "123:bench"
 
     import importlib

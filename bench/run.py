@@ -46,13 +46,17 @@ def log(message: str) -> None:
 # --- database ------------------------------------------------------------------------------
 
 
+BENCH_URL = PG_ADMIN.rsplit("/", 1)[0] + "/" + DATABASE
+"""The benchmark database's URL."""
+
+
 def fresh_database() -> str:
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{DATABASE}"'))
     admin.dispose()
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + DATABASE
+    return BENCH_URL
 
 
 def seed(url: str, members: int) -> float:

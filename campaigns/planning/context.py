@@ -46,9 +46,10 @@ class RunContext:
     """The ledger rows' ``created_at``: a run's start for every row of the run (a rerun
     then conflicts with the rows it decided before, in the same monthly partition),
     the moment of deciding for a triggered message (None: now)."""
-    statements: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
-    """The run's decision statements, built once and executed per chunk with the chunk's
-    bounds as parameters (``decisions.chunk_insert``): building one is a few thousand
+    statements: dict[bool, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """The run's decision INSERTs by ``fresh`` (with or without ``ON CONFLICT``), built once
+    and executed per chunk with the chunk's bounds as parameters
+    (``decisions.chunk_insert``): building one is a few thousand
     SQLAlchemy objects, 20 ms of a core the database would rather have. Not copied by
     ``dataclasses.replace``: a context with another run builds its own."""
 

@@ -50,7 +50,7 @@ from sqlalchemy.engine import Connection
 
 from campaigns.config.rules import CapRule
 from campaigns.config.settings import Settings
-from campaigns.config.values import ANY, ANY_CHANNEL, is_marketing
+from campaigns.config.values import ANY_CHANNEL, is_marketing
 from campaigns.planning import control, ladder
 from campaigns.planning.caps import (
     window_bounds,
@@ -61,7 +61,8 @@ from campaigns.planning.segments import MemberRange, segment_query
 from campaigns.store import partitions
 from campaigns.store.engine import upsert_insert
 from campaigns.store.ledger import ReasonCode, Status
-from campaigns.store.models import UTCDateTime, contacts, deliveries, members, preferences, suppressions
+from campaigns.store.models import UTCDateTime, contacts, deliveries, members, suppressions
+from campaigns.store.preferences import choice_codes
 from channels.specs import channel_spec
 
 STATE_OK = "ok"
@@ -134,27 +135,6 @@ def _consent(segment: Any, channel: str, linked: Any | None) -> ColumnElement[bo
     return given
 
 
-def _choices(channels: list[str], category: str, member_range: MemberRange) -> Any:
-    """Per member of the chunk who made any choice covering ``category``, and per channel,
-    the deciding row (``campaigns.store.preferences``) as one number: its rank (2 for a
-    named channel, plus 1 for a named category) times two, plus 1 when it says
-    subscribed. The largest covering row decides; an even number is an unsubscribe.
-    One grouped scan of the chunk's preferences, joined by hash, instead of a lookup per
-    member and channel."""
-    rank = case((preferences.c.channel == ANY, 0), else_=2) + case((preferences.c.category == ANY, 0), else_=1)
-    code = rank * 2 + case((preferences.c.subscribed, 1), else_=0)
-    covering = {
-        channel: func.max(case((preferences.c.channel.in_([channel, ANY]), code), else_=literal(None, Integer))).label(channel)
-        for channel in channels
-    }
-    return (
-        select(preferences.c.member_id, *covering.values())
-        .where(preferences.c.member_id.between(*member_range), preferences.c.category.in_([category, ANY]))
-        .group_by(preferences.c.member_id)
-        .subquery("choices")
-    )
-
-
 def _joined(parts: list[ColumnElement[str]], separator: str) -> ColumnElement[str]:
     expr = parts[0]
     for part in parts[1:]:
@@ -207,16 +187,16 @@ def _decided_before(conn: Connection, ctx: RunContext, member_range: tuple[int, 
     midway, a duplicate plan message). Under the chunk's member locks, so no other
     planner of the run can be writing the chunk meanwhile."""
     assert ctx.run_id is not None and ctx.decided_at is not None
-    found = conn.execute(
-        select(deliveries.c.id)
-        .where(
-            deliveries.c.run_id == ctx.run_id,
-            deliveries.c.created_at == ctx.decided_at,
-            deliveries.c.member_id.between(*member_range),
-        )
-        .limit(1)
-    ).first()
-    return found is not None
+    return conn.execute(select(deliveries.c.id).where(_run_rows_in(ctx, member_range)).limit(1)).first() is not None
+
+
+def _run_rows_in(ctx: RunContext, member_range: tuple[int, int]) -> ColumnElement[bool]:
+    """The run's ledger rows of the chunk's members (through the run's unique index)."""
+    return and_(
+        deliveries.c.run_id == ctx.run_id,
+        deliveries.c.created_at == ctx.decided_at,
+        deliveries.c.member_id.between(*member_range),
+    )
 
 
 def _insert_not_due(conn: Connection, ctx: RunContext, left_out: dict[int, tuple[ReasonCode, str]]) -> Counter[tuple[str, str]]:
@@ -256,11 +236,7 @@ def _insert_then_count(
     conn.execute(insert, params)
     counted = (
         select(deliveries.c.status, deliveries.c.channel, func.count())
-        .where(
-            deliveries.c.run_id == ctx.run_id,
-            deliveries.c.created_at == ctx.decided_at,
-            deliveries.c.member_id.between(*member_range),
-        )
+        .where(_run_rows_in(ctx, member_range))
         .group_by(deliveries.c.status, deliveries.c.channel)
     )
     return Counter({(row.status, row.channel or "-"): row[2] for row in conn.execute(counted)})
@@ -337,7 +313,7 @@ def decision_rows(
             linked[channel] = contacts.alias(f"linked_{channel}")
             on = and_(linked[channel].c.member_id == segment.c.id, linked[channel].c.channel == channel)
             joined = joined.outerjoin(linked[channel], on)
-    choices = _choices(channels, campaign.category, member_range) if consent_needed else None
+    choices = choice_codes(channels, campaign.category, member_range) if consent_needed else None
     if choices is not None:
         joined = joined.outerjoin(choices, choices.c.member_id == segment.c.id)
     for channel in channels:
@@ -503,10 +479,9 @@ def chunk_insert(
     chunk, which names its members, is built for itself."""
     if only is not None:
         return decision_insert(conn, settings, ctx, member_range, only, fresh=fresh), {}
-    key = ("insert", conn.dialect.name, fresh)
-    insert = ctx.statements.get(key)
+    insert = ctx.statements.get(fresh)
     if insert is None:
-        insert = ctx.statements[key] = decision_insert(conn, settings, ctx, CHUNK_BOUNDS, fresh=fresh, now=DECIDED_NOW)
+        insert = ctx.statements[fresh] = decision_insert(conn, settings, ctx, CHUNK_BOUNDS, fresh=fresh, now=DECIDED_NOW)
     first, last = member_range
     return insert, {"chunk_first": first, "chunk_last": last, "decided_now": datetime.now(ctx.as_of.tzinfo)}
 

@@ -11,8 +11,9 @@ columns still apply). Writing a choice removes the member's narrower rows it cov
 Preferences bind marketing categories only: ``service`` messages (a receipt, a password
 reset) are not stopped by an unsubscribe, as they need no marketing consent either.
 
-The planner reads :func:`unsubscribed` in its set-based SQL, the deliverer re-checks it
-at send time, and ``why`` prints :func:`member_choices`.
+The planner reads :func:`choice_codes` for a chunk of members in its set-based SQL, the
+deliverer re-checks :func:`unsubscribed` at send time, and ``why`` prints
+:func:`member_choices`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, and_, case, delete, exists, func, literal, or_, select, true
+from sqlalchemy import Integer, String, Subquery, and_, case, delete, exists, func, literal, or_, select, true
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
@@ -66,10 +67,13 @@ def is_subscribed(choices: list[Choice], channel: str, category: str) -> bool:
     return choice is None or choice.subscribed
 
 
+RANK = case((preferences.c.channel == ANY, 0), else_=2) + case((preferences.c.category == ANY, 0), else_=1)
+"""SQL of :attr:`Choice.rank`: how specific a ``preferences`` row is."""
+
+
 def unsubscribed(member_id: ColumnElement[Any], channel: Any, category: Any) -> ColumnElement[bool]:
     """SQL: the member has unsubscribed from ``category`` on ``channel`` (values or
     columns), by the most specific row (one index probe of the primary key)."""
-    rank = case((preferences.c.channel == ANY, 0), else_=2) + case((preferences.c.category == ANY, 0), else_=1)
     decided = (
         select(preferences.c.subscribed)
         .where(
@@ -77,11 +81,32 @@ def unsubscribed(member_id: ColumnElement[Any], channel: Any, category: Any) -> 
             or_(preferences.c.channel == channel, preferences.c.channel == literal(ANY)),
             or_(preferences.c.category == category, preferences.c.category == literal(ANY)),
         )
-        .order_by(rank.desc())
+        .order_by(RANK.desc())
         .limit(1)
         .scalar_subquery()
     )
     return func.coalesce(decided, true()) == literal(False)
+
+
+def choice_codes(channels: list[str], category: str, member_range: tuple[Any, Any]) -> Subquery:
+    """Per member of ``member_range`` (first and last id, values or bound parameters)
+    who made any choice covering ``category``, and per channel, the deciding row as one
+    number: its :data:`RANK` times two, plus 1 when it says subscribed. The largest
+    covering row decides, so an even number is an unsubscribe. One grouped scan of the
+    members' rows, for a planner to join, instead of :func:`unsubscribed` per member
+    and channel."""
+    code = RANK * 2 + case((preferences.c.subscribed, 1), else_=0)
+    covering = {
+        channel: func.max(case((preferences.c.channel.in_([channel, ANY]), code), else_=literal(None, Integer))).label(channel)
+        for channel in channels
+    }
+    first, last = member_range
+    return (
+        select(preferences.c.member_id, *covering.values())
+        .where(preferences.c.member_id.between(first, last), preferences.c.category.in_([category, ANY]))
+        .group_by(preferences.c.member_id)
+        .subquery("choices")
+    )
 
 
 def member_choices(conn: Connection, member_id: int) -> list[Choice]:

@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import ColumnElement, Engine, Table, and_, delete, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from campaigns.config.settings import Settings
@@ -156,11 +156,17 @@ def _expire_months(engine: Engine, settings: Settings, expired: Expired, dry_run
 
 def _delete_rows(engine: Engine, cutoff: datetime) -> int:
     """SQLite: delete the rows decided before ``cutoff`` that are not on their way."""
+    return _delete_in_batches(engine, deliveries, and_(deliveries.c.created_at < cutoff, ~deliveries.c.is_open))
+
+
+def _delete_in_batches(engine: Engine, table: Table, condition: ColumnElement[bool]) -> int:
+    """Delete ``table``'s rows matching ``condition`` :data:`BATCH` at a time, each batch
+    its own transaction (so no writer waits long); how many went."""
     removed = 0
     while True:
         with engine.begin() as conn:
-            batch = select(deliveries.c.id).where(deliveries.c.created_at < cutoff, ~deliveries.c.is_open).limit(BATCH)
-            count = conn.execute(delete(deliveries).where(deliveries.c.id.in_(batch))).rowcount or 0
+            batch = select(table.c.id).where(condition).limit(BATCH)
+            count = conn.execute(delete(table).where(table.c.id.in_(batch))).rowcount or 0
         removed += count
         if count < BATCH:
             return removed
@@ -180,13 +186,7 @@ def _prune_the_rest(engine: Engine, expired: Expired, before: datetime, cutoff: 
         expired.marks = conn.execute(delete(ladder_marks).where(ladder_marks.c.expires_on < cutoff.date())).rowcount or 0
         conn.execute(delete(quota_days).where(quota_days.c.day < cutoff.date()))
         conn.execute(delete(conversations).where(conversations.c.last_inbound_at < cutoff))
-    while True:
-        with engine.begin() as conn:
-            batch = select(provider_events.c.id).where(provider_events.c.received_at < cutoff).limit(BATCH)
-            count = conn.execute(delete(provider_events).where(provider_events.c.id.in_(batch))).rowcount or 0
-        expired.events += count
-        if count < BATCH:
-            return
+    expired.events = _delete_in_batches(engine, provider_events, provider_events.c.received_at < cutoff)
 
 
 def month_sizes(engine: Engine) -> list[dict[str, object]]:
